@@ -1,0 +1,3 @@
+from wsigym.cli import main
+
+raise SystemExit(main())

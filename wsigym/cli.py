@@ -1,0 +1,29 @@
+"""The ``wsigym`` command. Each area adds its own subcommands:
+
+- ``wsigym data ...``   datasets: build/describe ``synth-c16``, convert feature folders (:mod:`wsigym.data.cli`)
+- ``wsigym train ...``  HAFED, TSU and PPO training (:mod:`wsigym.agents.cli`, :mod:`wsigym.envs.cli`)
+- ``wsigym evaluate``   the benchmark protocol (:mod:`wsigym.agents.cli`)
+- ``wsigym slides ...`` slide files -> features, thumbnails (:mod:`wsigym.slides.cli`)
+- ``wsigym demo``       the main job on the embedded default
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+AREAS = ("wsigym.data.cli", "wsigym.envs.cli", "wsigym.agents.cli", "wsigym.slides.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsigym", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for area in AREAS:
+        importlib.import_module(area).add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

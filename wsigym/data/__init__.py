@@ -1,0 +1,1 @@
+"""wsigym.data: slide bags, readers, datasets and the synth-c16 benchmark."""

@@ -1,0 +1,1 @@
+"""One module per model family; see :mod:`zoo.registry` for the names."""
