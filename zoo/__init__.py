@@ -22,7 +22,7 @@ def load(name_or_repo_or_path: str, revision: str | None = None, **kwargs: Any):
     return hub.load(name_or_repo_or_path, revision=revision, **kwargs)
 
 
-def list() -> list[str]:  # noqa: A001 - the public name the README promises
+def list() -> list[str]:
     """Registered pretrained model names. See :func:`zoo.hub.list_pretrained`."""
     from zoo import hub
 

@@ -8,6 +8,8 @@ which equals accuracy; it is not reported here under that name.)
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -64,7 +66,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
     correct = probs.argmax(1) == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
         if inside.any():
             total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
