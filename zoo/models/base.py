@@ -81,6 +81,9 @@ class MILModel(ZooModel):
 
     config_class: ClassVar[type[ZooConfig]] = MILConfig
     input_view: ClassVar[InputView] = "lr"
+    #: True when the model reads high-res keys of a batch although ``input_view`` is ``"lr"``
+    #: (the trainer then loads bags with ``hr=True``; ``"hr"``/``"hier"`` views always do).
+    needs_hr: ClassVar[bool] = False
 
     def inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Select the forward arguments of this model from a collated batch."""
@@ -110,6 +113,9 @@ class MILModel(ZooModel):
         out = self.predict(batch)
         ce = F.cross_entropy(out["logits"], batch["label"])
         return {"loss": ce, "ce": ce, "logits": out["logits"].detach()}
+
+    def after_optimizer_step(self) -> None:
+        """Hook the trainer calls after every optimiser step (e.g. ASMIL's EMA anchor); no-op here."""
 
     @torch.no_grad()
     def predict_proba(self, batch: dict[str, Tensor]) -> Tensor:
