@@ -1,0 +1,111 @@
+r"""TSU: SASHA's targeted state update network ``f_S``.
+
+After the agent zooms into patch ``a`` and reveals its high-res row ``V(a)``, the environment updates
+every not-yet-updated patch ``i`` that looks like ``a`` at low resolution
+(``cos(Z_i, Z_a) >= tau``) with
+
+.. math:: S_{t+1}(i) = f_S\big([V(a),\, S_t(a),\, S_t(i)]\big), \qquad
+          f_S = \mathrm{LayerNorm}_d \circ \mathrm{Linear}_{2d \to d} \circ \mathrm{GELU} \circ \mathrm{Linear}_{3d \to 2d}
+
+The concatenation order ``[V(a), S_t(a), S_t(i)]`` (``input_order="v_a,s_a,s_i"``) is the one the
+SASHA code trains and uses (the paper writes the reverse); it is stored in the config so weights in
+another order can be loaded by setting ``input_order``.
+
+**Consistent inputs (SASHA pitfall 7).** ``f_S`` is trained (:mod:`zoo.train_tsu`) to regress
+``V(i)`` from ``[V(a), Z(a), Z(i)]``, with the similar set ``{i != a : cos(Z_i, Z_a) >= tau}`` computed
+on the low-res features ``Z``. The environment computes similarity and the TSU inputs on ``Z`` as
+well: each row is TSU-updated at most once, so every row the TSU can still update holds
+``S_t(i) = Z(i)``, and the anchor input is ``Z(a)``. Training and use therefore see the same input
+distribution. ``similarity`` records the similarity the weights were trained with: signed cosine
+(``"cosine"``, the default) or SASHA's ``"abs_cosine"`` (``|cos|``, which also counts anti-correlated
+patches as similar, pitfall 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.base import ZooConfig, ZooModel
+
+TSU_INPUTS = ("v_a", "s_a", "s_i")
+SIMILARITIES = ("cosine", "abs_cosine")
+
+
+@dataclass
+class TSUConfig(ZooConfig):
+    """Args:
+    in_dim: feature width ``d``.
+    hidden: hidden width of the MLP (``None`` -> ``2 * in_dim``, SASHA's 768 for d = 384).
+    tau: similarity threshold the weights were trained with (the environment should use the same).
+    input_order: comma-separated order of the concatenated inputs, a permutation of ``v_a,s_a,s_i``.
+    similarity: ``"cosine"`` (signed) or ``"abs_cosine"``, the similar-set rule used in training.
+    """
+
+    in_dim: int = 384
+    hidden: int | None = None
+    tau: float = 0.95
+    input_order: str = "v_a,s_a,s_i"
+    similarity: str = "cosine"
+
+
+def similar_set(z: Tensor, anchor: int, tau: float, similarity: str = "cosine") -> Tensor:
+    """Indices ``i != anchor`` with ``cos(z_i, z_anchor) >= tau`` (``|cos|`` for ``"abs_cosine"``).
+
+    ``z (N, d)``; returns a long tensor of indices, ascending. The rule the TSU is trained and used with.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    zn = torch.nn.functional.normalize(z, dim=-1)
+    cos = zn @ zn[anchor]
+    if similarity == "abs_cosine":
+        cos = cos.abs()
+    hit = cos >= tau
+    hit[anchor] = False
+    return hit.nonzero().squeeze(-1)
+
+
+class TSU(ZooModel):
+    """The update MLP ``f_S``.
+
+    Shapes: ``forward(v_a (..., d), s_a (..., d), s_i (..., d)) -> (..., d)``; the three inputs
+    broadcast against each other, so one anchor ``(d,)`` can update many rows ``(n, d)`` at once.
+    """
+
+    family: ClassVar[str] = "tsu"
+    config_class = TSUConfig
+
+    def __init__(self, config: TSUConfig) -> None:
+        super().__init__(config)
+        order = tuple(x.strip() for x in config.input_order.split(","))
+        if sorted(order) != sorted(TSU_INPUTS):
+            raise ValueError(
+                f"TSUConfig.input_order must be a permutation of {','.join(TSU_INPUTS)}, got {config.input_order!r}"
+            )
+        if config.similarity not in SIMILARITIES:
+            raise ValueError(f"TSUConfig.similarity must be one of {SIMILARITIES}, got {config.similarity!r}")
+        self.order = order
+        d = config.in_dim
+        hidden = config.hidden if config.hidden is not None else 2 * d
+        self.mlp = nn.Sequential(nn.Linear(3 * d, hidden), nn.GELU(), nn.Linear(hidden, d), nn.LayerNorm(d))
+
+    def forward(self, v_a: Tensor, s_a: Tensor, s_i: Tensor) -> Tensor:
+        """``f_S`` on the concatenation in ``config.input_order`` (default ``[V(a), S(a), S(i)]``).
+
+        Args:
+            v_a: high-res row of the zoomed anchor ``(..., d)``.
+            s_a: the anchor's state row (``Z(a)``) ``(..., d)``.
+            s_i: the row to update (``Z(i)``) ``(..., d)``.
+
+        Returns:
+            the predicted high-res row ``V(i)`` ``(..., d)``.
+        """
+        d = self.config.in_dim
+        for name, t in (("v_a", v_a), ("s_a", s_a), ("s_i", s_i)):
+            if t.shape[-1] != d:
+                raise ValueError(f"TSU.forward: {name} must end in width {d}, got shape {tuple(t.shape)}")
+        inputs = dict(zip(("v_a", "s_a", "s_i"), torch.broadcast_tensors(v_a, s_a, s_i)))
+        return self.mlp(torch.cat([inputs[name] for name in self.order], dim=-1))
