@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from wsigym.data.bag import SlideBag
+from wsigym.data.dataset import SlideDataset
+from zoo.models.hafed import HAFED, HAFEDConfig
 from zoo.models.tsu import TSU, TSUConfig, similar_set
 from zoo.registry import create_model, model_from_config_dict
+from zoo.train_tsu import fit_tsu
 
 
 def test_defaults_and_parameter_count():
@@ -65,3 +70,78 @@ def test_similar_set_signed_and_absolute():
     z = torch.tensor([[1.0, 0.0], [2.0, 0.01], [-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert similar_set(z, 0, 0.95).tolist() == [1, 4]
     assert similar_set(z, 0, 0.95, "abs_cosine").tolist() == [1, 2, 4]
+
+
+# ---------------------------------------------------------------- fit_tsu on a small structured dataset
+
+
+class _MemoryDataset(SlideDataset):
+    """Slides whose high-res rows are a fixed nonlinear map of the low-res rows: V(i) = g(Z(i)).
+
+    Z rows come in tight clusters (so similar sets exist at tau), each child of a patch equals
+    ``g(Z(i))`` (so HAFED's aggregate returns exactly it, whatever its weights). ``f_S`` can learn ``g``;
+    neither leaving ``Z(i)`` nor copying ``V(a)`` can.
+    """
+
+    def __init__(self, n_slides: int = 12, n: int = 48, d: int = 8, k: int = 4, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.name, self.class_names = "memory", ("normal", "tumour")
+        a = rng.normal(size=(d, d)) / np.sqrt(d) * 0.5
+        self._bags = {}
+        for s in range(n_slides):
+            centres = rng.normal(size=(6, d))
+            z = centres[rng.integers(0, 6, n)] + 0.3 * rng.normal(size=(n, d))
+            g = np.tanh(z @ a)
+            g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
+            u = np.repeat(g[:, None, :], k, axis=1).astype(np.float32)
+            coords = np.stack([np.arange(n) * 2048, np.zeros(n)], 1).astype(np.int64)
+            self._bags[f"s{s}"] = SlideBag(
+                f"s{s}", z.astype(np.float32), coords, s % 2, self.class_names, hr_features=u
+            ).validate()
+        ids = list(self._bags)
+        self.splits = [{"train": ids[:8], "val": ids[8:10], "test": ids[10:]}]
+
+    def slide_ids(self):
+        return list(self._bags)
+
+    def label(self, slide_id):
+        return self._bags[slide_id].label
+
+    def load(self, slide_id, hr=True):
+        return self._bags[slide_id]
+
+
+def test_fit_tsu_beats_both_baselines():
+    data = _MemoryDataset()
+    torch.manual_seed(0)
+    hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8, n_token_2=2))
+    res = fit_tsu(hafed, data, tau=0.9, epochs=60, lr=1e-2, anchors_per_slide=8, progress=False)
+    b = res.baselines
+    assert b["val_pairs"] > 50 and b["test_pairs"] > 50
+    assert res.val_mse == b["val_tsu"]
+    for split in ("val", "test"):
+        assert b[f"{split}_tsu"] < 0.6 * b[f"{split}_copy_anchor"], b
+        assert b[f"{split}_tsu"] < 0.1 * b[f"{split}_no_update"], b
+    assert res.history[res.best_epoch]["val_mse"] == pytest.approx(res.val_mse, rel=1e-5)
+    assert res.model.config.tau == 0.9 and res.model.config.similarity == "cosine"
+    assert not res.model.training
+
+
+def test_fit_tsu_untrained_does_not_beat_copy_anchor():
+    """The comparison can fail: one tiny step at a tiny lr leaves f_S worse than copying the anchor."""
+    data = _MemoryDataset(n_slides=12)
+    hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
+    res = fit_tsu(hafed, data, tau=0.9, epochs=1, lr=1e-7, anchors_per_slide=1, progress=False)
+    assert res.baselines["val_tsu"] > res.baselines["val_copy_anchor"]
+
+
+def test_fit_tsu_is_deterministic_and_checks_tau():
+    data = _MemoryDataset(n_slides=12, n=24)
+    hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
+    kw = {"tau": 0.9, "epochs": 2, "lr": 1e-3, "progress": False, "seed": 3}
+    r1, r2 = fit_tsu(hafed, data, **kw), fit_tsu(hafed, data, **kw)
+    assert r1.baselines == r2.baselines
+    for k, v in r1.model.state_dict().items():
+        assert torch.equal(v, r2.model.state_dict()[k])
+    with pytest.raises(ValueError, match="lower tau"):
+        fit_tsu(hafed, data, tau=0.99999, epochs=1, progress=False)
