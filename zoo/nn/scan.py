@@ -1,0 +1,233 @@
+r"""Mamba-1 selective scan (S6) with three backends.
+
+For every batch element ``b``, channel ``d`` and state ``n`` the scan runs the linear recurrence
+
+.. math::
+    \Delta_{t} = \operatorname{softplus}(\delta_{t} + \beta) \;(\text{or } \delta_t + \beta), \qquad
+    h_{t} = e^{\Delta_t A_{dn}}\, h_{t-1} + \Delta_t B_{nt}\, u_t, \qquad
+    y_t = \sum_n C_{nt}\, h_{t,n} + D_d\, u_t
+
+with :math:`h_{-1} = 0`, and returns :math:`y \odot \operatorname{silu}(z)` when ``z`` is given.
+Argument conventions are those of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``:
+``u, delta (B, D, L)``, ``A (D, N)``, ``B, C (B, N, L)``, ``D (D,)``, ``z (B, D, L)``,
+``delta_bias (D,)``.
+
+Backends:
+
+- ``"reference"``: the recurrence as a sequential loop over ``L`` in float32 (the ground truth).
+- ``"parallel"``: pure PyTorch chunked scan. The sequence is cut into chunks of ``T`` steps; all
+  chunks are scanned at once (a loop over the ``T`` positions of a chunk, vectorised over chunks),
+  giving each chunk's local states (started from 0) and the running decay products
+  :math:`P_t = \prod_{s \le t} e^{\Delta_s A}` within the chunk. The chunk-end states and chunk
+  decays form a recurrence of length ``L / T`` that is solved by the same routine (recursively), and
+  the true state is :math:`h_t = h^{loc}_t + P_t\, h_{\text{chunk start}}`. Only products of factors
+  in ``(0, 1]`` and sums occur (no exponential of a cumulative sum, no division), so long sequences
+  are as stable as the sequential loop; depth is :math:`O(T \log_T L)` Python steps, work
+  :math:`O(L)`. It materialises ``(B, D, L, N)`` float32 tensors (like ``mambapy``).
+- ``"mamba_ssm"``: the fused CUDA kernel ``selective_scan_fn`` (tensors on CUDA, ``mamba_ssm``
+  importable).
+- ``"auto"``: ``mamba_ssm`` when the tensors are on CUDA and it imports, else ``parallel``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "reference", "parallel", "mamba_ssm")
+DEFAULT_CHUNK = 64
+
+
+@functools.cache
+def _mamba_ssm_scan_fn() -> Callable[..., Tensor] | None:
+    """``mamba_ssm``'s CUDA ``selective_scan_fn``, or None when it does not import."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a CUDA/Triton error raised while importing
+        return None
+    return selective_scan_fn
+
+
+def mamba_ssm_available() -> bool:
+    """True when ``mamba_ssm``'s CUDA selective scan can be imported."""
+    return _mamba_ssm_scan_fn() is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that ``backend`` means for tensors on ``device`` (``"auto"`` resolved).
+
+    Raises:
+        ValueError: for an unknown backend, or ``"mamba_ssm"`` off CUDA / not installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "mamba_ssm" if device.type == "cuda" and mamba_ssm_available() else "parallel"
+    if backend == "mamba_ssm":
+        if device.type != "cuda":
+            raise ValueError(f"selective_scan: backend 'mamba_ssm' needs CUDA tensors, got device {device}")
+        if not mamba_ssm_available():
+            raise ValueError("selective_scan: backend 'mamba_ssm' requested but mamba_ssm does not import")
+    return backend
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (B, D, L), got shape {tuple(u.shape)}")
+    b, d, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(
+            f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}"
+        )
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be (D={d}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (b, n, length):
+            raise ValueError(
+                f"selective_scan: {name} must be (B, N, L) = {(b, n, length)}, got {tuple(t.shape)}"
+            )
+    if D is not None and D.shape != (d,):
+        raise ValueError(f"selective_scan: D must be ({d},), got {tuple(D.shape)}")
+
+
+def _discretise(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor | None, delta_softplus: bool
+) -> tuple[Tensor, Tensor]:
+    """Decay ``exp(Δ A)`` and input ``Δ B u``, both ``(B, D, L, N)`` float32."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(delta[..., None] * A.float()[:, None, :])  # (B, D, L, N)
+    drive = (delta * u.float())[..., None] * B.float().transpose(1, 2)[:, None]  # (B, D, L, N)
+    return decay, drive
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
+    if D is not None:
+        y = y + u.float() * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def _scan_reference(decay: Tensor, drive: Tensor) -> Tensor:
+    """States ``h (B, D, L, N)`` of ``h_t = decay_t h_{t-1} + drive_t``, sequentially."""
+    h = decay.new_zeros(decay[:, :, 0].shape)
+    states = []
+    for t in range(decay.shape[2]):
+        h = decay[:, :, t] * h + drive[:, :, t]
+        states.append(h)
+    return torch.stack(states, dim=2)
+
+
+def linear_scan(decay: Tensor, drive: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """Chunked parallel solution of ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along dim 2.
+
+    ``decay, drive (B, D, L, N)`` -> ``h (B, D, L, N)``. See the module docstring for the scheme.
+    """
+    b, d, length, n = decay.shape
+    if length <= chunk:
+        return _scan_reference(decay, drive)
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    if pad:  # identity steps at the end: decay 1, drive 0
+        decay = F.pad(decay, (0, 0, 0, pad), value=1.0)
+        drive = F.pad(drive, (0, 0, 0, pad), value=0.0)
+    # (T, B, D, n_chunks, N): position-in-chunk first, so each step is one contiguous slice
+    a = decay.reshape(b, d, n_chunks, chunk, n).permute(3, 0, 1, 2, 4).contiguous()
+    x = drive.reshape(b, d, n_chunks, chunk, n).permute(3, 0, 1, 2, 4).contiguous()
+    h = torch.zeros_like(x[0])
+    p = torch.ones_like(a[0])
+    local, prods = [], []
+    for t in range(chunk):
+        h = a[t] * h + x[t]
+        p = p * a[t]
+        local.append(h)
+        prods.append(p)
+    local_h = torch.stack(local, dim=3)  # (B, D, n_chunks, T, N)
+    prod = torch.stack(prods, dim=3)
+    # chunk-level recurrence: H_c = prod_c(end) * H_{c-1} + local_c(end)
+    ends = linear_scan(prod[:, :, :, -1], local_h[:, :, :, -1], chunk)  # (B, D, n_chunks, N)
+    start = F.pad(ends[:, :, :-1], (0, 0, 1, 0))  # state entering each chunk
+    h_all = local_h + prod * start[:, :, :, None]
+    return h_all.reshape(b, d, n_chunks * chunk, n)[:, :, :length]
+
+
+def _selective_scan_torch(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    parallel: bool,
+    chunk: int,
+) -> Tensor:
+    decay, drive = _discretise(u, delta, A, B, delta_bias, delta_softplus)
+    h = linear_scan(decay, drive, chunk) if parallel else _scan_reference(decay, drive)
+    y = torch.einsum("bdln,bnl->bdl", h, C.float())
+    return _finish(y, u, D, z, u.dtype)
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+    chunk: int = DEFAULT_CHUNK,
+) -> Tensor:
+    """Selective scan ``y (B, D, L)`` (see the module docstring for maths and backends).
+
+    Args:
+        u: inputs ``(B, D, L)``.
+        delta: step sizes before bias/softplus ``(B, D, L)``.
+        A: state matrix (diagonal per channel) ``(D, N)``, normally negative.
+        B: input projections ``(B, N, L)``.
+        C: output projections ``(B, N, L)``.
+        D: skip weights ``(D,)``.
+        z: gate ``(B, D, L)``; the output is multiplied by ``silu(z)``.
+        delta_bias: added to ``delta`` before the softplus ``(D,)``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        backend: ``"auto"``, ``"reference"``, ``"parallel"`` or ``"mamba_ssm"``.
+        chunk: chunk length of the ``"parallel"`` backend.
+
+    Returns:
+        ``(B, D, L)`` in ``u``'s dtype (computed in float32 by the torch backends).
+    """
+    _check_shapes(u, delta, A, B, C, D)
+    if chunk < 2:
+        raise ValueError(f"selective_scan: chunk must be >= 2, got {chunk}")
+    resolved = resolve_backend(backend, u.device)
+    if resolved == "mamba_ssm":
+        fn = _mamba_ssm_scan_fn()
+        assert fn is not None
+        return fn(
+            u.contiguous(),
+            delta.contiguous(),
+            A.contiguous(),
+            B.contiguous(),
+            C.contiguous(),
+            D=None if D is None else D.float(),
+            z=None if z is None else z.contiguous(),
+            delta_bias=None if delta_bias is None else delta_bias.float(),
+            delta_softplus=delta_softplus,
+        )
+    return _selective_scan_torch(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, resolved == "parallel", chunk
+    )
