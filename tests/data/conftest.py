@@ -55,9 +55,10 @@ def make_bags(count: int = 6) -> list[SlideBag]:
 
 
 def children_flat(bag: SlideBag) -> tuple[np.ndarray, np.ndarray]:
-    """Valid children of a bag as a flat feature file would list them: ((M, d), (M, 2))."""
+    """Valid children of a bag as a flat feature file would list them, in shuffled order: ((M, d), (M, 2))."""
     m = bag.hr_mask
-    return bag.hr_features[m], bag.hr_coords[m]
+    order = np.random.default_rng(len(bag.slide_id) + bag.n).permutation(int(m.sum()))
+    return bag.hr_features[m][order], bag.hr_coords[m][order]
 
 
 def write_labels(path: Path, bags: list[SlideBag], id_column: str = "slide_id", suffix: str = "") -> Path:

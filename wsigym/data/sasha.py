@@ -36,7 +36,7 @@ def sasha_file(root: str | Path, resolution: str, pretrain: str) -> Path:
 def _label_index(raw: object, class_names: Sequence[str], source: str) -> int:
     if isinstance(raw, bytes):
         raw = raw.decode()
-    if isinstance(raw, np.ndarray) and raw.size == 1:
+    if isinstance(raw, (np.ndarray, np.generic)) and np.size(raw) == 1:
         raw = raw.item()
     if isinstance(raw, str):
         if raw in class_names:

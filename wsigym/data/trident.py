@@ -166,7 +166,7 @@ class TridentDataset(FolderDataset):
         lr_path = self.lr.folder / f"{slide_id}.h5"
         lo = read_trident_features(lr_path)
         z, coords = lo.features, lo.coords
-        extra: dict[str, object] = {"source": "trident", "lr_file": str(lr_path)}
+        extra: dict[str, object] = {"source": "trident", "lr_file": str(lr_path.relative_to(self.root))}
         hr_kwargs: dict[str, np.ndarray] = {}
         hr_ps0 = lo.patch_size_level0
         if self.hr is not None:
@@ -186,7 +186,7 @@ class TridentDataset(FolderDataset):
                 )
                 z, coords = z[paired.keep], coords[paired.keep]
                 extra["childless_dropped"] = paired.n_dropped
-                extra["hr_file"] = str(hr_path)
+                extra["hr_file"] = str(hr_path.relative_to(self.root))
                 hr_kwargs = {
                     "hr_features": paired.hr_features,
                     "hr_mask": paired.hr_mask,
