@@ -1,0 +1,87 @@
+"""Tiny synthetic slides and random HAFED / TSU models for the environment tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from wsigym.data.bag import SlideBag, SlideMeta
+from wsigym.data.dataset import SlideDataset
+
+DIM = 16
+K = 4
+
+
+class TinyDataset(SlideDataset):
+    """``count`` slides with N in [20, 60], d = 16, k = 4 children, clustered features, tumour truth.
+
+    Features come from a few cluster centres plus noise, so that a cosine threshold of 0.9 puts
+    several patches in the similar set of a zoomed patch.
+    """
+
+    def __init__(self, count: int = 6, seed: int = 0, truth: bool = True, name: str = "tiny") -> None:
+        self.name = name
+        self.class_names = ("normal", "tumour")
+        rng = np.random.default_rng(seed)
+        self._bags: dict[str, SlideBag] = {}
+        centres = rng.normal(size=(4, DIM))
+        for j in range(count):
+            n = int(rng.integers(20, 61))
+            label = j % 2
+            side = int(np.ceil(np.sqrt(n)))
+            cells = rng.permutation(side * side)[:n]
+            coords = np.stack([cells % side, cells // side], axis=1).astype(np.int64) * 2048
+            cluster = rng.integers(0, 4, size=n)
+            z = centres[cluster] + 0.25 * rng.normal(size=(n, DIM))
+            u = z[:, None, :] + 0.5 * rng.normal(size=(n, K, DIM))
+            hr_mask = np.ones((n, K), dtype=bool)
+            hr_mask[:, -1] = rng.random(n) > 0.3
+            tumour = (rng.random(n) < 0.3).astype(np.float32) * label if truth else None
+            hr_coords = coords[:, None, :] + np.array([[0, 0], [512, 0], [0, 512], [512, 512]])[None]
+            bag = SlideBag(
+                slide_id=f"slide_{j}",
+                features=z.astype(np.float32),
+                coords=coords,
+                label=label,
+                class_names=self.class_names,
+                hr_features=u.astype(np.float32),
+                hr_mask=hr_mask,
+                hr_coords=hr_coords.astype(np.int64),
+                tumour_fraction=tumour,
+                meta=SlideMeta(patch_size_level0=2048, hr_patch_size_level0=512),
+            )
+            self._bags[bag.slide_id] = bag.validate()
+        ids = list(self._bags)
+        self.splits = [
+            {"train": ids[: count - 2], "val": ids[count - 2 : count - 1], "test": ids[count - 1 :]}
+        ]
+
+    def slide_ids(self) -> list[str]:
+        return list(self._bags)
+
+    def label(self, slide_id: str) -> int:
+        return self._bags[slide_id].label
+
+    def load(self, slide_id: str, hr: bool = True) -> SlideBag:
+        return self._bags[slide_id]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> TinyDataset:
+    return TinyDataset()
+
+
+@pytest.fixture(scope="session")
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    hafed = zoo.create_model("hafed", in_dim=DIM).eval()
+    tsu = zoo.create_model("tsu", in_dim=DIM, tau=0.9).eval()
+    return hafed, tsu
+
+
+@pytest.fixture()
+def env_kwargs(tiny_dataset, models) -> dict:
+    hafed, tsu = models
+    return {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False}

@@ -1,0 +1,262 @@
+"""``WSIZoom-v0``: SASHA's where-to-zoom MDP on one whole-slide image per episode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from wsigym.data.dataset import SlideDataset
+from wsigym.envs.render import render_episode
+from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_arguments
+
+
+class WSIZoomEnv(gym.Env):
+    r"""Choose which low-resolution patches of a slide to zoom into, under a budget.
+
+    ## Description
+
+    A slide is ``N`` low-res tissue patches with features ``Z (N, d)``. The state starts as
+    ``S_0 = Z``. Zooming into patch ``a`` reveals its high-res row ``V(a)`` (HAFED level 1 on the
+    ``k`` high-res children) and, with the Targeted State Update (TSU), updates the not-yet-updated
+    patches that look like ``a`` at low resolution. A frozen HAFED classifies the state at every
+    step; the agent is rewarded for making it confident in the true label. This is SASHA's MDP
+    (Tarun G et al., NeurIPS 2025) as a Gymnasium environment, with SASHA's public-code pitfalls fixed
+    (see ``/work/shared/reference/sasha.md``).
+
+    ## Action Space
+
+    ``Discrete(max_patches)``: the index of the patch to zoom. Slides with ``N < max_patches`` are
+    padded. The legal actions are exposed in all three conventions: :meth:`action_masks` (bool, for
+    sb3-contrib's ``MaskablePPO``), ``info["action_mask"]`` (int8, Gymnasium style) and the
+    observation key ``"action_mask"``. A patch is legal when it is real and not zoomed yet (and, with
+    ``mask_updated=True``, not TSU-updated either). **An illegal action raises** ``ValueError``:
+    a padding index (``>= N``), an index outside ``[0, max_patches)``, or an already zoomed patch.
+
+    ## Observation Space
+
+    A ``Dict`` (``P = max_patches``, ``d`` = feature width):
+
+    - ``"state"``: ``Box(-inf, inf, (P*d,), float32)``, the state ``S_t`` flattened row-major
+      (``obs["state"].reshape(P, d)``); padding rows are 0. Flat because SB3's ``check_env`` warns
+      on any Box that is neither 1-D nor an image, and a ``(1, P, d)`` "image" would be mis-handled.
+    - ``"patch_mask"``: ``MultiBinary(P)`` int8, 1 for a real patch, 0 for padding.
+    - ``"visited"``: ``MultiBinary(P)`` int8, 1 for a zoomed patch.
+    - ``"updated"``: ``MultiBinary(P)`` int8, 1 for a zoomed or state-updated (TSU) patch.
+    - ``"coords"``: ``Box(0, 1, (P*2,), float32)``, patch corners ``(x, y)`` flattened row-major
+      (``reshape(P, 2)``), normalised by the slide's extent (one scale for both axes); padding 0.
+    - ``"budget"``: ``Box(0, 1, (1,), float32)``, remaining fraction of the zoom budget ``T``.
+    - ``"action_mask"``: ``MultiBinary(P)`` int8, 1 where the patch may be zoomed now.
+
+    ## Transition
+
+    With ``a`` the zoomed patch (``update="tsu"``, the default): ``C = {i valid : cos(Z_i, Z_a) >= tau}``
+    (``|cos|`` with ``absolute_cosine=True``), ``C_new = C \ ({a} U updated)``,
+    ``S(i) <- f_S([V(a), Z(a), Z(i)])`` for ``i`` in ``C_new``, ``S(a) <- V(a)``, ``updated <- updated U C U {a}``.
+    Each row is TSU-updated at most once; zoomed rows always hold ``V``. Similarity and TSU inputs
+    use ``Z`` (as ``f_S`` is trained), which equals SASHA's code on ``S_t`` because rows that can still
+    be updated hold ``S_t(i) = Z(i)``. Ablations: ``update="global"`` (``WSIZoomGlobal-v0``: every
+    not-yet-zoomed row becomes ``f_S([V(a), Z(a), Z(i)])`` after every zoom; this project's
+    reconstruction of RLogist's global update with the same ``f_S``) and ``update="none"``
+    (``WSIZoomNoUpdate-v0``: only ``S(a) <- V(a)``). See :mod:`wsigym.envs.state_update`.
+
+    ## Rewards
+
+    ``CE_t = CE(y, HAFED.classify(S_t))`` on logits. ``reward="ce"`` (SASHA's default):
+    ``r = -CE_{t+1}`` every step; ``"delta_ce"``: ``r = CE_t - CE_{t+1}``; ``"terminal"``: 0 except
+    ``-CE_T`` at the last step. The classifier is maintained incrementally
+    (:mod:`wsigym.envs.classifier`), equal to a full ``classify`` to float tolerance.
+
+    ## Starting State
+
+    ``reset(seed=...)`` draws a slide of the split uniformly with ``self.np_random``;
+    ``options={"slide_id": id}`` (or ``{"slide_index": k}``) picks one. ``S_0 = Z``, nothing zoomed.
+
+    ## Episode End
+
+    The budget is ``T = max(1, ceil(budget * N))`` zooms for every slide (SASHA trains with ``ceil``
+    but infers with ``int``, which can be 0; here one rule everywhere, ``T <= N``). After the ``T``-th
+    zoom the episode ends with ``terminated=True`` (``budget_end="terminate"``, the default: the
+    remaining budget is part of the observation, so the end is part of the MDP and must not be
+    bootstrapped; SASHA's fixed GAE also bootstraps 0) or ``truncated=True``
+    (``budget_end="truncate"``). It also terminates early if no legal action is left (possible only
+    with ``mask_updated=True``).
+
+    ## Info
+
+    ``reset`` and ``step`` return ``prediction`` (int), ``probability`` ``(C,)`` float32, ``label``,
+    ``zooms``, ``budget_steps`` (``T``), ``ce``, ``slide_id``, ``action_mask`` ``(P,)`` int8; ``step``
+    adds ``tsu_updates`` (rows changed besides the zoomed one) and, when the slide has ground-truth
+    tumour fractions, ``hit_tumour`` (bool: the zoomed patch has tumour fraction > 0) and
+    ``tumour_fraction``.
+
+    ## Arguments
+
+    - ``dataset="synth-c16"``: a registered name, any folder the data layer reads, or a ``SlideDataset``.
+    - ``split="train"``, ``fold=0``: which slides.
+    - ``budget=0.2``: zoom budget as a fraction of ``N`` (``0.1`` for SASHA-0.1), in ``(0, 1]``.
+    - ``tau=None``: cosine threshold of the TSU (``None``: the TSU config's ``tau``, 0.95).
+    - ``update="tsu"``: ``"tsu"``, ``"global"`` or ``"none"``.
+    - ``reward="ce"``: ``"ce"``, ``"delta_ce"`` or ``"terminal"``.
+    - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the split).
+    - ``hafed="hafed-synth-c16"``, ``tsu="tsu-synth-c16"``: pretrained names, Hub repos, folders or
+      model instances (moved to ``device``, put in eval mode).
+    - ``mask_updated=False``: also mask TSU-updated patches (the paper is ambiguous; SASHA's code masks
+      zoomed patches only).
+    - ``absolute_cosine=None``: ``|cos| >= tau`` (SASHA's code) instead of ``cos >= tau``;
+      ``None`` follows the TSU config's ``similarity`` (signed cosine for this project's weights).
+    - ``budget_end="terminate"``: how the budget ends an episode (see Episode End).
+    - ``device="cpu"``: torch device of the state and models.
+    - ``copy_obs=True``: return fresh arrays; ``False`` shares ``state`` with the CPU buffer the
+      next step overwrites (faster; as ``SyncVectorEnv(copy=False)``).
+    - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`.
+    - ``progress=True``: progress bar while ``V`` is computed for the split (once per process).
+
+    Seeding: all randomness is the slide choice, drawn from ``self.np_random``.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        dataset: str | Path | SlideDataset = "synth-c16",
+        split: str = "train",
+        fold: int = 0,
+        budget: float = 0.2,
+        tau: float | None = None,
+        update: str = "tsu",
+        reward: str = "ce",
+        max_patches: int | None = None,
+        hafed: Any = "hafed-synth-c16",
+        tsu: Any = "tsu-synth-c16",
+        mask_updated: bool = False,
+        absolute_cosine: bool | None = None,
+        budget_end: str = "terminate",
+        device: str | torch.device = "cpu",
+        copy_obs: bool = True,
+        render_mode: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
+            )
+        source, hafed_model, tsu_model, config = resolve_arguments(
+            dataset=dataset,
+            split=split,
+            fold=fold,
+            budget=budget,
+            tau=tau,
+            update=update,
+            reward=reward,
+            max_patches=max_patches,
+            hafed=hafed,
+            tsu=tsu,
+            mask_updated=mask_updated,
+            absolute_cosine=absolute_cosine,
+            budget_end=budget_end,
+            device=device,
+            progress=progress,
+        )
+        self.config = config
+        self.hafed, self.tsu = hafed_model, tsu_model
+        self.source = source
+        self.batch = ZoomBatch(source, hafed_model, tsu_model, config, num_envs=1)
+        self.max_patches = config.max_patches
+        self.dim = source.dim
+        self.copy_obs = copy_obs
+        self.render_mode = render_mode
+        self.observation_space = observation_space(self.max_patches, self.dim)
+        self.action_space = spaces.Discrete(self.max_patches)
+        self._started = False
+
+    @property
+    def slide_ids(self) -> list[str]:
+        """Slide ids of the split, in split order."""
+        return list(self.source.slide_ids)
+
+    @property
+    def slide_id(self) -> str:
+        """Id of the current episode's slide."""
+        return self.source.slide_ids[int(self.batch.slide[0])]
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.batch.observation(copy=self.copy_obs).items()}
+
+    def _info(self) -> dict[str, Any]:
+        raw = self.batch.infos()
+        return {
+            "prediction": int(raw["prediction"][0]),
+            "probability": raw["probability"][0],
+            "label": int(raw["label"][0]),
+            "zooms": int(raw["zooms"][0]),
+            "budget_steps": int(raw["budget_steps"][0]),
+            "ce": float(raw["ce"][0]),
+            "slide_id": self.slide_id,
+            "action_mask": raw["action_mask"][0],
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode on a random slide of the split (or ``options["slide_id"|"slide_index"]``)."""
+        super().reset(seed=seed)
+        self.batch.load([0], [choose_slide(self.np_random, len(self.source), self.source, options)])
+        self._started = True
+        return self._obs(), self._info()
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Zoom into patch ``action``.
+
+        Raises:
+            ValueError: for a padding index, an index outside the action space or a zoomed patch.
+            RuntimeError: when called before :meth:`reset`.
+        """
+        if not self._started:
+            raise RuntimeError("WSIZoomEnv.step() called before reset()")
+        out = self.batch.step(np.array([int(action)]), np.array([True]))
+        info = self._info()
+        info["tsu_updates"] = int(out["tsu_updates"][0])
+        if out["has_truth"][0]:
+            info["hit_tumour"] = bool(out["hit_tumour"][0])
+            info["tumour_fraction"] = float(self.batch.tumour_np[0, int(action)])
+        return (
+            self._obs(),
+            float(out["reward"][0]),
+            bool(out["terminated"][0]),
+            bool(out["truncated"][0]),
+            info,
+        )
+
+    def action_masks(self) -> np.ndarray:
+        """Legal actions ``(max_patches,)`` bool, for sb3-contrib's ``MaskablePPO``."""
+        return self.batch.action_masks()[0]
+
+    def attention(self) -> np.ndarray:
+        """HAFED's branch-averaged attention on the current state ``(max_patches,)``."""
+        return self.batch.attention()[0]
+
+    def render(self) -> np.ndarray | None:
+        """``rgb_array``: an ``H x W x 3`` uint8 image of the slide grid (see :func:`wsigym.envs.render.render_episode`):
+        tissue, zoomed patches numbered in order, TSU-updated patches, HAFED's current attention and
+        the ground-truth tumour outline when known. ``None`` without a render mode."""
+        if self.render_mode is None:
+            gym.logger.warn("WSIZoomEnv.render() called without a render_mode; pass render_mode='rgb_array'")
+            return None
+        if not self._started:
+            raise RuntimeError("WSIZoomEnv.render() called before reset()")
+        return render_episode(self.batch, 0, title=self.slide_id, class_names=self.source.class_names)
+
+
+def choose_slide(rng: np.random.Generator, count: int, source: Any, options: dict[str, Any] | None) -> int:
+    """The slide position of a new episode: ``options["slide_id"]`` / ``["slide_index"]`` or a uniform draw."""
+    if options:
+        if options.get("slide_id") is not None:
+            return source.index_of(str(options["slide_id"]))
+        if options.get("slide_index") is not None:
+            return source.index_of(int(options["slide_index"]))
+    return int(rng.integers(count))

@@ -1,0 +1,372 @@
+r"""The zoom MDP of ``B`` slides at once: the engine behind ``WSIZoom-v0`` (``B = 1``) and the vector env.
+
+:class:`ZoomBatch` keeps ``B`` padded episodes as torch tensors on one device (``P`` = max patches):
+the state ``S (B, P, d)``, the low-res features ``Z (B, P, d)`` and their norms, the masks
+(valid / zoomed / updated), the incremental HAFED classifier and the per-episode counters. A step
+validates the ``B`` actions, applies the update rule (:mod:`wsigym.envs.state_update`) to all
+active episodes at once, updates the classifier sums
+(:class:`~wsigym.envs.classifier.IncrementalAttentionClassifier`) and computes the rewards
+(:mod:`wsigym.envs.reward`). Both environments are thin wrappers, so they cannot disagree.
+
+The observation layout (one episode; :func:`observation_space`):
+
+==================  =========================  ================================================
+key                 space                      meaning
+==================  =========================  ================================================
+``state``           ``Box(-inf, inf, (P*d,))``  the state ``S_t`` row-major, padding rows 0;
+                                               ``obs["state"].reshape(P, d)``
+``patch_mask``      ``MultiBinary(P)`` int8    1 for a real patch, 0 for padding
+``visited``         ``MultiBinary(P)`` int8    1 for a zoomed patch
+``updated``         ``MultiBinary(P)`` int8    1 for a zoomed or state-updated (TSU) patch
+``coords``          ``Box(0, 1, (P*2,))``      normalised ``(x, y)`` corners, row-major;
+                                               ``obs["coords"].reshape(P, 2)``
+``budget``          ``Box(0, 1, (1,))``        remaining fraction of the zoom budget ``T``
+``action_mask``     ``MultiBinary(P)`` int8    1 where the patch may be zoomed now
+==================  =========================  ================================================
+
+**Why flat.** ``state`` and ``coords`` are per-patch matrices, but they are stored flat: SB3's
+``check_env`` warns on any ``Box`` that is neither 1-D nor an image (``len(shape) not in (1, 3)``),
+a 3-D ``(1, P, d)`` would be mistaken for an image (channel checks, transposition), and SB3 flattens
+Dict entries for its default policies anyway. ``reshape(P, -1)`` is a free view; the per-patch
+policy (:mod:`wsigym.agents.policy`) does exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from wsigym.data.dataset import SlideDataset
+from wsigym.envs.classifier import IncrementalAttentionClassifier
+from wsigym.envs.reward import REWARDS, cross_entropy, reward
+from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
+from wsigym.envs.state_update import UPDATE_RULES, ZoomBatchState
+
+OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
+BUDGET_ENDS = ("terminate", "truncate")
+#: A zoomed patch counts as a tumour hit when its ground-truth tumour fraction exceeds this.
+TUMOUR_HIT_FRACTION = 0.0
+
+
+def observation_space(max_patches: int, dim: int) -> spaces.Dict:
+    """The observation space of one episode (see the module docstring)."""
+    p = int(max_patches)
+    return spaces.Dict(
+        {
+            "state": spaces.Box(-np.inf, np.inf, (p * dim,), np.float32),
+            "patch_mask": spaces.MultiBinary(p),
+            "visited": spaces.MultiBinary(p),
+            "updated": spaces.MultiBinary(p),
+            "coords": spaces.Box(0.0, 1.0, (p * 2,), np.float32),
+            "budget": spaces.Box(0.0, 1.0, (1,), np.float32),
+            "action_mask": spaces.MultiBinary(p),
+        }
+    )
+
+
+@dataclass
+class ZoomConfig:
+    """Resolved arguments shared by both environments (see ``WSIZoomEnv``'s docstring)."""
+
+    budget: float
+    tau: float
+    update: str
+    reward: str
+    max_patches: int
+    mask_updated: bool
+    absolute_cosine: bool
+    budget_end: str
+
+
+def resolve_arguments(
+    *,
+    dataset: str | Path | SlideDataset,
+    split: str,
+    fold: int,
+    budget: float,
+    tau: float | None,
+    update: str,
+    reward: str,
+    max_patches: int | None,
+    hafed: Any,
+    tsu: Any,
+    mask_updated: bool,
+    absolute_cosine: bool | None,
+    budget_end: str,
+    device: str | torch.device,
+    progress: bool,
+) -> tuple[SlideSource, torch.nn.Module, torch.nn.Module | None, ZoomConfig]:
+    """Check the environment arguments, load the models and the (cached) slides.
+
+    Raises:
+        ValueError: naming the argument and what was expected.
+    """
+    if update not in UPDATE_RULES:
+        raise ValueError(f"update must be one of {tuple(UPDATE_RULES)}, got {update!r}")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    if budget_end not in BUDGET_ENDS:
+        raise ValueError(f"budget_end must be one of {BUDGET_ENDS}, got {budget_end!r}")
+    if not (isinstance(budget, (int, float)) and 0.0 < float(budget) <= 1.0):
+        raise ValueError(f"budget must be a fraction of the patches in (0, 1], got {budget!r}")
+    device = torch.device(device)
+    hafed_key = hafed if not isinstance(hafed, (str, Path)) else str(hafed)
+    hafed_model = resolve_model(hafed, "hafed", "hafed").to(device).eval()
+    tsu_model = None
+    if update != "none" or tau is None or absolute_cosine is None:
+        tsu_model = resolve_model(tsu, "tsu", "tsu").to(device).eval()
+    if tau is None:
+        tau = float(tsu_model.config.tau)
+    if absolute_cosine is None:
+        absolute_cosine = (
+            tsu_model is not None and getattr(tsu_model.config, "similarity", "cosine") == "abs_cosine"
+        )
+    if tsu_model is not None and tsu_model.config.in_dim != hafed_model.config.in_dim:
+        raise ValueError(
+            f"tsu has in_dim={tsu_model.config.in_dim} but hafed has in_dim={hafed_model.config.in_dim}"
+        )
+    source = slide_source(dataset, split, fold, hafed_model, hafed_key, device, progress)
+    if max_patches is None:
+        max_patches = source.max_n
+    if int(max_patches) < source.max_n:
+        big = source.slide_ids[int(np.argmax(source.n_list))]
+        raise ValueError(
+            f"max_patches={max_patches} is smaller than the largest slide of split {split!r} "
+            f"({big!r} has {source.max_n} patches)"
+        )
+    config = ZoomConfig(
+        budget=float(budget),
+        tau=float(tau),
+        update=update,
+        reward=reward,
+        max_patches=int(max_patches),
+        mask_updated=bool(mask_updated),
+        absolute_cosine=bool(absolute_cosine),
+        budget_end=budget_end,
+    )
+    return source, hafed_model, tsu_model, config
+
+
+class ZoomBatch:
+    """``B`` zoom episodes stepped together (module docstring).
+
+    Args:
+        source: the slides.
+        hafed: frozen HAFED (eval mode) on ``source.device``.
+        tsu: frozen ``f_S`` (eval mode) or None for ``update="none"``.
+        config: resolved options.
+        num_envs: ``B``.
+    """
+
+    def __init__(
+        self,
+        source: SlideSource,
+        hafed: torch.nn.Module,
+        tsu: torch.nn.Module | None,
+        config: ZoomConfig,
+        num_envs: int,
+    ) -> None:
+        self.source, self.hafed, self.tsu, self.config = source, hafed, tsu, config
+        self.num_envs = b = int(num_envs)
+        self.max_patches = p = config.max_patches
+        self.dim = d = source.dim
+        dev = self.device = source.device
+        self.tensors = ZoomBatchState(
+            state=torch.zeros(b, p, d, device=dev),
+            z=torch.zeros(b, p, d, device=dev),
+            z_norm=torch.ones(b, p, device=dev),
+            valid=torch.zeros(b, p, dtype=torch.bool, device=dev),
+            visited=torch.zeros(b, p, dtype=torch.bool, device=dev),
+            updated=torch.zeros(b, p, dtype=torch.bool, device=dev),
+        )
+        self.classifier = IncrementalAttentionClassifier(hafed, b, p, dev)
+        self.rule = UPDATE_RULES[config.update]
+        # host-side per-episode bookkeeping
+        self.slide = np.zeros(b, dtype=np.int64)
+        self.n = np.zeros(b, dtype=np.int64)
+        self.steps_budget = np.ones(b, dtype=np.int64)
+        self.zooms = np.zeros(b, dtype=np.int64)
+        self.labels = torch.zeros(b, dtype=torch.long, device=dev)
+        self.order = np.full((b, p), -1, dtype=np.int64)  # zoom order of each patch, -1 if not zoomed
+        self.valid_np = np.zeros((b, p), dtype=np.int8)
+        self.visited_np = np.zeros((b, p), dtype=np.int8)
+        self.updated_np = np.zeros((b, p), dtype=np.int8)
+        self.coords_np = np.zeros((b, p * 2), dtype=np.float32)
+        self.tumour_np = np.full((b, p), np.nan, dtype=np.float32)
+        self.ce = torch.zeros(b, dtype=torch.float32, device=dev)
+        self.logits = torch.zeros(b, hafed.config.num_classes, device=dev)
+
+    # ------------------------------------------------------------------ episodes
+    @torch.no_grad()
+    def load(self, envs: list[int], slides: list[int]) -> None:
+        """Start new episodes: environment ``envs[j]`` on slide position ``slides[j]``."""
+        if not envs:
+            return
+        t, src, p = self.tensors, self.source, self.max_patches
+        for e, k in zip(envs, slides, strict=True):
+            rows, n = src.rows(k), src.n_list[k]
+            z = src.z[rows]
+            t.z[e].zero_()
+            t.z[e, :n] = z
+            t.state[e].copy_(t.z[e])
+            t.z_norm[e].fill_(1.0)
+            t.z_norm[e, :n] = z.norm(dim=-1).clamp_min(1e-12)
+            t.valid[e].zero_()
+            t.valid[e, :n] = True
+            t.visited[e].zero_()
+            t.updated[e].zero_()
+            self.slide[e], self.n[e] = k, n
+            self.steps_budget[e] = budget_steps(n, self.config.budget)
+            self.zooms[e] = 0
+            self.labels[e] = src.labels[k]
+            self.order[e] = -1
+            self.valid_np[e] = 0
+            self.valid_np[e, :n] = 1
+            self.visited_np[e] = 0
+            self.updated_np[e] = 0
+            self.coords_np[e] = 0.0
+            self.coords_np[e, : 2 * n] = src.coords[rows].reshape(-1).cpu().numpy()
+            self.tumour_np[e] = np.nan
+            self.tumour_np[e, :n] = src.tumour[rows].cpu().numpy()
+        idx = torch.as_tensor(envs, dtype=torch.long, device=self.device)
+        self.classifier.refresh(idx, t.state, t.valid)
+        logits = self.classifier.logits()
+        self.logits[idx] = logits[idx]
+        self.ce[idx] = cross_entropy(logits[idx], self.labels[idx])
+        del p
+
+    def action_masks(self) -> np.ndarray:
+        """Legal actions ``(B, P)`` bool: real, not zoomed (and not updated with ``mask_updated``)."""
+        taken = self.updated_np if self.config.mask_updated else self.visited_np
+        return (self.valid_np == 1) & (taken == 0)
+
+    def check_actions(self, actions: np.ndarray, active: np.ndarray) -> None:
+        """Raise ``ValueError`` for an action that is not a legal patch index of its episode."""
+        legal = self.action_masks()
+        for e in np.flatnonzero(active):
+            a = actions[e]
+            where = f" (environment {e})" if self.num_envs > 1 else ""
+            if not 0 <= a < self.max_patches:
+                raise ValueError(f"action {a} is outside Discrete({self.max_patches}){where}")
+            if not self.valid_np[e, a]:
+                raise ValueError(
+                    f"action {a} is a padding index{where}: the slide has {self.n[e]} patches (0..{self.n[e] - 1})"
+                )
+            if not legal[e, a]:
+                what = "already zoomed" if self.visited_np[e, a] else "already updated (mask_updated=True)"
+                raise ValueError(
+                    f"action {a}: patch {a} is {what}{where}; see action_masks() / info['action_mask']"
+                )
+
+    @torch.no_grad()
+    def step(self, actions: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        """Zoom ``actions[e]`` in every ``active`` episode ``e``.
+
+        Returns numpy arrays ``(B,)``: ``reward``, ``terminated``, ``truncated``, ``hit_tumour``
+        (bool), ``has_truth`` (bool), ``tsu_updates`` (rows updated by the rule); inactive entries are 0.
+
+        Raises:
+            ValueError: for an illegal action (padding index, already zoomed patch).
+        """
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        active = np.asarray(active, dtype=bool).reshape(self.num_envs)
+        self.check_actions(actions, active)
+        out = {
+            "reward": np.zeros(self.num_envs, dtype=np.float64),
+            "terminated": np.zeros(self.num_envs, dtype=bool),
+            "truncated": np.zeros(self.num_envs, dtype=bool),
+            "hit_tumour": np.zeros(self.num_envs, dtype=bool),
+            "has_truth": np.zeros(self.num_envs, dtype=bool),
+            "tsu_updates": np.zeros(self.num_envs, dtype=np.int64),
+        }
+        if not active.any():
+            return out
+        t, src, dev = self.tensors, self.source, self.device
+        act_idx = np.flatnonzero(active)
+        anchors_np = np.where(active, actions, 0)
+        anchors = torch.as_tensor(anchors_np, device=dev)
+        active_t = torch.as_tensor(active, device=dev)
+        flat = torch.as_tensor(src.offsets_list, device=dev)[torch.as_tensor(self.slide[act_idx], device=dev)]
+        v_anchor = src.v[flat + anchors[torch.as_tensor(act_idx, device=dev)]]
+        change = self.rule(
+            t,
+            anchors,
+            active_t,
+            v_anchor,
+            self.tsu,
+            tau=self.config.tau,
+            absolute_cosine=self.config.absolute_cosine,
+        )
+        self.classifier.update(change, t.state, t.valid)
+        logits = self.classifier.logits()
+        ce_after = cross_entropy(logits, self.labels)
+        # bookkeeping on the host
+        self.order[act_idx, actions[act_idx]] = self.zooms[act_idx]
+        self.zooms[act_idx] += 1
+        self.visited_np = t.visited.to(torch.int8).cpu().numpy()
+        self.updated_np = t.updated.to(torch.int8).cpu().numpy()
+        no_legal = ~self.action_masks().any(axis=1)
+        budget_done = self.zooms >= self.steps_budget
+        done = active & (budget_done | no_legal)
+        if self.config.budget_end == "terminate":
+            out["terminated"] = done
+        else:
+            out["truncated"] = active & budget_done
+            out["terminated"] = active & no_legal & ~budget_done
+        r = reward(self.config.reward, self.ce, ce_after, torch.as_tensor(done, device=dev))
+        out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
+        tumour = self.tumour_np[np.arange(self.num_envs), anchors_np]
+        out["has_truth"] = active & np.isfinite(tumour)
+        out["hit_tumour"] = out["has_truth"] & (np.nan_to_num(tumour, nan=0.0) > TUMOUR_HIT_FRACTION)
+        out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
+        keep = active_t.unsqueeze(-1)
+        self.logits = torch.where(keep, logits, self.logits)
+        self.ce = torch.where(active_t, ce_after, self.ce)
+        return out
+
+    # ------------------------------------------------------------------ views
+    def observation(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Batched observation ``{key: (B, ...)}`` (module docstring). ``copy=False`` may share memory
+        with the internal CPU state, which the next step overwrites."""
+        b = self.num_envs
+        state = self.tensors.state.reshape(b, -1)
+        state_np = state.cpu().numpy()
+        if copy and self.device.type == "cpu":
+            state_np = state_np.copy()
+        taken = self.updated_np if self.config.mask_updated else self.visited_np
+        remaining = (self.steps_budget - self.zooms) / self.steps_budget
+        return {
+            "state": state_np,
+            "patch_mask": self.valid_np.copy() if copy else self.valid_np,
+            "visited": self.visited_np.copy(),
+            "updated": self.updated_np.copy(),
+            "coords": self.coords_np.copy() if copy else self.coords_np,
+            "budget": np.clip(remaining, 0.0, 1.0).astype(np.float32).reshape(b, 1),
+            "action_mask": (self.valid_np & (1 - taken)).astype(np.int8),
+        }
+
+    def infos(self) -> dict[str, np.ndarray]:
+        """Per-episode facts ``{key: (B, ...)}``: prediction, probability, label, zooms, budget_steps, ce."""
+        probs = torch.softmax(self.logits.float(), dim=-1).cpu().numpy()
+        return {
+            "prediction": probs.argmax(-1).astype(np.int64),
+            "probability": probs.astype(np.float32),
+            "label": self.labels.cpu().numpy(),
+            "zooms": self.zooms.copy(),
+            "budget_steps": self.steps_budget.copy(),
+            "ce": self.ce.double().cpu().numpy(),
+            "action_mask": self.observation_masks(),
+        }
+
+    def observation_masks(self) -> np.ndarray:
+        """``action_mask`` as int8 ``(B, P)``."""
+        return self.action_masks().astype(np.int8)
+
+    def attention(self) -> np.ndarray:
+        """HAFED's branch-averaged attention on the current states ``(B, P)``."""
+        return self.classifier.attention().cpu().numpy()
