@@ -42,7 +42,9 @@ def _polygon_area(v: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
-def rasterise_polygon(vertices: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], cell: int) -> np.ndarray:
+def rasterise_polygon(
+    vertices: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], cell: int
+) -> np.ndarray:
     """Even-odd fill of one polygon sampled at cell centres.
 
     Args:
@@ -121,7 +123,9 @@ def _read_annotation(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
         pos = [np.asarray(p["vertices"], dtype=np.float64) for p in doc["positive"]]
         neg = [np.asarray(p["vertices"], dtype=np.float64) for p in doc.get("negative", [])]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(path, f"expected NCRF annotation JSON with 'positive' polygon vertices ({exc})") from exc
+        raise DataError(
+            path, f"expected NCRF annotation JSON with 'positive' polygon vertices ({exc})"
+        ) from exc
     pos = [p for p in pos if p.ndim == 2 and p.shape[0] >= 3 and p.shape[1] == 2]
     return pos, neg
 
