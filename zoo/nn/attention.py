@@ -99,3 +99,15 @@ def diversity_loss(attention: Tensor, eps: float = 1e-8) -> Tensor:
     sim = a @ a.transpose(-1, -2)  # (..., K, K)
     off = sim.sum(dim=(-1, -2)) - sim.diagonal(dim1=-2, dim2=-1).sum(-1)
     return (off / (k * (k - 1))).mean()
+
+
+def sigmax(logits: Tensor, mask: Tensor | None = None, dim: int = -1, eps: float = 1e-8) -> Tensor:
+    r"""Normalised sigmoid (ASMIL's anchor): :math:`\tilde\sigma(x)_i = \sigma(x_i) / (\sum_j \sigma(x_j) + \epsilon)`.
+
+    Unlike softmax it is not shift-invariant and saturates instead of sharpening. ``mask`` broadcasts
+    against ``logits`` (True = valid); invalid entries get exactly 0 and are left out of the sum.
+    """
+    s = torch.sigmoid(logits)
+    if mask is not None:
+        s = s * mask
+    return s / (s.sum(dim=dim, keepdim=True) + eps)
