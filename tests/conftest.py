@@ -1,0 +1,72 @@
+"""Root conftest: a Hub-compatible server on 127.0.0.1 for the whole session (see ``tests/hub_server.py``).
+
+It runs at import time, before any test module imports ``huggingface_hub`` (which reads its settings
+from the environment at import): ``HF_ENDPOINT`` points at the server, ``HF_HOME`` at a session temp
+folder (so the Hub cache is fresh), ``HF_TOKEN=dummy``, Xet and telemetry are off, and loopback bypasses
+any proxy. ``WSIGYM_CACHE`` is set to a session temp folder unless already set. Area fixtures live in
+the subfolder conftests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# pytest (prepend import mode) put tests/ on sys.path to import this file; take it off again, or the
+# folder tests/zoo would shadow the zoo package as a namespace package when the cwd is not on sys.path.
+if str(Path(__file__).resolve().parent) in sys.path:
+    sys.path.remove(str(Path(__file__).resolve().parent))
+
+if "huggingface_hub" in sys.modules:  # its constants would already point at the real Hub
+    raise RuntimeError("tests/conftest.py must run before huggingface_hub is imported (a plugin imported it)")
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="wsigym-tests-"))
+_spec = importlib.util.spec_from_file_location("hub_server", Path(__file__).with_name("hub_server.py"))
+hub_server_module = importlib.util.module_from_spec(_spec)
+sys.modules["hub_server"] = hub_server_module
+_spec.loader.exec_module(hub_server_module)
+
+HUB = hub_server_module.HubServer(_SESSION_DIR / "hub-server").start()
+
+for _var in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_XET_CACHE"):
+    os.environ.pop(_var, None)
+os.environ.update(
+    {
+        "HF_ENDPOINT": HUB.endpoint,
+        "HF_HOME": str(_SESSION_DIR / "hf-home"),
+        "HF_TOKEN": "dummy",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+)
+os.environ.setdefault("WSIGYM_CACHE", str(_SESSION_DIR / "wsigym-cache"))
+
+
+def _cleanup() -> None:
+    HUB.stop()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The session's :class:`hub_server.HubServer` (``.endpoint``, ``.store``, ``.log``)."""
+    return HUB
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    """``HF_HOME`` of the session (the Hub cache is ``<hf_home>/hub``)."""
+    return Path(os.environ["HF_HOME"])

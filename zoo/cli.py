@@ -1,0 +1,210 @@
+"""The ``zoo`` command: list, pull, push, inspect, train and tabulate zoo models.
+
+- ``zoo list``                               registered names, their repo ids and where they are available
+- ``zoo pull NAME_OR_REPO [--revision R]``   download into the Hub cache (prints the folder)
+- ``zoo push DIR REPO_ID``                   upload a model folder (checked first) or any artefact folder
+- ``zoo info NAME_OR_REPO_OR_PATH``          config, parameter count and card metrics
+- ``zoo train ARCH --dataset NAME_OR_FOLDER ...``  train, evaluate and save (config + weights + card)
+- ``zoo results DIR... [--out FILE]``        results table of training runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _parse_value(text: str) -> Any:
+    """``key=value`` values: JSON when it parses (numbers, booleans, lists, null), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["hidden=256", "gated=false"]`` -> ``{"hidden": 256, "gated": False}``.
+
+    Raises:
+        ValueError: for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config expects key=value, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from zoo import hub
+    from zoo.pretrained import PRETRAINED, hub_org
+
+    rows = []
+    for name in hub.list_pretrained():
+        entry = PRETRAINED[name]
+        if entry.is_shipped():
+            where = "shipped"
+        elif hub.cached_revision(entry.repo_id()):
+            where = "cached"
+        else:
+            where = "hub"
+        rows.append((name, entry.architecture, entry.dataset, entry.repo_id(), where))
+    widths = [max(len(r[i]) for r in [("name", "arch", "dataset", "repo", "where"), *rows]) for i in range(5)]
+    header = ("name", "arch", "dataset", "repo", "where")
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"\norganisation: {hub_org()} (set ZOO_HUB_ORG to change)")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from zoo import hub
+
+    print(hub.pull(args.name, revision=args.revision))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from zoo import hub
+
+    sha = hub.push_folder(args.folder, args.repo_id, commit_message=args.message, private=args.private)
+    print(f"pushed {args.folder} to {args.repo_id} @ {sha}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from zoo import cards, hub
+
+    folder, entry = hub.resolve(args.name, args.revision)
+    info: dict[str, Any] = {"source": args.name, "folder": str(folder)}
+    if entry is not None:
+        info["registered"] = {"repo_id": entry.repo_id(), "dataset": entry.dataset, "kind": entry.kind}
+    if (folder / hub.CONFIG_NAME).is_file() and (entry is None or entry.kind == "mil"):
+        model = hub.load_folder(folder, expected_architecture=entry.architecture if entry else None)
+        info["config"] = model.config_dict()
+        info["parameters"] = model.num_parameters()
+    card = folder / hub.CARD_NAME
+    if card.is_file():
+        try:
+            info["card_metrics"] = cards.card_metrics(card.read_text())
+        except cards.CardError as e:
+            info["card_metrics"] = f"unreadable card: {e}"
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from wsigym.data.dataset import open_dataset
+
+    reader_kwargs: dict[str, Any] = {}
+    if args.format:
+        reader_kwargs["format"] = args.format
+    if args.labels:
+        reader_kwargs["labels"] = args.labels
+    dataset = open_dataset(args.dataset, **reader_kwargs)
+    overrides = parse_overrides(args.config)
+    out = args.out or f"runs/{args.arch}-{Path(str(args.dataset)).name}"
+    fit_kwargs: dict[str, Any] = {}
+    if args.epochs is not None:
+        fit_kwargs["epochs"] = args.epochs
+    if args.arch == "tsu":
+        from zoo.train_tsu import train_and_save_tsu
+
+        if not args.hafed:
+            raise SystemExit("zoo train tsu needs --hafed NAME_OR_FOLDER (a trained HAFED)")
+        path = train_and_save_tsu(
+            args.hafed, dataset, out, fold=args.fold, seed=args.seed, **overrides, **fit_kwargs
+        )
+    else:
+        from zoo.train import train_and_save
+
+        path = train_and_save(
+            args.arch, dataset, out_dir=out, fold=args.fold, seed=args.seed, config=overrides, **fit_kwargs
+        )
+    print(f"saved {path}")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from zoo.results import results_table
+
+    table = results_table(args.dirs)
+    text = table if isinstance(table, str) else str(table)
+    if args.out:
+        Path(args.out).write_text(text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zoo.registry import list_architectures
+
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered pretrained names")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("pull", help="download a registered name or repo into the Hub cache")
+    p.add_argument("name", metavar="NAME_OR_REPO")
+    p.add_argument("--revision", default=None, help="branch or commit sha")
+    p.set_defaults(func=_cmd_pull)
+
+    p = sub.add_parser("push", help="upload a folder to a Hub repo (created if needed)")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("info", help="config, parameters and card metrics of a model")
+    p.add_argument("name", metavar="NAME_OR_REPO_OR_PATH")
+    p.add_argument("--revision", default=None)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train a model family on a dataset and save it")
+    p.add_argument("arch", choices=list_architectures())
+    p.add_argument("--dataset", required=True, help="named dataset (synth-c16) or a features folder")
+    p.add_argument(
+        "--format", default=None, help="folder layout (clam, trident, sasha, native); default: detected"
+    )
+    p.add_argument("--labels", default=None, help="labels CSV (slide_id,label)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the family recipe")
+    p.add_argument("--out", default=None, help="output folder (default runs/<arch>-<dataset>)")
+    p.add_argument("--hafed", default=None, help="tsu only: the trained HAFED (name, repo or folder)")
+    p.add_argument(
+        "--config", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides (JSON values)"
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("results", help="results table of training run folders")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", default=None, help="write the table to this file")
+    p.set_defaults(func=_cmd_results)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script; returns the exit status."""
+    from zoo.hub import ZooLoadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ZooLoadError, FileNotFoundError, ValueError) as e:
+        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
