@@ -37,6 +37,31 @@ def test_pairs_children_and_reads_geometry(tmp_path, layouts, bags):
     assert lr_only.hr_features is None and ds.load("slide_00", hr=False).hr_features is None
 
 
+def test_tissue_mask_and_mpp_from_wsigym_extractor(tmp_path, layouts, bags):
+    """wsigym.slides.extract lists all k children of each parent with a ``tissue_mask`` flag."""
+    job, csv = _job(tmp_path, layouts, bags)
+    want = bags[2]
+    n, k = want.hr_mask.shape
+    noise = np.random.default_rng(0).standard_normal(want.hr_features.shape).astype(np.float32)
+    all_children = np.where(want.hr_mask[..., None], want.hr_features, noise)
+    with h5py.File(layouts.trident_level(job, 20, 256) / "slide_02.h5", "r+") as f:
+        attrs = dict(f["coords"].attrs)
+        for key in ("features", "coords"):
+            del f[key]
+        f["features"] = all_children.reshape(n * k, -1)
+        f["coords"] = want.hr_coords.reshape(n * k, 2)
+        f["coords"].attrs.update(attrs)
+        f["tissue_mask"] = want.hr_mask.reshape(n * k)
+        f.attrs["mpp"] = 0.25
+    got = TridentDataset(job, csv).load("slide_02")
+    np.testing.assert_array_equal(got.hr_mask, want.hr_mask)
+    np.testing.assert_array_equal(got.hr_features, want.hr_features)
+    assert got.meta.mpp is None  # the low-res file has no mpp attribute
+    with h5py.File(layouts.trident_level(job, 5, 256) / "slide_02.h5", "r+") as f:
+        f.attrs["mpp"] = 0.25
+    assert TridentDataset(job, csv).load("slide_02").meta.mpp == 0.25
+
+
 def test_encoder_choice_and_open_folder(tmp_path, layouts, bags):
     job, csv = _job(tmp_path, layouts, bags)
     layouts.write_trident(job, bags, encoder="conch_v15")

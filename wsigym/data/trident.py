@@ -6,6 +6,9 @@ Layout (``job_dir`` is TRIDENT's ``--job_dir``)::
         features  (N, D) float
         coords    (N, 2) int64 level-0 top-left, attributes patch_size, patch_size_level0,
                   level0_magnification, target_magnification, overlap, name, ...
+        tissue_mask (N,) bool, optional (written by :mod:`wsigym.slides.extract`): rows with False
+                  are background children and are left out before pairing
+        attrs['mpp'] optional microns per level-0 pixel (root attribute)
 
 ``Z`` comes from the ``lr_mag`` folder; ``U`` from the ``hr_mag`` folder, paired by coordinates with
 :func:`~wsigym.data.pairing.pair_children` (``k = (patch_size_level0_lr / patch_size_level0_hr)^2``).
@@ -85,6 +88,8 @@ class TridentFile:
     patch_size_level0: int
     level0_magnification: float | None
     target_magnification: float | None
+    tissue_mask: np.ndarray | None  # (N,) bool, optional ``tissue_mask`` dataset (False = background)
+    mpp: float | None  # optional finite root attribute ``mpp``
 
 
 def read_trident_features(path: str | Path, dim: int | None = None) -> TridentFile:
@@ -94,6 +99,11 @@ def read_trident_features(path: str | Path, dim: int | None = None) -> TridentFi
         z = read_h5_array(f, "features", path, kind="float", shape=(None, dim), finite_rows=True)
         coords = read_h5_array(f, "coords", path, kind="int", shape=(z.shape[0], 2))
         attrs = dict(f["coords"].attrs)
+        tissue = None
+        if "tissue_mask" in f:
+            tissue = read_h5_array(f, "tissue_mask", path, kind="bool", shape=(z.shape[0],))
+        mpp = f.attrs.get("mpp")
+        mpp = float(mpp) if mpp is not None and np.isfinite(float(mpp)) and float(mpp) > 0 else None
     if z.shape[0] == 0:
         raise DataError(path, "dataset 'features' has no rows")
     if "patch_size_level0" not in attrs:
@@ -110,7 +120,7 @@ def read_trident_features(path: str | Path, dim: int | None = None) -> TridentFi
     def opt(key: str) -> float | None:
         return float(attrs[key]) if key in attrs else None
 
-    return TridentFile(z, coords, ps0, opt("level0_magnification"), opt("target_magnification"))
+    return TridentFile(z, coords, ps0, opt("level0_magnification"), opt("target_magnification"), tissue, mpp)
 
 
 class TridentDataset(FolderDataset):
@@ -175,14 +185,11 @@ class TridentDataset(FolderDataset):
                 hi = read_trident_features(hr_path, dim=z.shape[1])
                 hr_ps0 = hi.patch_size_level0
                 children_per_side(lo.patch_size_level0, hr_ps0, hr_path)
+                cf, cc = hi.features, hi.coords
+                if hi.tissue_mask is not None:  # wsigym's extractor lists every child and flags tissue
+                    cf, cc = cf[hi.tissue_mask], cc[hi.tissue_mask]
                 paired = pair_children(
-                    coords,
-                    hi.features,
-                    hi.coords,
-                    lo.patch_size_level0,
-                    hr_ps0,
-                    hr_path,
-                    childless=self.childless,
+                    coords, cf, cc, lo.patch_size_level0, hr_ps0, hr_path, childless=self.childless
                 )
                 z, coords = z[paired.keep], coords[paired.keep]
                 extra["childless_dropped"] = paired.n_dropped
@@ -201,6 +208,7 @@ class TridentDataset(FolderDataset):
             hr_magnification=self.hr.magnification if self.hr is not None else self.lr.magnification,
             patch_size_level0=lo.patch_size_level0,
             hr_patch_size_level0=hr_ps0,
+            mpp=lo.mpp,
             encoder=self.lr.encoder,
             extra=extra,
         )
