@@ -174,3 +174,13 @@ def test_bad_input_raises_data_error(tmp_path, bags, case):
     with pytest.raises(DataError) as err:
         NativeDataset(root).load("slide_02")
     assert where in str(err.value) and what in str(err.value), str(err.value)
+
+
+def test_masked_children_keep_values_and_nonfinite_become_zero(tmp_path, bags):
+    bag = bags[4]
+    i, j = np.argwhere(~bag.hr_mask)[:2]
+    bag.hr_features[i[0], i[1]] = 3.0
+    bag.hr_features[j[0], j[1], 0] = np.nan
+    back = read_bag(write_bag(bag, tmp_path / "s.h5", dtype="float32"))
+    assert (back.hr_features[i[0], i[1]] == 3.0).all()
+    assert back.hr_features[j[0], j[1], 0] == 0 and np.isfinite(back.hr_features).all()

@@ -9,18 +9,15 @@ Dataset folder::
 
 Slide file ``slides/<slide_id>.h5`` (N low-res patches, k children, d features, e view width):
 
-==============================  ===========  ==========================================================
-key                             shape        type / meaning
-==============================  ===========  ==========================================================
-``lr/features``                 ``(N, d)``   float16 or float32 (read as float32): low-res features Z
-``lr/coords``                   ``(N, 2)``   int64 level-0 top-left ``(x, y)``
-``hr/features``                 ``(N, k, d)`` float16/float32: high-res children U (optional group)
-``hr/mask``                     ``(N, k)``   bool, True = child on tissue
-``hr/coords``                   ``(N, k, 2)`` int64 level-0 top-left of each child
-``truth/tumour_fraction``       ``(N,)``     float, optional ground truth
-``truth/hr_tumour_fraction``    ``(N, k)``   float, optional (needs ``hr/``)
-``views/<name>``                ``(N, e)``   float, optional extra views (e.g. ``vlm``)
-==============================  ===========  ==========================================================
+- ``lr/features`` ``(N, d)``: float16 or float32 (read as float32), low-res features Z.
+- ``lr/coords`` ``(N, 2)``: int64 level-0 top-left ``(x, y)``.
+- ``hr/features`` ``(N, k, d)``: float16/float32, high-res children U (optional group ``hr/``);
+  masked-out children keep their values (non-finite ones are stored as 0).
+- ``hr/mask`` ``(N, k)``: bool, True = child on tissue.
+- ``hr/coords`` ``(N, k, 2)``: int64 level-0 top-left of each child.
+- ``truth/tumour_fraction`` ``(N,)``: float, optional ground truth per low-res patch.
+- ``truth/hr_tumour_fraction`` ``(N, k)``: float, optional (needs ``hr/``).
+- ``views/<name>`` ``(N, e)``: float16/float32, optional extra views (e.g. ``vlm``).
 
 Root attributes: ``format = "wsigym-bag"``, ``format_version = 1``, ``slide_id``, ``label`` (int index
 into ``class_names``), ``class_names`` (JSON list), ``meta`` (JSON of ``SlideMeta.to_dict()``).
@@ -93,7 +90,7 @@ def write_bag(bag: SlideBag, path: str | Path, dtype: str = "float16") -> Path:
             raise DataError(
                 path, f"{name} overflow {dtype} (max |value| {np.nanmax(np.abs(a)):.3g}); use float32"
             )
-        return out
+        return np.where(np.isfinite(out), out, 0).astype(ftype)  # only masked-out children can be non-finite
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -111,8 +108,7 @@ def write_bag(bag: SlideBag, path: str | Path, dtype: str = "float16") -> Path:
             if bag.hr_features is not None:
                 k = bag.hr_features.shape[1]
                 mask = bag.hr_mask if bag.hr_mask is not None else np.ones((bag.n, k), dtype=bool)
-                u = np.where(mask[..., None], bag.hr_features, 0)
-                f.create_dataset("hr/features", data=feats("hr/features", u, mask))
+                f.create_dataset("hr/features", data=feats("hr/features", bag.hr_features, mask))
                 f.create_dataset("hr/mask", data=mask.astype(bool))
                 if bag.hr_coords is not None:
                     f.create_dataset("hr/coords", data=bag.hr_coords.astype(np.int64))
