@@ -36,7 +36,7 @@ from wsigym.slides.magnification import (
 )
 
 BACKENDS = ("auto", "openslide", "tiffslide")
-_PROBE_MAX = 4096
+_PROBE_MAX = 1024
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -382,6 +382,9 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
         arr = np.repeat(arr[..., None], 3, axis=2)
     arr = arr.astype(np.uint8, copy=False)
     if arr.shape[2] == 4:
+        alpha = arr[..., 3]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(arr[..., :3])
         a = arr[..., 3:4].astype(np.float32) / 255.0
         rgb = arr[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
         return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
