@@ -476,8 +476,9 @@ def train_and_save(
 
     ``in_dim`` comes from the first slide's features and ``num_classes`` from ``dataset.class_names``
     (``config`` may override other fields). The model is built after ``torch.manual_seed(seed)``, so the
-    whole run is reproducible. Writes the weights with :func:`zoo.hub.save_pretrained` and
-    ``metrics.json`` (see :func:`metrics_record`).
+    whole run is reproducible. Writes the weights and card with :func:`zoo.hub.save_pretrained`, then
+    replaces the hub's ``metrics.json`` by the full record of the run (:func:`metrics_record`: its
+    ``val``/``test`` keys are what the hub wrote, plus params, FLOPs, time, recipe and history).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -502,7 +503,7 @@ def train_and_save(
     hub.save_pretrained(
         result.model,
         out,
-        metrics=result.test_metrics,
+        metrics={"val": result.val_metrics, "test": result.test_metrics},
         dataset_name=dataset.name,
         training={k: v for k, v in record.items() if k not in ("history", "val", "test")},
     )
