@@ -4,29 +4,16 @@
 - ``wsigym data convert SRC OUT [--format auto|clam|trident|sasha|native] [--labels CSV] [--encoder E]
   [--lr-mag M] [--hr-mag M] [--splits DIR] [--dtype float16|float32]``
 
-``DATASET``/``SRC`` is a registered name (``synth-c16-tiny``) or a folder. Other modules can add
-``data`` subcommands: :data:`EXTRA_DATA_COMMANDS` lists modules whose ``add_data_subcommands(data_sub)``
-is called when the module exists.
+``DATASET``/``SRC`` is a registered name (``synth-c16-tiny``) or a folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 from pathlib import Path
 
 from wsigym.data.formats import LAYOUTS, NAMED_DATASETS
-
-EXTRA_DATA_COMMANDS = ("wsigym.data.synth.cli",)
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -54,12 +41,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="feature storage type")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_convert)
-
-    for name in EXTRA_DATA_COMMANDS:
-        if _module_exists(name):
-            module = importlib.import_module(name)
-            if hasattr(module, "add_data_subcommands"):
-                module.add_data_subcommands(data_sub)
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
