@@ -91,7 +91,7 @@ class Coverage(_RankedAgent):
 
     def priority(self, env: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
         mask = np.asarray(obs["patch_mask"]).astype(bool)
-        xy = np.asarray(obs["coords"], dtype=np.float64)
+        xy = np.asarray(obs["coords"], dtype=np.float64).reshape(-1, 2)  # obs coords may be flat (P*2,)
         idx = np.flatnonzero(mask)
         pts = xy[idx]
         first = int(np.argmin(((pts - pts.mean(0)) ** 2).sum(1)))
