@@ -79,3 +79,15 @@ def test_cli_convert_native_and_trident(tmp_path, native, layouts, bags, capsys)
     assert "0 slides written, 6 already complete" in capsys.readouterr().out
     bag = NativeDataset(tmp_path / "conv").load("slide_04")
     np.testing.assert_array_equal(bag.hr_mask, bags[4].hr_mask)
+
+
+def test_cli_convert_clam_with_children(tmp_path, layouts, bags, capsys):
+    root = layouts.write_clam(tmp_path / "c5", bags)
+    hr_root = layouts.write_clam(tmp_path / "c20", bags, hr=True)
+    csv = layouts.write_labels(tmp_path / "labels.csv", bags)
+    args = ["data", "convert", str(root), str(tmp_path / "out"), "--labels", str(csv), "--no-progress"]
+    args += ["--format", "clam", "--hr-root", str(hr_root), "--hr-patch-size-level0", str(layouts.C)]
+    assert main(args) == 0 and "6 slides written" in capsys.readouterr().out
+    bag = NativeDataset(tmp_path / "out").load("slide_03")
+    np.testing.assert_array_equal(bag.hr_mask, bags[3].hr_mask)
+    assert bag.meta.patch_size_level0 == layouts.P == 256

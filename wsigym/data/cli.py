@@ -2,7 +2,8 @@
 
 - ``wsigym data describe DATASET [--fold F]``
 - ``wsigym data convert SRC OUT [--format auto|clam|trident|sasha|native] [--labels CSV] [--encoder E]
-  [--lr-mag M] [--hr-mag M] [--splits DIR] [--dtype float16|float32]``
+  [--lr-mag M] [--hr-mag M] [--lr-only] [--splits DIR] [--patch-size-level0 P] [--hr-root DIR]
+  [--hr-patch-size-level0 C] [--dtype float16|float32]``
 
 ``DATASET``/``SRC`` is a registered name (``synth-c16-tiny``) or a folder.
 """
@@ -38,6 +39,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=None, help="TRIDENT features_<encoder> to read")
     p.add_argument("--lr-mag", type=float, default=5.0, help="TRIDENT low-res magnification (default 5)")
     p.add_argument("--hr-mag", type=float, default=20.0, help="TRIDENT high-res magnification (default 20)")
+    p.add_argument("--lr-only", action="store_true", help="TRIDENT: no high-res children")
+    p.add_argument("--patch-size-level0", type=int, default=256, help="CLAM: low-res patch side (level-0 px)")
+    p.add_argument("--hr-root", default=None, help="CLAM: feature folder of the high-res children")
+    p.add_argument("--hr-patch-size-level0", type=int, default=None, help="CLAM: child side (level-0 px)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="feature storage type")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_convert)
@@ -69,7 +74,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if layout in ("clam", "trident", "sasha"):
             kw["splits_dir"] = args.splits
         if layout == "trident":
-            kw.update(encoder=args.encoder, lr_mag=args.lr_mag, hr_mag=args.hr_mag)
+            kw.update(encoder=args.encoder, lr_mag=args.lr_mag, hr_mag=None if args.lr_only else args.hr_mag)
+        if layout == "clam":
+            kw.update(
+                patch_size_level0=args.patch_size_level0,
+                hr_root=args.hr_root,
+                hr_patch_size_level0=args.hr_patch_size_level0,
+                lr_magnification=args.lr_mag,
+                hr_magnification=args.hr_mag,
+            )
         dataset = open_layout(Path(args.src), layout, **kw)
     report = ConvertReport()
     out = convert(dataset, args.out, dtype=args.dtype, progress=not args.no_progress, report=report)
