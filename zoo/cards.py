@@ -162,9 +162,11 @@ def _format(value: Any, exact: bool = False) -> str:
     return str(value)
 
 
-def _rows(mapping: Mapping[str, Any] | None, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+def _rows(
+    mapping: Mapping[str, Any] | None, skip: tuple[str, ...] = (), exact: bool = True
+) -> list[tuple[str, str]]:
     return [
-        (str(k), _format(v, exact=True).replace("|", "\\|"))
+        (str(k), _format(v, exact=exact).replace("|", "\\|"))
         for k, v in (mapping or {}).items()
         if k not in skip
     ]
@@ -262,7 +264,7 @@ def render_card(
         "magnification": training.get("magnification") or None,
         "class_names": training.get("class_names") or None,
         "training_rows": _rows(
-            training, skip=("recipe", "class_names", "encoder", "magnification", "command")
+            training, skip=("recipe", "class_names", "encoder", "magnification", "command"), exact=False
         ),
         "recipe_rows": _rows(recipe),
         "train_command": train_command or training.get("command") or None,

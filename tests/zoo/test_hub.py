@@ -313,3 +313,31 @@ def test_cli_push_pull_info_list(hub_server, org, tmp_path, capsys):
     assert re.search(rf"{repo}\s+cached", listing) and "semamil-camelyon16" in listing
     assert zoo_main(["pull", "not a repo"]) == 2
     assert "neither a registered name nor a Hub repo id" in capsys.readouterr().err
+
+
+def test_cli_train_wiring(monkeypatch, tmp_path):
+    import wsigym.data.dataset as dataset_module
+    import zoo.train
+    from zoo.cli import parse_overrides
+
+    assert parse_overrides(["hidden=256", "gated=false", "view=hr", "k=[1,2]"]) == {
+        "hidden": 256,
+        "gated": False,
+        "view": "hr",
+        "k": [1, 2],
+    }
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["hidden"])
+    calls = {}
+    monkeypatch.setattr(
+        dataset_module, "open_dataset", lambda name, **kw: calls.setdefault("open", (name, kw))
+    )
+    monkeypatch.setattr(
+        zoo.train, "train_and_save", lambda *a, **kw: calls.setdefault("train", (a, kw)) and tmp_path
+    )
+    argv = ["train", "abmil", "--dataset", "/feats", "--format", "clam", "--labels", "l.csv", "--fold", "2"]
+    assert zoo_main([*argv, "--epochs", "3", "--out", str(tmp_path), "--config", "hidden=64"]) == 0
+    assert calls["open"] == ("/feats", {"format": "clam", "labels": "l.csv"})
+    args, kwargs = calls["train"]
+    assert args[0] == "abmil" and args[1] == calls["open"]
+    assert kwargs == {"out_dir": str(tmp_path), "fold": 2, "seed": 0, "config": {"hidden": 64}, "epochs": 3}
