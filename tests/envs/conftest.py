@@ -21,24 +21,26 @@ class TinyDataset(SlideDataset):
     several patches in the similar set of a zoomed patch.
     """
 
-    def __init__(self, count: int = 6, seed: int = 0, truth: bool = True, name: str = "tiny") -> None:
+    def __init__(
+        self, count: int = 6, seed: int = 0, truth: bool = True, name: str = "tiny", n: int | None = None
+    ) -> None:
         self.name = name
         self.class_names = ("normal", "tumour")
         rng = np.random.default_rng(seed)
         self._bags: dict[str, SlideBag] = {}
         centres = rng.normal(size=(4, DIM))
         for j in range(count):
-            n = int(rng.integers(20, 61))
+            n_j = int(rng.integers(20, 61)) if n is None else n
             label = j % 2
-            side = int(np.ceil(np.sqrt(n)))
-            cells = rng.permutation(side * side)[:n]
+            side = int(np.ceil(np.sqrt(n_j)))
+            cells = rng.permutation(side * side)[:n_j]
             coords = np.stack([cells % side, cells // side], axis=1).astype(np.int64) * 2048
-            cluster = rng.integers(0, 4, size=n)
-            z = centres[cluster] + 0.25 * rng.normal(size=(n, DIM))
-            u = z[:, None, :] + 0.5 * rng.normal(size=(n, K, DIM))
-            hr_mask = np.ones((n, K), dtype=bool)
-            hr_mask[:, -1] = rng.random(n) > 0.3
-            tumour = (rng.random(n) < 0.3).astype(np.float32) * label if truth else None
+            cluster = rng.integers(0, 4, size=n_j)
+            z = centres[cluster] + 0.25 * rng.normal(size=(n_j, DIM))
+            u = z[:, None, :] + 0.5 * rng.normal(size=(n_j, K, DIM))
+            hr_mask = np.ones((n_j, K), dtype=bool)
+            hr_mask[:, -1] = rng.random(n_j) > 0.3
+            tumour = (rng.random(n_j) < 0.3).astype(np.float32) * label if truth else None
             hr_coords = coords[:, None, :] + np.array([[0, 0], [512, 0], [0, 512], [512, 512]])[None]
             bag = SlideBag(
                 slide_id=f"slide_{j}",
@@ -66,6 +68,15 @@ class TinyDataset(SlideDataset):
 
     def load(self, slide_id: str, hr: bool = True) -> SlideBag:
         return self._bags[slide_id]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tiny tensors here run fastest single-threaded (and CI's 2 cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ class WSIZoomEnv(gym.Env):
 
     A ``Dict`` (``P = max_patches``, ``d`` = feature width):
 
-    - ``"state"``: ``Box(-inf, inf, (P*d,), float32)``, the state ``S_t`` flattened row-major
+    - ``"state"``: ``Box(-F, F, (P*d,), float32)`` with ``F`` the largest float32 (any finite value), the state ``S_t`` flattened row-major
       (``obs["state"].reshape(P, d)``); padding rows are 0. Flat because SB3's ``check_env`` warns
       on any Box that is neither 1-D nor an image, and a ``(1, P, d)`` "image" would be mis-handled.
     - ``"patch_mask"``: ``MultiBinary(P)`` int8, 1 for a real patch, 0 for padding.

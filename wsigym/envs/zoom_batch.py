@@ -13,7 +13,7 @@ The observation layout (one episode; :func:`observation_space`):
 ==================  =========================  ================================================
 key                 space                      meaning
 ==================  =========================  ================================================
-``state``           ``Box(-inf, inf, (P*d,))``  the state ``S_t`` row-major, padding rows 0;
+``state``           ``Box(-F, F, (P*d,))``     the state ``S_t`` row-major, padding rows 0;
                                                ``obs["state"].reshape(P, d)``
 ``patch_mask``      ``MultiBinary(P)`` int8    1 for a real patch, 0 for padding
 ``visited``         ``MultiBinary(P)`` int8    1 for a zoomed patch
@@ -49,6 +49,8 @@ from wsigym.envs.state_update import UPDATE_RULES, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 BUDGET_ENDS = ("terminate", "truncate")
+#: Bound of the ``state`` Box: any finite float32 (Gymnasium's checker warns on infinite bounds).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: A zoomed patch counts as a tumour hit when its ground-truth tumour fraction exceeds this.
 TUMOUR_HIT_FRACTION = 0.0
 
@@ -58,7 +60,7 @@ def observation_space(max_patches: int, dim: int) -> spaces.Dict:
     p = int(max_patches)
     return spaces.Dict(
         {
-            "state": spaces.Box(-np.inf, np.inf, (p * dim,), np.float32),
+            "state": spaces.Box(-FLOAT32_MAX, FLOAT32_MAX, (p * dim,), np.float32),
             "patch_mask": spaces.MultiBinary(p),
             "visited": spaces.MultiBinary(p),
             "updated": spaces.MultiBinary(p),
