@@ -149,8 +149,8 @@ def format_description(d: dict[str, Any]) -> str:
         f"  largest lesion (um)  : {_q(syn['largest_um']):44s} | {_q(real['largest_um'])}",
         f"  micro-only share (<2mm): synth {np.mean(np.array(syn['largest_um']) < 2000):.2f} | "
         f"real {np.mean(np.array(real['largest_um']) < 2000):.2f}",
-        f"  tumour share of tissue : {_q(syn['tumour_share_of_tissue'], '{:.4f}')}",
-        f"  share of patches with tumour: {_q(syn['patch_share'], '{:.4f}')}",
+        f"  tumour share of tissue : {_q(syn['tumour_share_of_tissue'], '{:.2g}')}",
+        f"  share of patches with tumour: {_q(syn['patch_share'], '{:.2g}')}",
         f"build time {d['build_seconds']:.1f} s, disk {d['disk_bytes'] / 1e6:.1f} MB",
     ]
     cal = d.get("calibration")
