@@ -121,8 +121,10 @@ def _scan_reference(decay: Tensor, drive: Tensor) -> Tensor:
     """States ``h (B, D, L, N)`` of ``h_t = decay_t h_{t-1} + drive_t``, sequentially."""
     h = decay.new_zeros(decay[:, :, 0].shape)
     states = []
-    for t in range(decay.shape[2]):
-        h = decay[:, :, t] * h + drive[:, :, t]
+    # unbind, not indexing: the backward of one unbind is one stack (indexing would build a
+    # full-size zero gradient per step, O(L^2))
+    for a_t, x_t in zip(decay.unbind(2), drive.unbind(2)):
+        h = a_t * h + x_t
         states.append(h)
     return torch.stack(states, dim=2)
 
@@ -146,9 +148,9 @@ def linear_scan(decay: Tensor, drive: Tensor, chunk: int = DEFAULT_CHUNK) -> Ten
     h = torch.zeros_like(x[0])
     p = torch.ones_like(a[0])
     local, prods = [], []
-    for t in range(chunk):
-        h = a[t] * h + x[t]
-        p = p * a[t]
+    for a_t, x_t in zip(a.unbind(0), x.unbind(0)):
+        h = a_t * h + x_t
+        p = p * a_t
         local.append(h)
         prods.append(p)
     local_h = torch.stack(local, dim=3)  # (B, D, n_chunks, T, N)
