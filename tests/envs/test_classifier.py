@@ -1,0 +1,77 @@
+"""The incremental HAFED classifier equals a full ``classify`` after arbitrary row changes."""
+
+from __future__ import annotations
+
+import torch
+
+import zoo
+from wsigym.envs.classifier import IncrementalAttentionClassifier
+from wsigym.envs.state_update import StateChange
+
+
+def full(hafed, state, valid):
+    with torch.no_grad():
+        out = hafed.classify(state, valid)
+    return out["logits"], out["attention"]
+
+
+def change_rows(state, env, row, new):
+    old = state[env, row].clone()
+    state[env, row] = new
+    return StateChange(
+        env=env, row=row, old=old, new=new, tsu_count=torch.zeros(state.shape[0], dtype=torch.long)
+    )
+
+
+def test_incremental_equals_full_over_an_episode():
+    torch.manual_seed(0)
+    b, p, d = 3, 50, 24
+    hafed = zoo.create_model("hafed", in_dim=d, n_token_2=4, num_classes=3).eval()
+    state = torch.randn(b, p, d)
+    n = torch.tensor([50, 31, 12])
+    valid = torch.arange(p)[None] < n[:, None]
+    state[~valid] = 0
+    clf = IncrementalAttentionClassifier(hafed, b, p, "cpu")
+    clf.refresh(torch.arange(b), state, valid)
+    logits, att = full(hafed, state, valid)
+    torch.testing.assert_close(clf.logits(), logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clf.attention(), att, rtol=1e-5, atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    for step in range(60):
+        envs, rows = [], []
+        for e in range(b):
+            k = int(torch.randint(0, 5, (1,), generator=g))
+            picked = torch.randperm(int(n[e]), generator=g)[:k]
+            envs += [e] * len(picked)
+            rows += picked.tolist()
+        env_t, row_t = torch.tensor(envs, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+        scale = 8.0 if step % 7 == 0 else 1.0  # occasionally large rows: big logit jumps (shift rescaling)
+        new = scale * torch.randn(len(envs), d, generator=g)
+        clf.update(change_rows(state, env_t, row_t, new), state, valid)
+        logits, att = full(hafed, state, valid)
+        torch.testing.assert_close(clf.logits(), logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(clf.attention(), att, rtol=1e-4, atol=1e-6)
+
+
+def test_dominant_row_removed_triggers_exact_refresh():
+    torch.manual_seed(2)
+    p, d = 20, 8
+    hafed = zoo.create_model("hafed", in_dim=d, n_token_2=2).eval()
+    with torch.no_grad():  # attention logit = 40 * x[0]: a row with a large first entry dominates
+        hafed.level2_attention.tanh_branch.weight.zero_()
+        hafed.level2_attention.tanh_branch.weight[:, 0] = 1.0
+        hafed.level2_attention.tanh_branch.bias.zero_()
+        hafed.level2_attention.gate_branch.weight.zero_()
+        hafed.level2_attention.gate_branch.bias.fill_(20.0)
+        hafed.level2_attention.score.weight.fill_(40.0 / hafed.config.attn_dim)
+        hafed.level2_attention.score.bias.zero_()
+    state = torch.randn(1, p, d) * 0.1
+    state[0, 3, 0] = 5.0  # dominant row: logit ~ 40, the others ~ 0 -> weights ~ e^-40
+    valid = torch.ones(1, p, dtype=torch.bool)
+    clf = IncrementalAttentionClassifier(hafed, 1, p, "cpu")
+    clf.refresh(torch.arange(1), state, valid)
+    new = torch.randn(1, d) * 0.1
+    clf.update(change_rows(state, torch.tensor([0]), torch.tensor([3]), new), state, valid)
+    logits, att = full(hafed, state, valid)
+    torch.testing.assert_close(clf.logits(), logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clf.attention(), att, rtol=1e-4, atol=1e-6)

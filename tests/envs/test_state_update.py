@@ -1,0 +1,88 @@
+"""Batched update rules: similar sets, at-most-once TSU updates, inactive environments untouched."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from wsigym.envs.state_update import ZoomBatchState, cosine_to_anchor, global_update, no_update, tsu_update
+
+
+def make_state(b=2, p=10, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, d, generator=g)
+    z = centres[torch.randint(0, 3, (b, p), generator=g)] + 0.05 * torch.randn(b, p, d, generator=g)
+    n = torch.tensor([p, p - 3])[:b]
+    valid = torch.arange(p)[None] < n[:, None]
+    z[~valid] = 0
+    return ZoomBatchState(
+        state=z.clone(),
+        z=z,
+        z_norm=z.norm(dim=-1).clamp_min(1e-12),
+        valid=valid,
+        visited=torch.zeros(b, p, dtype=torch.bool),
+        updated=torch.zeros(b, p, dtype=torch.bool),
+    )
+
+
+def fake_tsu(v_a, z_a, z_i):
+    return v_a + 0.1 * z_a - z_i
+
+
+def test_cosine_matches_normalize():
+    st = make_state()
+    anchors = torch.tensor([2, 4])
+    cos = cosine_to_anchor(st.z, st.z_norm, anchors)
+    zn = F.normalize(st.z, dim=-1)
+    torch.testing.assert_close(cos, torch.einsum("bpd,bd->bp", zn, zn[torch.arange(2), anchors]))
+
+
+def test_tsu_rule_batched_and_at_most_once():
+    st = make_state()
+    b, p, d = st.state.shape
+    v = torch.randn(b, p, d)
+    zn = F.normalize(st.z, dim=-1)
+    counts = torch.zeros(b, p, dtype=torch.long)
+    order = [torch.tensor([0, 1]), torch.tensor([5, 2]), torch.tensor([1, 6]), torch.tensor([9, 0])]
+    for anchors in order:
+        active = torch.tensor([True, anchors[1] < 7])
+        before_updated = st.updated.clone()
+        before = st.state.clone()
+        envs = active.nonzero().squeeze(-1)
+        change = tsu_update(st, anchors, active, v[envs, anchors[envs]], fake_tsu, tau=0.9)
+        for e in range(b):
+            if not active[e]:
+                assert torch.equal(st.state[e], before[e])
+                continue
+            a = int(anchors[e])
+            sim = (zn[e] @ zn[e, a] >= 0.9) & st.valid[e]
+            sim[a] = False
+            new = sim & ~before_updated[e]
+            rows = set(change.row[change.env == e].tolist())
+            assert rows == set(new.nonzero().flatten().tolist()) | {a}
+            assert int(change.tsu_count[e]) == int(new.sum())
+            torch.testing.assert_close(st.state[e, a], v[e, a])
+            for i in new.nonzero().flatten().tolist():
+                torch.testing.assert_close(st.state[e, i], fake_tsu(v[e, a], st.z[e, a], st.z[e, i]))
+                counts[e, i] += 1
+            assert st.updated[e, a] and st.visited[e, a]
+    assert counts.max() <= 1
+    assert not st.updated[~st.valid].any()
+
+
+def test_global_and_none_rules():
+    st = make_state()
+    b, _p, d = st.state.shape
+    v = torch.randn(b, d)
+    anchors = torch.tensor([3, 1])
+    active = torch.ones(b, dtype=torch.bool)
+    change = global_update(st, anchors, active, v, fake_tsu)
+    for e in range(b):
+        n = int(st.valid[e].sum())
+        assert set(change.row[change.env == e].tolist()) == set(range(n))
+        assert st.updated[e, :n].all() and not st.updated[e, n:].any()
+    st2 = make_state()
+    change = no_update(st2, anchors, active, v)
+    assert change.row.tolist() == [3, 1] and change.env.tolist() == [0, 1]
+    torch.testing.assert_close(st2.state[torch.arange(b), anchors], v)
+    assert int(st2.updated.sum()) == 2

@@ -1,0 +1,96 @@
+"""The vector env equals B independent WSIZoom-v0 envs (seeds s+i, NEXT_STEP autoreset)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+import wsigym  # noqa: F401
+from wsigym.envs.vector import WSIZoomVectorEnv
+from wsigym.envs.zoom import WSIZoomEnv
+
+
+def pick(mask: np.ndarray, rng: np.random.Generator) -> int:
+    return int(rng.choice(np.flatnonzero(mask)))
+
+
+@pytest.mark.parametrize("update", ["tsu", "global", "none"])
+def test_vector_equals_independent_envs(env_kwargs, update):
+    b, seed, steps = 3, 7, 45
+    kw = {**env_kwargs, "update": update, "budget": 0.25}
+    vec = WSIZoomVectorEnv(num_envs=b, **kw)
+    singles = [WSIZoomEnv(**kw) for _ in range(b)]
+    vobs, vinfo = vec.reset(seed=seed)
+    sobs = []
+    for i, env in enumerate(singles):
+        o, info = env.reset(seed=seed + i)
+        sobs.append(o)
+        assert vinfo["slide_id"][i] == info["slide_id"]
+        np.testing.assert_allclose(vinfo["probability"][i], info["probability"], atol=1e-6)
+    for key in vobs:
+        np.testing.assert_array_equal(vobs[key], np.stack([o[key] for o in sobs]))
+    rng = np.random.default_rng(0)
+    autoreset = np.zeros(b, dtype=bool)
+    episodes_done = 0
+    single_masks = [vinfo["action_mask"][i] for i in range(b)]
+    for _ in range(steps):
+        actions = np.array([pick(single_masks[i], rng) for i in range(b)])
+        vobs, vrew, vterm, vtrunc, vinfo = vec.step(actions)
+        for i, env in enumerate(singles):
+            if autoreset[i]:  # NEXT_STEP: this step resets sub-env i and ignores its action
+                o, info = env.reset()
+                r, term, trunc = 0.0, False, False
+            else:
+                o, r, term, trunc, info = env.step(int(actions[i]))
+            for key in o:
+                np.testing.assert_allclose(vobs[key][i], o[key], rtol=1e-5, atol=1e-6, err_msg=key)
+            assert vrew[i] == pytest.approx(r, abs=1e-5)
+            assert vterm[i] == term and vtrunc[i] == trunc
+            assert vinfo["slide_id"][i] == info["slide_id"]
+            assert vinfo["zooms"][i] == info["zooms"]
+            np.testing.assert_array_equal(vinfo["action_mask"][i], info["action_mask"])
+            assert vinfo["_tsu_updates"][i] == (not autoreset[i])
+            if "hit_tumour" in info:
+                assert vinfo["_hit_tumour"][i] and vinfo["hit_tumour"][i] == info["hit_tumour"]
+            single_masks[i] = info["action_mask"]
+        episodes_done += int((vterm | vtrunc).sum())
+        autoreset = vterm | vtrunc
+    assert episodes_done >= b  # several episodes, autoresets included
+
+
+def test_make_vec_entry_point(env_kwargs):
+    vec = gym.make_vec("WSIZoom-v0", num_envs=2, vectorization_mode="vector_entry_point", **env_kwargs)
+    assert isinstance(vec.unwrapped, WSIZoomVectorEnv)
+    assert vec.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    assert vec.config.update == "tsu"
+    obs, info = vec.reset(seed=0)
+    assert vec.observation_space.contains(obs)
+    assert obs["state"].shape == (2, vec.max_patches * vec.dim)
+    assert info["action_mask"].shape == (2, vec.max_patches) and info["_action_mask"].all()
+    assert vec.action_masks().shape == (2, vec.max_patches) and vec.action_masks().dtype == bool
+    glob = gym.make_vec("WSIZoomGlobal-v0", num_envs=2, vectorization_mode="vector_entry_point", **env_kwargs)
+    assert glob.config.update == "global"
+
+
+def test_vector_invalid_action_and_partial_reset(env_kwargs):
+    vec = WSIZoomVectorEnv(num_envs=2, **env_kwargs)
+    obs, _info = vec.reset(seed=1)
+    vec.step(np.array([0, 0]))
+    with pytest.raises(
+        ValueError, match=r"already zoomed \(environment 1\)|already zoomed \(environment 0\)"
+    ):
+        vec.step(np.array([0, 0]))
+    before = vec.batch.slide.copy()
+    obs, _ = vec.reset(seed=5, options={"reset_mask": np.array([False, True])})
+    assert obs["visited"][0].sum() == 1 and obs["visited"][1].sum() == 0
+    assert vec.batch.slide[0] == before[0]
+
+
+def test_vector_render(env_kwargs):
+    vec = WSIZoomVectorEnv(num_envs=2, render_mode="rgb_array", **env_kwargs)
+    vec.reset(seed=0)
+    vec.step(np.array([0, 1]))
+    frames = vec.render()
+    assert frames.ndim == 4 and frames.shape[0] == 2 and frames.shape[3] == 3 and frames.dtype == np.uint8
