@@ -176,7 +176,8 @@ class SlideReader:
         except Exception as e:
             raise DataError(
                 self.path,
-                f"pixel data cannot be decoded (truncated or corrupt file?): {type(e).__name__}: {e}",
+                f"not a readable slide: pixel data cannot be decoded (truncated or corrupt file?): "
+                f"{type(e).__name__}: {e}",
             ) from e
 
     def close(self) -> None:

@@ -63,13 +63,13 @@ class TissueMask:
         integral[1:, 1:] = self.mask.cumsum(0, dtype=np.float64).cumsum(1)
         ds = self.downsample
 
-        def edge(v: np.ndarray, hi: int) -> np.ndarray:
-            return np.clip(np.round(v / ds), 0, hi).astype(np.int64)
-
-        x0, x1 = edge(flat[:, 0], w), edge(flat[:, 0] + size_level0, w)
-        y0, y1 = edge(flat[:, 1], h), edge(flat[:, 1] + size_level0, h)
+        side = max(1, round(size_level0 / ds))
+        x0 = np.clip(np.floor(flat[:, 0] / ds), 0, w).astype(np.int64)
+        y0 = np.clip(np.floor(flat[:, 1] / ds), 0, h).astype(np.int64)
+        x1 = np.clip(np.floor(flat[:, 0] / ds) + side, 0, w).astype(np.int64)
+        y1 = np.clip(np.floor(flat[:, 1] / ds) + side, 0, h).astype(np.int64)
         area = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        full = max(1.0, round(size_level0 / ds) ** 2)
+        full = float(side * side)
         return np.clip(area / full, 0.0, 1.0).astype(np.float32).reshape(c.shape[:-1])
 
     def boundary(self) -> np.ndarray:
@@ -81,7 +81,8 @@ class TissueMask:
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu's threshold of uint8 values: the ``t`` maximising ``w0(t) w1(t) (mu0(t) - mu1(t))^2``.
 
-    Pixels ``> t`` form the upper class. Returns 0 for a constant image.
+    Pixels ``> t`` form the upper class; the middle of a plateau of maxima is taken. Returns 0 for a
+    constant image.
     """
     hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
     total = hist.sum()
@@ -96,7 +97,13 @@ def otsu_threshold(values: np.ndarray) -> float:
         sigma_b = np.where(denom > 0, (mu_t * omega - mu) ** 2 / denom, 0.0)
     if not np.any(sigma_b > 0):
         return 0.0
-    return float(np.argmax(sigma_b))
+    # empty bins between the modes give a plateau of equal maxima: take its middle
+    first = int(np.argmax(sigma_b))
+    best = sigma_b[first]
+    last = first
+    while last + 1 < 256 and sigma_b[last + 1] >= best * (1 - 1e-12):
+        last += 1
+    return float((first + last) // 2)
 
 
 def default_downsample(dimensions: tuple[int, int], *, max_side: int = 1024, cap: float = 64.0) -> float:
