@@ -103,3 +103,22 @@ def test_real_slides_whole_pipeline(tmp_path, cmu, tcga, tiny_encoder):
     done, failed = extract_folder([bad, cmu], tmp_path, tiny_encoder, on_error="skip", progress=False)
     assert set(done) == {cmu.stem} and "not a readable slide" in failed["bad"]
     assert output_paths(tmp_path, "bad", tiny_encoder.name, 5, 20, 256)["lr_features"].exists() is False
+
+
+def test_trident_dataset_reads_the_output_back(synthetic_job, synthetic, tiny_encoder, tmp_path):
+    from wsigym.data.trident import TridentDataset
+
+    job, _ = synthetic_job
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"slide_id,label\n{synthetic.path.stem},tumor\n")
+    ds = TridentDataset(
+        job, csv, encoder=tiny_encoder.name, lr_mag=5, hr_mag=20, class_names=("normal", "tumor")
+    )
+    bag = ds.load(synthetic.path.stem)
+    ours = read_slide_bag(job, synthetic.path.stem, tiny_encoder.name)
+    assert bag.label == 1 and bag.k == 16
+    assert np.array_equal(bag.coords, ours.coords)
+    assert np.array_equal(bag.hr_mask, ours.hr_mask)
+    assert np.allclose(bag.hr_features[bag.hr_mask], ours.hr_features[ours.hr_mask])
+    assert np.allclose(bag.features, ours.features)
+    assert bag.meta.patch_size_level0 == 2048 and bag.meta.hr_patch_size_level0 == 512
