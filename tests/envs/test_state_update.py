@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wsigym.envs.state_update import ZoomBatchState, cosine_to_anchor, global_update, no_update, tsu_update
+import zoo
+from wsigym.envs.state_update import (
+    ZoomBatchState,
+    cosine_to_anchor,
+    global_update,
+    no_update,
+    tsu_rows,
+    tsu_update,
+)
 
 
 def make_state(b=2, p=10, d=6, seed=0):
@@ -86,3 +94,15 @@ def test_global_and_none_rules():
     assert change.row.tolist() == [3, 1] and change.env.tolist() == [0, 1]
     torch.testing.assert_close(st2.state[torch.arange(b), anchors], v)
     assert int(st2.updated.sum()) == 2
+
+
+def test_factored_tsu_equals_model():
+    torch.manual_seed(3)
+    for order in ("v_a,s_a,s_i", "s_i,s_a,v_a"):
+        tsu = zoo.create_model("tsu", in_dim=12, input_order=order).eval()
+        v_a, z_a = torch.randn(3, 12), torch.randn(3, 12)
+        env = torch.tensor([0, 2, 2, 1, 0])
+        z_i = torch.randn(5, 12)
+        with torch.no_grad():
+            torch.testing.assert_close(tsu_rows(tsu, v_a, z_a, env, z_i), tsu(v_a[env], z_a[env], z_i))
+    torch.testing.assert_close(tsu_rows(fake_tsu, v_a, z_a, env, z_i), fake_tsu(v_a[env], z_a[env], z_i))

@@ -1,0 +1,237 @@
+"""Steps per second of the zoom environment: a SASHA-style loop vs ``WSIZoom-v0`` vs the vector env.
+
+Measured in one run, for each slide size N (default 2000 and 10000) at d = 384:
+
+(a) ``loop``: a straightforward per-environment step as SASHA's public code does it: cosine of the
+    zoomed row against the whole evolving state (``|cos|``, normalising ``S_t`` every step), TSU on
+    the new similar rows, overwrite every zoomed row, then the **full** ``HAFED.classify`` of the
+    ``N x d`` state for the reward;
+(b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied);
+(c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256.
+
+Reported: environment steps per second (for the vector env, ``B x`` vector steps per second), the
+ratio to (a), and the step time divided by the time of one ``N x d`` similarity scan (``Z @ z_a``,
+the per-step floor of any TSU environment). Steps are timed inside episodes (the budget ``0.2 N`` is
+far longer than the timed window), so reset cost is not included. Actions are random legal patches.
+HAFED and TSU are randomly initialised (speed does not depend on the weights); the slides are
+synthetic clustered features with a precomputed oracle view ``V`` (each zoom TSU-updates ~10 rows).
+
+Run: ``.venv/bin/python benchmarks/env_speed.py`` (``--help`` for sizes, device, threads).
+Configurations whose tensors would not fit in ``--max-gb`` are skipped and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import zoo
+from wsigym.data.bag import SlideBag
+from wsigym.data.dataset import SlideDataset
+from wsigym.envs.slide_source import ORACLE_VIEW
+from wsigym.envs.vector import WSIZoomVectorEnv
+from wsigym.envs.zoom import WSIZoomEnv
+
+
+class BenchDataset(SlideDataset):
+    """``slides`` synthetic slides of ``n`` patches: clustered ``Z`` (cos >= 0.95 within ~half a
+    cluster of ~20), oracle rows ``V`` as the view ``"oracle"``."""
+
+    def __init__(self, n: int, dim: int, slides: int, seed: int = 0) -> None:
+        self.name = f"bench-n{n}"
+        self.class_names = ("normal", "tumour")
+        rng = np.random.default_rng(seed)
+        self._bags = {}
+        for j in range(slides):
+            centres = rng.normal(size=(max(1, n // 20), dim)).astype(np.float32)
+            z = centres[rng.integers(0, len(centres), n)] + 0.2 * rng.normal(size=(n, dim)).astype(np.float32)
+            v = z + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+            side = math.ceil(math.sqrt(n))
+            coords = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(np.int64) * 2048
+            bag = SlideBag(f"s{j}", z, coords, j % 2, self.class_names, views={ORACLE_VIEW: v})
+            self._bags[bag.slide_id] = bag
+        ids = list(self._bags)
+        self.splits = [{"train": ids, "val": [], "test": []}]
+
+    def slide_ids(self) -> list[str]:
+        return list(self._bags)
+
+    def label(self, slide_id: str) -> int:
+        return self._bags[slide_id].label
+
+    def load(self, slide_id: str, hr: bool = True) -> SlideBag:
+        return self._bags[slide_id]
+
+
+def median_time(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def scan_floor(z: torch.Tensor, device: torch.device) -> float:
+    """Seconds of one ``N x d`` similarity scan ``Z @ z_a``."""
+    a = [0]
+
+    def fn():
+        a[0] = (a[0] + 17) % z.shape[0]
+        torch.mv(z, z[a[0]])
+        sync(device)
+
+    return median_time(fn, reps=50)
+
+
+class SashaStyleLoop:
+    """(a): one episode, the straightforward way (full recomputation every step)."""
+
+    def __init__(self, z, v, label, hafed, tsu, tau):
+        self.z, self.v, self.hafed, self.tsu, self.tau = z, v, hafed, tsu, tau
+        self.label = torch.tensor([label], device=z.device)
+        self.state = z.clone()
+        self.not_updated = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+        self.visited: list[int] = []
+
+    @torch.no_grad()
+    def step(self, a: int) -> float:
+        s = self.state
+        self.visited.append(a)
+        cos = (F.normalize(s, dim=-1) @ F.normalize(s[a], dim=-1)).abs()
+        similar = cos >= self.tau
+        new = similar & self.not_updated
+        new[a] = False
+        self.not_updated &= ~similar
+        idx = new.nonzero().squeeze(-1)
+        if idx.numel():
+            s[idx] = self.tsu(self.v[a].expand(len(idx), -1), s[a].expand(len(idx), -1), s[idx])
+        vis = torch.tensor(self.visited, device=s.device)
+        s[vis] = self.v[vis]
+        logits = self.hafed.classify(s[None])["logits"]
+        return -float(F.cross_entropy(logits, self.label))
+
+
+def timed_steps(step, pick, n_steps: int, device: torch.device, max_seconds: float) -> tuple[float, int]:
+    """Seconds per call of ``step(pick())`` over up to ``n_steps`` calls (stops after ``max_seconds``)."""
+    for _ in range(2):
+        step(pick())
+    sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < n_steps:
+        step(pick())
+        done += 1
+        if time.perf_counter() - t0 > max_seconds:
+            break
+    sync(device)
+    return (time.perf_counter() - t0) / done, done
+
+
+def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, float, float, float]]:
+    dim = args.dim
+    data = BenchDataset(n, dim, slides=args.slides)
+    kw = {"dataset": data, "hafed": hafed, "tsu": tsu, "progress": False, "device": device}
+    rng = np.random.default_rng(0)
+    rows = []
+
+    env = WSIZoomEnv(**kw)
+    src = env.source
+    floor = scan_floor(src.z[src.rows(0)].contiguous(), device)
+
+    # (a) SASHA-style loop
+    loop = SashaStyleLoop(src.z[src.rows(0)], src.v[src.rows(0)], int(src.labels[0]), hafed, tsu, env.config.tau)
+    order = iter(rng.permutation(n).tolist())
+    sec_a, k_a = timed_steps(loop.step, lambda: next(order), args.steps, device, args.max_seconds)
+    rows.append(("(a) SASHA-style loop, full classify", 1 / sec_a, sec_a, k_a))
+
+    # (b) WSIZoom-v0
+    env.reset(seed=0)
+    info = {"action_mask": env.action_masks()}
+
+    def step_b(a):
+        nonlocal info
+        _, _, _, _, info = env.step(a)
+
+    def pick_b():
+        return int(rng.choice(np.flatnonzero(info["action_mask"])))
+
+    sec_b, k_b = timed_steps(step_b, pick_b, args.steps, device, args.max_seconds)
+    rows.append(("(b) WSIZoom-v0", 1 / sec_b, sec_b, k_b))
+    del env
+
+    # (c) vector env
+    for b in args.batch_sizes:
+        need = 3 * b * n * dim * 4 / 2**30  # Z batch, state batch, observation copy
+        if need > args.max_gb:
+            rows.append((f"(c) vector env B={b}: skipped (~{need:.1f} GiB > --max-gb {args.max_gb})", 0, 0, 0))
+            continue
+        vec = WSIZoomVectorEnv(num_envs=b, **kw)
+        vec.reset(seed=0)
+        masks = vec.action_masks()
+
+        def step_c(actions):
+            nonlocal masks
+            vec.step(actions)
+            masks = vec.action_masks()
+
+        def pick_c():
+            u = rng.random(masks.shape) * masks
+            return u.argmax(axis=1)
+
+        sec_c, k_c = timed_steps(step_c, pick_c, max(2, args.steps // max(1, b // 4)), device, args.max_seconds)
+        rows.append((f"(c) vector env B={b}", b / sec_c, sec_c / b, k_c))
+        del vec
+    out = []
+    base = rows[0][1]
+    print(f"\nN = {n}, d = {dim}: one N x d similarity scan (Z @ z_a) = {floor * 1e3:.3f} ms (the per-step floor)")
+    print(f"{'':46s} {'env steps/s':>12s} {'x (a)':>8s} {'ms/env-step':>12s} {'x scan':>8s} {'timed':>6s}")
+    for name, sps, sec, k in rows:
+        if sps == 0:
+            print(f"{name}")
+            continue
+        print(f"{name:46s} {sps:12.1f} {sps / base:8.1f} {sec * 1e3:12.3f} {sec / floor:8.2f} {k:6d}")
+        out.append((name, sps, sps / base, sec / floor))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ns", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--slides", type=int, default=4, help="distinct synthetic slides per size")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per configuration (at most)")
+    parser.add_argument("--max-seconds", type=float, default=6.0, help="time cap per configuration")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--max-gb", type=float, default=12.0, help="skip configurations needing more memory")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    hafed = zoo.create_model("hafed", in_dim=args.dim).to(device).eval()
+    tsu = zoo.create_model("tsu", in_dim=args.dim).to(device).eval()
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"HAFED M={hafed.config.n_token_2} attn_dim={hafed.config.attn_dim}, TSU tau={tsu.config.tau}"
+    )
+    for n in args.ns:
+        run_size(n, args, device, hafed, tsu)
+
+
+if __name__ == "__main__":
+    main()
