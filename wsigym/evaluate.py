@@ -2,11 +2,18 @@
 
 An agent is one of:
 
-- a stable-baselines3 / sb3-contrib model (anything with ``predict(obs, deterministic=..., action_masks=...)``);
+- a stable-baselines3 / sb3-contrib model (anything with ``predict(obs, deterministic=..., action_masks=...)``;
+  a MaskablePPO with :class:`~wsigym.agents.policy.PatchPolicy` runs as a
+  :class:`~wsigym.agents.ppo.PolicyAgent`, so it works on any padding); actions are always masked;
 - a baseline name: ``random``, ``attention-topk``, ``coverage``, ``oracle`` (see :mod:`wsigym.agents.baselines`),
   or the two budget extremes ``no-zoom`` (low-res state only) and ``full-hafed`` (every patch zoomed);
+- a saved policy folder or a registered name / Hub repo (``"ppo-WSIZoom-v0"``), loaded with
+  :func:`~wsigym.agents.ppo.load_policy`;
 - any callable ``agent(obs, info) -> action`` (optionally with ``reset(env, obs, info)``), so
   agents need not use SB3.
+
+``full-hafed`` is scored with one HAFED forward pass on ``V`` per slide: after every patch is zoomed
+the state is ``V`` whatever the order, so stepping ``N`` times would give the same prediction.
 
 Every slide of the split is visited once per (budget, seed) in split order
 (``reset(options={"slide_id": ...})``). The prediction of an episode is HAFED's class probability
@@ -29,10 +36,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 import wsigym  # noqa: F401  (registers the environments)
-from wsigym.agents.baselines import Coverage, make_baseline
+from wsigym.agents.baselines import BASELINES, Coverage, make_baseline
 from zoo.metrics import classification_metrics
 
 METRICS = ("accuracy", "auc", "f1", "ece", "zooms", "tumour_hits", "seconds_per_slide")
@@ -56,9 +64,11 @@ class EvalReport:
     split: str
     env_id: str
     rows: list[EvalRow]
+    slides: int = 0
+    seeds: list[int] = field(default_factory=list)
 
     def to_markdown(self) -> str:
-        """A Markdown table: one row per (agent, budget), cells ``mean ± std``."""
+        """A Markdown table: one row per (agent, budget), cells ``mean ± std`` over seeds."""
         head = "| agent | budget | accuracy | AUC | F1 (binary) | ECE | zooms/slide | tumour hits | s/slide |"
         lines = [head, "|" + "---|" * 9]
         for r in self.rows:
@@ -76,6 +86,13 @@ class EvalReport:
             lines.append(f"| {r.agent} | {r.budget:.0%} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    def caption(self) -> str:
+        """One line naming the dataset, split, slides, seeds and environment of the table."""
+        return (
+            f"{self.dataset}, {self.split} split ({self.slides} slides), {self.env_id}, "
+            f"mean ± std over seeds {self.seeds}; tumour hits = fraction of zooms on patches with tumour."
+        )
+
     def to_json(self, path: str | Path) -> Path:
         """Write the report as JSON atomically."""
         path = Path(path)
@@ -87,24 +104,52 @@ class EvalReport:
         return path
 
 
+def _model_agent(model: Any) -> Callable[[dict, dict], int]:
+    from wsigym.agents.policy import PatchPolicy
+    from wsigym.agents.ppo import PolicyAgent
+
+    policy = getattr(model, "policy", None)
+    if isinstance(policy, PatchPolicy):
+        return PolicyAgent(policy)
+
+    def act(obs: dict, info: dict) -> int:
+        action, _ = model.predict(
+            obs, deterministic=True, action_masks=np.asarray(obs["action_mask"]).astype(bool)
+        )
+        return int(np.asarray(action).reshape(-1)[0])
+
+    return act
+
+
 def as_agent(agent: Any, seed: int = 0) -> tuple[str, Callable[[dict, dict], int]]:
-    """Normalise an agent argument to ``(name, callable)``."""
-    if isinstance(agent, str):
-        if agent in BUDGET_FREE:
-            return agent, Coverage()
-        return agent, make_baseline(agent, seed=seed)
+    """Normalise an agent argument to ``(name, callable)`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown name that is neither a baseline nor a loadable policy.
+        TypeError: anything else that is not an agent.
+    """
+    if isinstance(agent, (str, Path)):
+        name = str(agent)
+        if name in BUDGET_FREE:
+            return name, Coverage()
+        if name in BASELINES:
+            return name, make_baseline(name, seed=seed)
+        from wsigym.agents.ppo import POLICY_CONFIG, load_policy
+
+        path = Path(name)
+        if path.is_dir() and not (path / POLICY_CONFIG).is_file():
+            raise ValueError(f"{path}: not a policy folder ({POLICY_CONFIG} missing)")
+        if path.is_dir() or "/" in name or name.startswith("ppo-"):
+            label = "ppo" if path.is_dir() else name.split("/")[-1]
+            return label, load_policy(name)
+        raise ValueError(
+            f"unknown agent {name!r}: use a baseline {sorted(BASELINES)}, {sorted(BUDGET_FREE)}, "
+            "a policy folder, a registered name / Hub repo of a policy, an SB3 model or a callable"
+        )
     if hasattr(agent, "predict"):
-        model = agent
-
-        def act(obs: dict, info: dict) -> int:
-            action, _ = model.predict(
-                obs, deterministic=True, action_masks=np.asarray(obs["action_mask"]).astype(bool)
-            )
-            return int(np.asarray(action).reshape(-1)[0])
-
-        return type(model).__name__.lower(), act
+        return type(agent).__name__.lower(), _model_agent(agent)
     if callable(agent):
-        return getattr(agent, "__name__", type(agent).__name__), agent
+        return getattr(agent, "name", getattr(agent, "__name__", type(agent).__name__)), agent
     raise TypeError(
         f"agent must be an SB3 model, a baseline name or a callable (obs, info) -> action; got {agent!r}"
     )
@@ -120,7 +165,15 @@ def run_split(
     progress: bool = False,
     desc: str = "",
 ) -> dict[str, float]:
-    """Run one episode per slide and return the protocol's metrics for this seed."""
+    """Run one episode per slide (``reset(seed=seed + i, options={"slide_id": ...})``) and return the
+    protocol's metrics for this seed: :func:`zoo.metrics.classification_metrics` of the final
+    ``info["probability"]`` plus ``zooms`` (mean per slide), ``tumour_hits`` (mean over slides of the
+    fraction of zooms with ``info["hit_tumour"]``; NaN without ground truth) and ``seconds_per_slide``
+    (wall time of the episode, agent and environment).
+
+    Raises:
+        ValueError: the agent returned an illegal action (the environment's message).
+    """
     probs, labels, zooms, hits, seconds = [], [], [], [], []
     for i, slide_id in enumerate(tqdm(slide_ids, desc=desc, disable=not progress, leave=False)):
         t0 = time.perf_counter()
@@ -147,55 +200,119 @@ def run_split(
     return out
 
 
+@torch.no_grad()
+def full_hafed(env: gym.Env, slide_ids: Sequence[str], progress: bool = False) -> dict[str, float]:
+    """HAFED on ``V`` (every patch zoomed) for each slide: the 100% budget reference, same metrics."""
+    base = env.unwrapped
+    source, hafed = base.source, base.hafed
+    probs, labels, zooms, hits, seconds = [], [], [], [], []
+    for slide_id in tqdm(slide_ids, desc="full-hafed", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        k = source.index_of(str(slide_id))
+        rows = source.rows(k)
+        out = hafed.classify(source.v[rows][None])
+        probs.append(torch.softmax(out["logits"][0].float(), -1).cpu().numpy().astype(np.float64))
+        seconds.append(time.perf_counter() - t0)
+        labels.append(int(source.labels[k]))
+        zooms.append(int(source.n_list[k]))
+        truth = source.tumour[rows].cpu().numpy()
+        hits.append(float(np.mean(truth > 0)) if np.isfinite(truth).all() else math.nan)
+    out = classification_metrics(np.stack(probs), np.asarray(labels))
+    out["zooms"] = float(np.mean(zooms))
+    out["tumour_hits"] = float(np.nanmean(hits)) if not np.all(np.isnan(hits)) else math.nan
+    out["seconds_per_slide"] = float(np.mean(seconds))
+    return out
+
+
 def evaluate(
     agents: Sequence[Any] | Any,
     *,
     env_id: str = "WSIZoom-v0",
-    dataset: str = "synth-c16",
+    dataset: Any = "synth-c16",
     split: str = "test",
     fold: int = 0,
     budgets: Sequence[float] = (0.1, 0.2),
     seeds: Sequence[int] = (0, 1, 2),
     env_kwargs: dict[str, Any] | None = None,
     max_slides: int | None = None,
+    names: Sequence[str] | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Score agents on every slide of ``split`` at each budget and seed (see the module docstring).
 
+    Args:
+        agents: one agent or a list (SB3 models, names, policy folders, callables).
+        env_id: ``WSIZoom-v0`` or an ablation (``WSIZoomGlobal-v0``, ``WSIZoomNoUpdate-v0``).
+        dataset: registered name, folder or ``SlideDataset``.
+        budgets: zoom budgets as fractions of ``N``.
+        seeds: episode seeds; deterministic agents give std 0 (the random baseline does not).
+        env_kwargs: further environment arguments (``hafed``, ``tsu``, ``reward``...).
+        max_slides: only the first ``max_slides`` slides of the split (quick runs; say so when reporting).
+        names: row labels, one per agent (default: the agent's name).
+
     ``no-zoom`` and ``full-hafed`` are evaluated once, at budget 0% and 100%.
     """
     agents = list(agents) if isinstance(agents, (list, tuple)) else [agents]
+    if names is not None and len(names) != len(agents):
+        raise ValueError(f"names: expected {len(agents)} labels, got {len(names)}")
     rows: list[EvalRow] = []
-    for agent_spec in agents:
-        name = agent_spec if isinstance(agent_spec, str) else as_agent(agent_spec)[0]
-        agent_budgets = [BUDGET_FREE[name]] if name in BUDGET_FREE else list(budgets)
-        for budget in agent_budgets:
-            env = gym.make(
-                env_id,
-                dataset=dataset,
-                split=split,
-                fold=fold,
-                budget=max(budget, 1e-9),
-                **(env_kwargs or {}),
-            )
-            slide_ids = env.unwrapped.slide_ids[:max_slides] if max_slides else env.unwrapped.slide_ids
-            per_seed = []
-            for seed in seeds:
-                _, agent = as_agent(agent_spec, seed=seed)
-                per_seed.append(
-                    run_split(
-                        agent,
-                        env,
-                        slide_ids,
-                        seed=seed,
-                        zero_steps=name == "no-zoom",
-                        progress=progress,
-                        desc=f"{name} @ {budget:.0%} seed {seed}",
+    envs: dict[float, gym.Env] = {}
+    kwargs = {"progress": progress, **(env_kwargs or {})}
+
+    def env_for(budget: float) -> gym.Env:
+        if budget not in envs:
+            envs[budget] = gym.make(env_id, dataset=dataset, split=split, fold=fold, budget=budget, **kwargs)
+        return envs[budget]
+
+    try:
+        for i, agent_spec in enumerate(agents):
+            name = agent_spec if isinstance(agent_spec, str) and agent_spec in BUDGET_FREE else None
+            label, built = as_agent(agent_spec, seed=seeds[0])
+            label = names[i] if names is not None else label
+            agent_budgets = [BUDGET_FREE[name]] if name else list(budgets)
+            for budget in agent_budgets:
+                env = env_for(min(budgets) if name else budget)
+                ids = env.unwrapped.slide_ids
+                slide_ids = ids[:max_slides] if max_slides else ids
+                per_seed = []
+                for seed in seeds:
+                    if name == "full-hafed":
+                        per_seed.append(full_hafed(env, slide_ids, progress=progress))
+                        continue
+                    agent = built if seed == seeds[0] else as_agent(agent_spec, seed=seed)[1]
+                    per_seed.append(
+                        run_split(
+                            agent,
+                            env,
+                            slide_ids,
+                            seed=seed,
+                            zero_steps=name == "no-zoom",
+                            progress=progress,
+                            desc=f"{label} @ {budget:.0%} seed {seed}",
+                        )
                     )
-                )
+                keys = per_seed[0].keys()
+                mean = {k: _nanmean([s[k] for s in per_seed]) for k in keys}
+                std = {k: _nanstd([s[k] for s in per_seed]) for k in keys}
+                rows.append(EvalRow(label, float(budget), mean, std, per_seed))
+    finally:
+        for env in envs.values():
             env.close()
-            keys = per_seed[0].keys()
-            mean = {k: float(np.mean([s[k] for s in per_seed])) for k in keys}
-            std = {k: float(np.std([s[k] for s in per_seed])) for k in keys}
-            rows.append(EvalRow(name, float(budget), mean, std, per_seed))
-    return EvalReport(dataset=str(dataset), split=split, env_id=env_id, rows=rows)
+    return EvalReport(
+        dataset=str(getattr(dataset, "name", dataset)),
+        split=split,
+        env_id=env_id,
+        rows=rows,
+        slides=len(slide_ids) if rows else 0,
+        seeds=list(seeds),
+    )
+
+
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
+
+
+def _nanstd(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanstd(arr)) if np.isfinite(arr).any() else math.nan

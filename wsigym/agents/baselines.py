@@ -66,9 +66,12 @@ class _RankedAgent:
 class AttentionTopK(_RankedAgent):
     """Zoom in decreasing order of HAFED's branch-averaged attention on the low-res state.
 
+    The order is fixed at ``reset`` from the first (all low-res) state, i.e. the patches HAFED attends
+    most at low resolution.
+
     Args:
-        hafed: the frozen HAFED of the environment (``classify`` returns ``attention``); by default
-            the environment's own classifier (``env.hafed``).
+        hafed: a HAFED whose ``classify`` returns ``attention``; by default the environment's own
+            classifier, read through ``env.attention()`` (``WSIZoomEnv``'s incremental classifier).
     """
 
     def __init__(self, hafed: torch.nn.Module | None = None) -> None:
@@ -77,6 +80,8 @@ class AttentionTopK(_RankedAgent):
 
     @torch.no_grad()
     def priority(self, env: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
+        if self.hafed is None and hasattr(env, "attention"):
+            return np.asarray(env.attention(), dtype=np.float64)
         hafed = self.hafed if self.hafed is not None else env.hafed
         mask = np.asarray(obs["patch_mask"]).astype(bool)
         p = mask.shape[0]
@@ -111,17 +116,32 @@ class Coverage(_RankedAgent):
 class Oracle(_RankedAgent):
     """Zoom in decreasing order of ground-truth tumour fraction (privileged upper bound).
 
-    Reads the truth from ``env.current_truth()`` (padded ``(P,)`` tumour fractions, or None); raises
-    a ``ValueError`` on datasets without ground truth.
+    Reads the current slide's padded ``(P,)`` tumour fractions from the environment
+    (:func:`tumour_truth`); raises a ``ValueError`` on datasets without ground truth.
     """
 
     def priority(self, env: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
-        truth = env.current_truth()
+        truth = tumour_truth(env)
         if truth is None:
             raise ValueError(
                 "the oracle baseline needs per-patch ground truth (tumour_fraction); this dataset has none"
             )
         return np.asarray(truth, dtype=np.float64)
+
+
+def tumour_truth(env: Any) -> np.ndarray | None:
+    """Ground-truth tumour fraction of the current slide's patches ``(P,)`` (padding NaN), or None.
+
+    Uses ``env.tumour_fraction()`` when the environment has it, else the engine's per-episode
+    array (``env.batch.tumour_np[0]``, read-only). None when every value is unknown (NaN).
+    """
+    if callable(getattr(env, "tumour_fraction", None)):
+        truth = np.asarray(env.tumour_fraction(), dtype=np.float64)
+    elif hasattr(env, "batch") and hasattr(env.batch, "tumour_np"):
+        truth = np.asarray(env.batch.tumour_np[0], dtype=np.float64)
+    else:
+        return None
+    return None if not np.isfinite(truth).any() else truth
 
 
 BASELINES: dict[str, Callable[..., Agent]] = {

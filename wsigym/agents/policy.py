@@ -43,9 +43,10 @@ def _patches_and_dim(observation_space: spaces.Dict) -> tuple[int, int]:
 
 
 class PatchTokens(BaseFeaturesExtractor):
-    """Observation dict -> flattened per-patch tokens ``(B, P*(d+6))``.
+    """Observation dict -> flattened per-patch tokens ``(B, P*(d+6))`` (see :func:`patch_tokens`).
 
-    Accepts the state either as ``(P, d)`` or flattened ``(P*d,)``.
+    Accepts the state either as ``(P, d)`` or flattened ``(P*d,)``. ``P`` is read from the batch, so
+    the same weights run on any padding.
     """
 
     def __init__(self, observation_space: spaces.Dict) -> None:
@@ -54,56 +55,81 @@ class PatchTokens(BaseFeaturesExtractor):
         self.num_patches, self.dim = p, d
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
-        b = obs["patch_mask"].shape[0]
-        state = obs["state"].reshape(b, self.num_patches, self.dim)
-        budget = obs["budget"].reshape(b, 1, 1).expand(b, self.num_patches, 1)
-        tokens = torch.cat(
-            [
-                state,
-                obs["visited"].float().reshape(b, self.num_patches, 1),
-                obs["updated"].float().reshape(b, self.num_patches, 1),
-                obs["coords"].reshape(b, self.num_patches, 2),
-                budget,
-                obs["patch_mask"].float().reshape(b, self.num_patches, 1),
-            ],
-            dim=-1,
-        )
-        return tokens.flatten(1)
+        return patch_tokens(obs, self.dim).flatten(1)
+
+
+def patch_tokens(obs: dict[str, Tensor], dim: int) -> Tensor:
+    """Observation tensors (batched, any padded P) -> tokens ``(B, P, d+6)``.
+
+    Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]``.
+    """
+    mask = obs["patch_mask"]
+    b, p = mask.shape[0], mask.shape[-1]
+    return torch.cat(
+        [
+            obs["state"].float().reshape(b, p, dim),
+            obs["visited"].float().reshape(b, p, 1),
+            obs["updated"].float().reshape(b, p, 1),
+            obs["coords"].float().reshape(b, p, 2),
+            obs["budget"].float().reshape(b, 1, 1).expand(b, p, 1),
+            mask.float().reshape(b, p, 1),
+        ],
+        dim=-1,
+    )
 
 
 class PatchActorCritic(nn.Module):
-    """SB3 ``mlp_extractor``: per-patch actor logits and an attention-pooled critic latent.
+    r"""SB3 ``mlp_extractor``: per-patch actor logits and an attention-pooled critic latent.
 
     Args:
-        num_patches: P (padded patch count of the observation).
+        num_patches: P of the observation space (``latent_dim_pi``); ``forward`` accepts any P.
         token_dim: d + 6.
-        hidden: width of the gated attention (SASHA: 128).
+        hidden: width of the actor's gated attention (SASHA: 128; HAFED's ``attn_dim`` for a warm start).
         critic_hidden: width of the critic's latent.
+        critic_attention: width of the critic's gated attention (default ``hidden``).
+
+    The critic pools the valid tokens with gated attention, :math:`h = \sum_i w_i x_i`, and adds
+    three size features :math:`[b, n/1000, b\,n/1000]` (``b`` the remaining budget fraction,
+    ``n`` the number of real patches), because with :math:`\gamma = 1` and a per-step reward the
+    value scales with the number of steps left, which a normalised pooling cannot see.
 
     Shapes: ``forward(features (B, P*(d+6)))`` -> ``(logits (B, P), latent_vf (B, critic_hidden))``.
     """
 
-    def __init__(self, num_patches: int, token_dim: int, hidden: int = 128, critic_hidden: int = 64) -> None:
+    def __init__(
+        self,
+        num_patches: int,
+        token_dim: int,
+        hidden: int = 128,
+        critic_hidden: int = 64,
+        critic_attention: int | None = None,
+    ) -> None:
         super().__init__()
         self.num_patches, self.token_dim = num_patches, token_dim
         self.latent_dim_pi = num_patches
         self.latent_dim_vf = critic_hidden
         self.actor = GatedAttention(token_dim, hidden, branches=1)
-        self.critic_attention = GatedAttention(token_dim, hidden, branches=1)
-        self.critic_mlp = nn.Sequential(nn.Linear(token_dim, critic_hidden), nn.Tanh())
+        self.critic_attention = GatedAttention(token_dim, critic_attention or hidden, branches=1)
+        self.critic_mlp = nn.Sequential(nn.Linear(token_dim + 3, critic_hidden), nn.Tanh())
 
-    def _tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        tokens = features.reshape(features.shape[0], self.num_patches, self.token_dim)
+    def tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, P*(d+6))`` -> tokens ``(B, P, d+6)`` and the valid mask ``(B, P)`` (any P)."""
+        tokens = features.reshape(features.shape[0], -1, self.token_dim)
         return tokens, tokens[..., -1] > 0.5
 
     def forward_actor(self, features: Tensor) -> Tensor:
-        tokens, _ = self._tokens(features)
+        r"""Per-patch logits ``(B, P)``: :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`."""
+        tokens, _ = self.tokens(features)
         return self.actor(tokens)[:, 0]
 
     def forward_critic(self, features: Tensor) -> Tensor:
-        tokens, valid = self._tokens(features)
+        """Critic latent ``(B, critic_hidden)`` from the attention-pooled valid tokens."""
+        tokens, valid = self.tokens(features)
         weights = masked_softmax(self.critic_attention(tokens), valid[:, None, :])
-        return self.critic_mlp(attention_pool(weights, tokens)[:, 0])
+        pooled = attention_pool(weights, tokens)[:, 0]
+        n = valid.sum(-1, keepdim=True).float() / 1000.0
+        budget = tokens[:, 0, -2:-1]
+        return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         return self.forward_actor(features), self.forward_critic(features)
@@ -112,8 +138,9 @@ class PatchActorCritic(nn.Module):
 class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     """MaskablePPO policy for ``WSIZoom`` observations (see the module docstring).
 
-    Extra keyword arguments: ``hidden`` (actor/critic attention width, default 128) and
-    ``critic_hidden`` (default 64).
+    Extra keyword arguments: ``hidden`` (actor attention width, default 128), ``critic_hidden``
+    (default 64) and ``critic_attention`` (critic attention width, default ``hidden``).
+    ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
     """
 
     def __init__(
@@ -123,15 +150,19 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
         lr_schedule: Any,
         hidden: int = 128,
         critic_hidden: int = 64,
+        critic_attention: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.hidden, self.critic_hidden = hidden, critic_hidden
+        self.hidden, self.critic_hidden, self.critic_attention = hidden, critic_hidden, critic_attention
         kwargs.setdefault("features_extractor_class", PatchTokens)
+        kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
         p, d = _patches_and_dim(self.observation_space)
-        self.mlp_extractor = PatchActorCritic(p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden)
+        self.mlp_extractor = PatchActorCritic(
+            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention
+        )
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
@@ -140,31 +171,44 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(hidden=self.hidden, critic_hidden=self.critic_hidden)
+        data.update(
+            hidden=self.hidden, critic_hidden=self.critic_hidden, critic_attention=self.critic_attention
+        )
         return data
 
 
 @torch.no_grad()
 def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
-    """Initialise the actor with HAFED's level-2 gated attention (branch-averaged score).
+    r"""Initialise the actor (and the critic's pooling) with HAFED's level-2 gated attention.
 
-    The actor then scores a patch as the mean over HAFED's branches of its raw attention logit on
-    the state row (the extra channels start with zero weight), i.e. the greedy policy starts as
-    "zoom the most attended unvisited patch". Needs ``hafed.level2_attention`` to be a
-    :class:`zoo.nn.GatedAttention` over the state width with hidden width ``policy.hidden``.
+    HAFED scores patch ``i`` of the state with ``M`` branches, :math:`a_{m,i} = w_m^\top(\tanh(V s_i)
+    \odot \sigma(U s_i)) + c_m`. The actor gets ``V``, ``U`` on the state channels (the six extra
+    channels start with zero weight) and the branch-averaged score :math:`\bar w, \bar c`, so its
+    logit is :math:`\bar a_i` and the greedy policy starts as "zoom the unzoomed patch HAFED attends
+    most in the current state". The critic's attention gets the same weights (it then pools the state
+    as HAFED does). Needs the policy's ``hidden`` (and critic attention width) equal to HAFED's
+    ``attn_dim`` and the token width ``d + 6`` with HAFED's ``d``.
+
+    Raises:
+        ValueError: naming the width that does not match.
     """
     src: GatedAttention = hafed.level2_attention
-    dst: GatedAttention = policy.mlp_extractor.actor
     d = src.tanh_branch.in_features
-    if src.tanh_branch.out_features != dst.tanh_branch.out_features:
+    extractor: PatchActorCritic = policy.mlp_extractor
+    if extractor.token_dim != d + EXTRA_CHANNELS:
         raise ValueError(
-            f"warm start needs hidden={src.tanh_branch.out_features} (HAFED's attention width), "
-            f"the policy has {dst.tanh_branch.out_features}"
+            f"warm start: HAFED's state width is {d}, the policy's tokens are {extractor.token_dim} = d + 6 wide"
         )
-    for name in ("tanh_branch", "gate_branch"):
-        s, t = getattr(src, name), getattr(dst, name)
-        t.weight.zero_()
-        t.weight[:, :d].copy_(s.weight)
-        t.bias.copy_(s.bias)
-    dst.score.weight.copy_(src.score.weight.mean(0, keepdim=True))
-    dst.score.bias.copy_(src.score.bias.mean(0, keepdim=True))
+    for role, dst in (("actor", extractor.actor), ("critic attention", extractor.critic_attention)):
+        if src.tanh_branch.out_features != dst.tanh_branch.out_features:
+            raise ValueError(
+                f"warm start needs the {role} width = HAFED's attn_dim = {src.tanh_branch.out_features}, "
+                f"the policy has {dst.tanh_branch.out_features}"
+            )
+        for name in ("tanh_branch", "gate_branch"):
+            s, t = getattr(src, name), getattr(dst, name)
+            t.weight.zero_()
+            t.weight[:, :d].copy_(s.weight)
+            t.bias.copy_(s.bias)
+        dst.score.weight.copy_(src.score.weight.mean(0, keepdim=True))
+        dst.score.bias.copy_(src.score.bias.mean(0, keepdim=True))

@@ -5,74 +5,131 @@ SASHA's PPO settings (``sasha.md`` §5) mapped onto SB3:
 ==============================  ==================================  ======================================
 SASHA (custom loop)             here (SB3 / sb3-contrib)            note
 ==============================  ==================================  ======================================
-gamma 1.0, GAE lambda 0.95      ``gamma=1.0, gae_lambda=0.95``      same
+gamma 1.0, GAE lambda 0.95      ``gamma=1.0, gae_lambda=0.95``      same (SASHA-0.1 on C16: 0.94)
 clip 0.2                        ``clip_range=0.2``                  same (C16 after PR #5)
 entropy 0.001                   ``ent_coef=0.001``                  same sign convention as the fixed code
 4 epochs per rollout            ``n_epochs=4``                      same
-full-batch update               ``batch_size`` = rollout size       default; set smaller to save memory
+full-batch update               ``batch_size=64`` of 4x32 = 128     minibatches bound the activation memory
 grad-norm clip 0.5              ``max_grad_norm=0.5``               same
-two AdamW, lr 1e-5              one Adam, ``learning_rate=1e-4``    one optimiser for actor and critic;
-                                                                    larger lr for short CPU runs
-2 episodes per slide in turn    ``n_envs`` slides in parallel       vectorised; random slide per reset
+two AdamW, lr 1e-5              one Adam, ``learning_rate=3e-5``    one optimiser for actor and critic;
+                                                                    a bit larger for short CPU runs
+2 episodes per slide in turn    ``n_envs=4`` slides in parallel     batched vector env; random slide per
+                                                                    reset (:mod:`wsigym.agents.sb3_vec`)
+reward -CE per step             same, scaled by ``VecNormalize``    SB3 has one optimiser and one grad clip:
+                                (``norm_reward``, training only)    unscaled returns (~ -CE x steps left)
+                                                                    would let the critic's gradient
+                                                                    swamp the actor's
+best of (2-AUC-F1)+loss on val  :class:`ValidationCallback`         same criterion on the validation split
 critic target A + V_old         SB3's GAE returns                   same as the fixed code
 masks only in rollout           masks in rollout *and* update       fixes SASHA pitfall 1
 ==============================  ==================================  ======================================
 
 The actor can be warm-started from HAFED's level-2 attention (``warm_start=True``, default), so
-training starts from the attention-top-k policy.
+training starts from "zoom where HAFED attends in the current state".
+
+**Memory.** SB3's rollout buffer keeps ``n_steps * n_envs`` observations; the state is ``P*d`` float32
+(``P`` the padded patch count). On synth-c16 (``P = 4219``, ``d = 384``) one observation is 6.5 MB and the
+default rollout of 4 x 32 = 128 observations about 0.83 GB; :func:`rollout_buffer_bytes` computes it.
+
+**Saving.** :func:`save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
+:func:`load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
+The policy is defined for any number of patches, so a loaded :class:`PolicyAgent` runs on any split.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
+import torch
+from gymnasium import spaces
 from safetensors.torch import load_file, save_file
 from sb3_contrib import MaskablePPO
-from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
-from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 import wsigym  # noqa: F401  (registers the environments)
-from wsigym.agents.policy import PatchPolicy, warm_start_from_hafed
+from wsigym.agents.policy import EXTRA_CHANNELS, PatchPolicy, patch_tokens, warm_start_from_hafed
+from wsigym.agents.sb3_vec import make_sb3_vec_env
+
+POLICY_WEIGHTS = "policy.safetensors"
+POLICY_CONFIG = "policy.json"  # not config.json: a zoo model folder is recognised by config.json
 
 
 @dataclass
 class PPOConfig:
-    """Hyperparameters of :func:`train_ppo` (see the module docstring for the SASHA mapping)."""
+    """Hyperparameters of :func:`train_ppo` (see the module docstring for the SASHA mapping).
+
+    ``env_kwargs`` go to the environment (``dataset``, ``budget``, ``hafed``, ``tsu``, ``reward``...);
+    the split is set by :func:`train_ppo` (``train`` for training, ``val`` for the callback).
+    ``hidden=None`` takes HAFED's ``attn_dim`` (needed for the warm start).
+    """
 
     env_id: str = "WSIZoom-v0"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     total_timesteps: int = 20_000
-    n_envs: int = 8
-    n_steps: int = 64
-    batch_size: int = 128
+    n_envs: int = 4
+    n_steps: int = 32
+    batch_size: int = 64
     n_epochs: int = 4
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-5
     gamma: float = 1.0
     gae_lambda: float = 0.95
     clip_range: float = 0.2
     ent_coef: float = 0.001
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    hidden: int = 128
+    normalize_reward: bool = True
+    hidden: int | None = None
     critic_hidden: int = 64
+    critic_attention: int | None = None
     warm_start: bool = True
-    eval_freq: int = 2_000
-    eval_episodes: int = 10
+    eval_freq: int = 5_000
+    eval_slides: int | None = None
     checkpoint_freq: int = 10_000
     seed: int = 0
     device: str = "cpu"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
+        """From :func:`dataclasses.asdict` output; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PPOConfig: unknown keys {unknown}")
+        return cls(**data)
+
+
+def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
+    """Bytes of SB3's rollout buffer observations (float32): ``n_steps * n_envs * P * (d + 8) * 4`` + masks."""
+    per_obs = num_patches * (dim + 2 + 4) + 1  # state, coords, 4 binary keys, budget
+    return int(n_steps * n_envs * (per_obs + num_patches) * 4)  # + the action masks
+
+
+def _json_safe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Env kwargs for JSON: model instances and datasets become their description."""
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, Path):
+            out[k] = str(v)
+        else:
+            out[k] = f"<{type(v).__name__}>"
+    return out
+
 
 def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) -> MaskablePPO:
-    """Build a MaskablePPO with the per-patch policy for ``env`` (a VecEnv)."""
+    """Build a MaskablePPO with the per-patch policy for ``env`` (an SB3 VecEnv), warm-started if asked."""
+    hafed = env.get_attr("hafed")[0]
+    hidden = config.hidden if config.hidden is not None else int(hafed.config.attn_dim)
     model = MaskablePPO(
         PatchPolicy,
         env,
@@ -86,49 +143,149 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
         ent_coef=config.ent_coef,
         vf_coef=config.vf_coef,
         max_grad_norm=config.max_grad_norm,
-        policy_kwargs={"hidden": config.hidden, "critic_hidden": config.critic_hidden},
+        policy_kwargs={
+            "hidden": hidden,
+            "critic_hidden": config.critic_hidden,
+            "critic_attention": config.critic_attention,
+        },
         tensorboard_log=tensorboard_log,
         seed=config.seed,
         device=config.device,
         verbose=0,
     )
     if config.warm_start:
-        hafed = env.get_attr("hafed")[0] if hasattr(env, "get_attr") else env.hafed
         warm_start_from_hafed(model.policy, hafed)
     return model
 
 
-def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) -> MaskablePPO:
-    """Train a policy; logs to TensorBoard under ``out_dir/tb``, checkpoints and best model under ``out_dir``.
+class ValidationCallback(BaseCallback):
+    """Every ``eval_freq`` timesteps: the greedy, masked policy on the validation slides (the protocol).
 
-    Returns the trained model; the final policy is also saved with :func:`save_policy` to ``out_dir/policy``.
+    Logs ``val/accuracy``, ``val/auc``, ``val/f1``, ``val/ece``, ``val/nll`` and ``val/criterion`` =
+    ``(2 - AUC - F1) + NLL`` (SASHA's model selection) to TensorBoard, appends them to
+    ``log_path/evaluations.json`` and saves the best policy (lowest criterion) to ``best_path``.
     """
+
+    def __init__(
+        self,
+        env: Any,
+        slide_ids: list[str],
+        eval_freq: int,
+        best_path: Path,
+        log_path: Path,
+        config: PPOConfig,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(verbose=0)
+        self.env, self.slide_ids, self.eval_freq = env, slide_ids, max(1, int(eval_freq))
+        self.best_path, self.log_path, self.ppo_config = Path(best_path), Path(log_path), config
+        self.progress = progress
+        self.history: list[dict[str, float]] = []
+        self.best = math.inf
+        self._next = 0
+        self._start = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+        self._evaluate()  # the warm-started policy, at step 0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1]["timesteps"] != self.num_timesteps:
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        from wsigym.evaluate import run_split
+
+        self._next = self.num_timesteps + self.eval_freq
+        was_training = self.model.policy.training
+        agent = PolicyAgent(self.model.policy)
+        t0 = time.perf_counter()
+        metrics = run_split(agent, self.env, self.slide_ids, seed=0, progress=self.progress, desc="val")
+        self.model.policy.train(was_training)
+        auc = metrics["auc"] if math.isfinite(metrics["auc"]) else 0.5
+        metrics["criterion"] = (2.0 - auc - metrics["f1"]) + metrics["nll"]
+        row = {
+            "timesteps": int(self.num_timesteps),
+            "wall_seconds": time.perf_counter() - self._start,
+            "eval_seconds": time.perf_counter() - t0,
+            **{k: float(v) for k, v in metrics.items()},
+        }
+        self.history.append(row)
+        for key in ("accuracy", "auc", "f1", "ece", "nll", "criterion", "zooms", "tumour_hits"):
+            if math.isfinite(row.get(key, math.nan)):
+                self.logger.record(f"val/{key}", row[key])
+        self.log_path.mkdir(parents=True, exist_ok=True)
+        _atomic_json(self.log_path / "evaluations.json", {"history": self.history})
+        if row["criterion"] < self.best:
+            self.best = row["criterion"]
+            save_policy(self.model, self.best_path, self.ppo_config, sb3_zip=False)
+
+
+def _split_env(config: PPOConfig, split: str, n_envs: int, seed: int, progress: bool) -> Any:
+    kwargs = {"progress": progress, **config.env_kwargs, "split": split}
+    return make_sb3_vec_env(config.env_id, n_envs=n_envs, seed=seed, **kwargs)
+
+
+def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) -> MaskablePPO:
+    """Train a policy with MaskablePPO on ``config.env_id`` (train split), validating on the val split.
+
+    Writes under ``out_dir``: ``tb/`` (TensorBoard), ``checkpoints/`` (SB3 zips), ``eval/evaluations.json``
+    (validation history), ``best/`` (best validation policy), ``policy/`` (the final policy, see
+    :func:`save_policy`) and ``train.json`` (config, wall time, rollout memory). SB3's progress bar
+    is shown with ``progress=True``.
+    """
+    import gymnasium as gym
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_kwargs = {"split": "train", **config.env_kwargs}
-    val_kwargs = {**train_kwargs, "split": "val"}
-    venv = make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.seed, env_kwargs=train_kwargs)
-    eval_env = make_vec_env(config.env_id, n_envs=1, seed=config.seed + 10_000, env_kwargs=val_kwargs)
-    model = make_model(config, venv, tensorboard_log=str(out_dir / "tb"))
+    t0 = time.perf_counter()
+    venv = _split_env(config, "train", config.n_envs, config.seed, progress)
+    train_env: Any = VecMonitor(venv)
+    if config.normalize_reward:
+        train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True, gamma=config.gamma)
+    val_kwargs = {"progress": progress, **config.env_kwargs, "split": "val"}
+    val_env = gym.make(config.env_id, **{k: v for k, v in val_kwargs.items()})
+    val_ids = (
+        val_env.unwrapped.slide_ids[: config.eval_slides]
+        if config.eval_slides
+        else val_env.unwrapped.slide_ids
+    )
+    model = make_model(config, train_env, tensorboard_log=str(out_dir / "tb"))
+    validation = ValidationCallback(
+        val_env, val_ids, config.eval_freq, out_dir / "best", out_dir / "eval", config, progress=False
+    )
     callbacks = CallbackList(
         [
-            MaskableEvalCallback(
-                eval_env,
-                n_eval_episodes=config.eval_episodes,
-                eval_freq=max(1, config.eval_freq // config.n_envs),
-                best_model_save_path=str(out_dir / "best"),
-                log_path=str(out_dir / "eval"),
-                deterministic=True,
-                use_masking=True,
-                verbose=0,
-            ),
+            validation,
             CheckpointCallback(max(1, config.checkpoint_freq // config.n_envs), str(out_dir / "checkpoints")),
         ]
     )
+    setup = time.perf_counter() - t0
     model.learn(config.total_timesteps, callback=callbacks, progress_bar=progress, tb_log_name="ppo")
+    train_seconds = time.perf_counter() - t0 - setup
     save_policy(model, out_dir / "policy", config)
-    venv.close()
-    eval_env.close()
+    p, d = venv.venv.max_patches, venv.venv.dim
+    _atomic_json(
+        out_dir / "train.json",
+        {
+            "config": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
+            "setup_seconds": setup,
+            "train_seconds": train_seconds,
+            "timesteps": int(model.num_timesteps),
+            "torch_threads": torch.get_num_threads(),
+            "num_patches": int(p),
+            "dim": int(d),
+            "rollout_buffer_bytes": rollout_buffer_bytes(p, d, config.n_steps, config.n_envs),
+            "validation": validation.history,
+        },
+    )
+    train_env.close()
+    val_env.close()
     return model
 
 
@@ -136,82 +293,173 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
 
 
-def save_policy(model: MaskablePPO, directory: str | Path, config: PPOConfig) -> Path:
-    """Write ``policy.safetensors`` + ``config.json`` (no pickle), plus SB3's own zip for SB3 tooling.
+def save_policy(
+    model: MaskablePPO, directory: str | Path, config: PPOConfig, *, sb3_zip: bool = True
+) -> Path:
+    """Write ``policy.safetensors`` + ``policy.json`` (no pickle), plus SB3's zip ``ppo-<env>.zip``.
 
-    Our loader (:func:`load_policy`) reads only the safetensors and JSON files.
+    :func:`load_policy` reads only the safetensors and JSON files.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".policy.", suffix=".tmp")
     os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, directory / "policy.safetensors")
+    save_file(tensors, tmp, metadata={"format": "wsigym.agents.policy.PatchPolicy"})
+    os.replace(tmp, directory / POLICY_WEIGHTS)
     space = model.observation_space
+    p = int(space["patch_mask"].shape[0])
+    extractor = model.policy.mlp_extractor
     _atomic_json(
-        directory / "config.json",
+        directory / POLICY_CONFIG,
         {
             "algorithm": "MaskablePPO",
             "policy": "wsigym.agents.policy.PatchPolicy",
-            "num_patches": int(space["patch_mask"].shape[0]),
-            "state_shape": list(space["state"].shape),
-            "ppo": asdict(config),
+            "num_patches": p,
+            "dim": int(extractor.token_dim - EXTRA_CHANNELS),
+            "hidden": int(extractor.actor.tanh_branch.out_features),
+            "critic_hidden": int(extractor.latent_dim_vf),
+            "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
+            "env_id": config.env_id,
+            "ppo": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
         },
     )
-    model.save(directory / f"ppo-{config.env_id}.zip")
+    if sb3_zip:
+        model.save(directory / f"ppo-{config.env_id}.zip")
     return directory
 
 
-class PolicyAgent:
-    """A loaded policy as an agent: ``agent(obs, info) -> action`` (greedy over legal patches)."""
+def _policy_for(
+    num_patches: int, dim: int, hidden: int, critic_hidden: int, critic_attention: int
+) -> PatchPolicy:
+    from wsigym.envs.zoom_batch import observation_space
 
-    def __init__(self, policy: PatchPolicy, config: dict[str, Any]) -> None:
-        self.policy = policy.eval()
-        self.config = config
+    return PatchPolicy(
+        observation_space(num_patches, dim),
+        spaces.Discrete(num_patches),
+        lambda _: 0.0,
+        hidden=hidden,
+        critic_hidden=critic_hidden,
+        critic_attention=critic_attention,
+    )
+
+
+class PolicyAgent:
+    """A :class:`PatchPolicy` as an agent ``agent(obs, info) -> action``: greedy over legal patches.
+
+    Runs on observations of any padded patch count ``P``. With ``incremental=True`` (default) it keeps
+    the state part of the actor's two gate pre-activations, ``V_s s_i`` and ``U_s s_i`` (``(P, h)``),
+    between steps of an episode and recomputes them only for rows whose state changed (the zoomed and
+    TSU-updated rows); the six extra channels are added every step. The logits equal a full forward
+    pass up to float rounding, at a fraction of its cost.
+    """
+
+    def __init__(
+        self, policy: PatchPolicy, config: dict[str, Any] | None = None, incremental: bool = True
+    ) -> None:
+        self.policy = policy
+        self.config = config or {}
+        self.incremental = incremental
+        extractor = policy.mlp_extractor
+        self.dim = extractor.token_dim - EXTRA_CHANNELS
+        self._cache: dict[str, Any] | None = None
+
+    def reset(
+        self, env: Any = None, obs: dict[str, np.ndarray] | None = None, info: dict[str, Any] | None = None
+    ) -> None:
+        """Forget the cached pre-activations (call at the start of every episode)."""
+        self._cache = None
+
+    @torch.no_grad()
+    def logits(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Actor logits ``(P,)`` of one observation (before masking)."""
+        actor = self.policy.mlp_extractor.actor
+        device = next(self.policy.parameters()).device
+        state = np.asarray(obs["state"], dtype=np.float32)
+        p = int(np.asarray(obs["patch_mask"]).shape[-1])
+        if not self.incremental:
+            tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
+            return actor(patch_tokens(tensors, self.dim))[0, 0].cpu().numpy()
+        rows = torch.as_tensor(state.reshape(p, self.dim), device=device)
+        d = self.dim
+        cache = self._cache
+        if cache is None or cache["state"].shape != state.shape:
+            changed = np.arange(p)
+            cache = self._cache = {
+                "state": state.copy(),
+                "tanh": torch.empty(p, actor.tanh_branch.out_features, device=device),
+                "gate": torch.empty(p, actor.gate_branch.out_features, device=device),
+            }
+        else:
+            changed = np.flatnonzero((cache["state"].reshape(p, d) != state.reshape(p, d)).any(axis=1))
+            cache["state"][:] = state
+        if len(changed):
+            idx = torch.as_tensor(changed, device=device)
+            cache["tanh"][idx] = rows[idx] @ actor.tanh_branch.weight[:, :d].T
+            cache["gate"][idx] = rows[idx] @ actor.gate_branch.weight[:, :d].T
+        tensors = {
+            k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items() if k != "state"
+        }
+        tensors["state"] = torch.zeros(1, p * d, device=device)
+        extra = patch_tokens(tensors, d)[0, :, d:]  # (P, 6)
+        a = torch.tanh(cache["tanh"] + extra @ actor.tanh_branch.weight[:, d:].T + actor.tanh_branch.bias)
+        g = torch.sigmoid(cache["gate"] + extra @ actor.gate_branch.weight[:, d:].T + actor.gate_branch.bias)
+        return actor.score(a * g)[:, 0].cpu().numpy()
 
     def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
-        action, _ = self.policy.predict(
-            obs, deterministic=True, action_masks=np.asarray(obs["action_mask"]).astype(bool)
-        )
-        return int(np.asarray(action).reshape(-1)[0])
+        logits = self.logits(obs)
+        legal = np.asarray(obs["action_mask"]).astype(bool)
+        if not legal.any():
+            raise ValueError("PolicyAgent: no legal action in obs['action_mask']")
+        return int(np.flatnonzero(legal)[np.argmax(logits[legal])])
 
 
-def load_policy(directory: str | Path, env: gym.Env, device: str = "cpu") -> PolicyAgent:
-    """Rebuild a :class:`PatchPolicy` for ``env``'s spaces and load its weights strictly.
+def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
+    """Rebuild the :class:`PatchPolicy` saved by :func:`save_policy` and load its weights strictly.
+
+    ``directory`` may also be a registered name or Hub repo id (e.g. ``"ppo-WSIZoom-v0"``), pulled
+    with :func:`zoo.hub.pull`.
 
     Raises:
-        ValueError: naming the file, when the config does not fit ``env`` or tensors are missing/unexpected.
+        ValueError: naming the file, when files are missing, unreadable, or tensors missing/unexpected.
     """
     directory = Path(directory)
-    cfg_path, weights_path = directory / "config.json", directory / "policy.safetensors"
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise ValueError(f"{p}: missing (expected a policy saved by wsigym.agents.ppo.save_policy)")
-    config = json.loads(cfg_path.read_text())
-    space = env.observation_space
-    if int(space["patch_mask"].shape[0]) != config["num_patches"]:
-        raise ValueError(
-            f"{cfg_path}: policy was trained for {config['num_patches']} patches, the env pads to "
-            f"{space['patch_mask'].shape[0]}; make the env with max_patches={config['num_patches']}"
-        )
-    ppo = config["ppo"]
-    policy = PatchPolicy(
-        space, env.action_space, lambda _: 0.0, hidden=ppo["hidden"], critic_hidden=ppo["critic_hidden"]
-    ).to(device)
+    if not directory.is_dir():
+        from zoo import hub
+
+        directory = hub.pull(str(directory))
+    cfg_path, weights_path = directory / POLICY_CONFIG, directory / POLICY_WEIGHTS
+    for path in (cfg_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (expected a policy saved by wsigym.agents.ppo.save_policy)")
+    try:
+        config = json.loads(cfg_path.read_text())
+        policy = _policy_for(
+            int(config["num_patches"]),
+            int(config["dim"]),
+            int(config["hidden"]),
+            int(config["critic_hidden"]),
+            int(config["critic_attention"]),
+        ).to(device)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: not a policy config ({type(e).__name__}: {e})") from None
     try:
         state = load_file(str(weights_path), device=device)
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{weights_path}: not a readable safetensors file ({e})") from None
-    result = policy.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = policy.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    bad = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or bad:
         raise ValueError(
-            f"{weights_path}: missing tensors {result.missing_keys}, unexpected tensors {result.unexpected_keys}"
+            f"{weights_path}: missing tensors {missing}, unexpected tensors {unexpected}, wrong shapes {sorted(bad)}"
         )
-    return PolicyAgent(policy, config)
+    policy.load_state_dict(state, strict=True)
+    return PolicyAgent(policy.eval(), config)
