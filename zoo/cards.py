@@ -15,6 +15,7 @@ are shown as "n/a" and left out of the ``model-index``.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+CARDS_DIR = Path(str(importlib.resources.files("hub_cards")))
 LIBRARY_NAME = "wsigym-zoo"
 LICENSE = "apache-2.0"
 BASE_TAGS = ("pathology", "multiple-instance-learning", "whole-slide-image")
