@@ -6,7 +6,8 @@ Measured in one run, for each slide size N (default 2000 and 10000) at d = 384:
     zoomed row against the whole evolving state (``|cos|``, normalising ``S_t`` every step), TSU on
     the new similar rows, overwrite every zoomed row, then the **full** ``HAFED.classify`` of the
     ``N x d`` state for the reward;
-(b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied);
+(b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied), and the same
+    with ``update="none"`` (b') to separate the TSU MLP's cost from the environment's own;
 (c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256.
 
 Reported: environment steps per second (for the vector env, ``B x`` vector steps per second), the
@@ -140,6 +141,38 @@ def timed_steps(step, pick, n_steps: int, device: torch.device, max_seconds: flo
     return (time.perf_counter() - t0) / done, done
 
 
+def time_single_env(env, rng, args, device) -> tuple[float, int, float]:
+    """Seconds per step of a single env with random legal actions, steps timed, mean TSU rows/step."""
+    env.reset(seed=0)
+    state = {"info": {"action_mask": env.action_masks()}, "tsu": []}
+
+    def step(a):
+        _, _, _, _, info = env.step(a)
+        state["info"] = info
+        state["tsu"].append(info["tsu_updates"])
+
+    def pick():
+        return int(rng.choice(np.flatnonzero(state["info"]["action_mask"])))
+
+    sec, k = timed_steps(step, pick, args.steps, device, args.max_seconds)
+    return sec, k, float(np.mean(state["tsu"]))
+
+
+def time_vector_env(vec, rng, args, device) -> tuple[float, int]:
+    """Seconds per vector step with random legal actions, and steps timed."""
+    vec.reset(seed=0)
+    state = {"masks": vec.action_masks()}
+
+    def step(actions):
+        vec.step(actions)
+        state["masks"] = vec.action_masks()
+
+    def pick():
+        return (rng.random(state["masks"].shape) * state["masks"]).argmax(axis=1)
+
+    return timed_steps(step, pick, max(2, args.steps // max(1, vec.num_envs // 4)), device, args.max_seconds)
+
+
 def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, float, float, float]]:
     dim = args.dim
     data = BenchDataset(n, dim, slides=args.slides)
@@ -152,51 +185,36 @@ def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, 
     floor = scan_floor(src.z[src.rows(0)].contiguous(), device)
 
     # (a) SASHA-style loop
-    loop = SashaStyleLoop(src.z[src.rows(0)], src.v[src.rows(0)], int(src.labels[0]), hafed, tsu, env.config.tau)
+    loop = SashaStyleLoop(
+        src.z[src.rows(0)], src.v[src.rows(0)], int(src.labels[0]), hafed, tsu, env.config.tau
+    )
     order = iter(rng.permutation(n).tolist())
     sec_a, k_a = timed_steps(loop.step, lambda: next(order), args.steps, device, args.max_seconds)
     rows.append(("(a) SASHA-style loop, full classify", 1 / sec_a, sec_a, k_a))
 
-    # (b) WSIZoom-v0
-    env.reset(seed=0)
-    info = {"action_mask": env.action_masks()}
-
-    def step_b(a):
-        nonlocal info
-        _, _, _, _, info = env.step(a)
-
-    def pick_b():
-        return int(rng.choice(np.flatnonzero(info["action_mask"])))
-
-    sec_b, k_b = timed_steps(step_b, pick_b, args.steps, device, args.max_seconds)
-    rows.append(("(b) WSIZoom-v0", 1 / sec_b, sec_b, k_b))
-    del env
+    # (b) WSIZoom-v0, and (b') the same without TSU rows
+    sec_b, k_b, tsu_rows = time_single_env(env, rng, args, device)
+    rows.append((f"(b) WSIZoom-v0 ({tsu_rows:.1f} TSU rows/step)", 1 / sec_b, sec_b, k_b))
+    env = WSIZoomEnv(**kw, update="none")
+    sec_n, k_n, _ = time_single_env(env, rng, args, device)
+    rows.append(("(b') WSIZoomNoUpdate-v0 (no TSU rows)", 1 / sec_n, sec_n, k_n))
+    env = None
 
     # (c) vector env
     for b in args.batch_sizes:
         need = 3 * b * n * dim * 4 / 2**30  # Z batch, state batch, observation copy
         if need > args.max_gb:
-            rows.append((f"(c) vector env B={b}: skipped (~{need:.1f} GiB > --max-gb {args.max_gb})", 0, 0, 0))
+            rows.append(
+                (f"(c) vector env B={b}: skipped (~{need:.1f} GiB > --max-gb {args.max_gb})", 0, 0, 0)
+            )
             continue
-        vec = WSIZoomVectorEnv(num_envs=b, **kw)
-        vec.reset(seed=0)
-        masks = vec.action_masks()
-
-        def step_c(actions):
-            nonlocal masks
-            vec.step(actions)
-            masks = vec.action_masks()
-
-        def pick_c():
-            u = rng.random(masks.shape) * masks
-            return u.argmax(axis=1)
-
-        sec_c, k_c = timed_steps(step_c, pick_c, max(2, args.steps // max(1, b // 4)), device, args.max_seconds)
+        sec_c, k_c = time_vector_env(WSIZoomVectorEnv(num_envs=b, **kw), rng, args, device)
         rows.append((f"(c) vector env B={b}", b / sec_c, sec_c / b, k_c))
-        del vec
     out = []
     base = rows[0][1]
-    print(f"\nN = {n}, d = {dim}: one N x d similarity scan (Z @ z_a) = {floor * 1e3:.3f} ms (the per-step floor)")
+    print(
+        f"\nN = {n}, d = {dim}: one N x d similarity scan (Z @ z_a) = {floor * 1e3:.3f} ms (the per-step floor)"
+    )
     print(f"{'':46s} {'env steps/s':>12s} {'x (a)':>8s} {'ms/env-step':>12s} {'x scan':>8s} {'timed':>6s}")
     for name, sps, sec, k in rows:
         if sps == 0:

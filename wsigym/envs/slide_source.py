@@ -144,6 +144,7 @@ class SlideSource:
         self.n = torch.as_tensor(n, device=self.device)
         self.n_list: list[int] = n.tolist()
         self.offsets_list: list[int] = np.concatenate([[0], np.cumsum(n)[:-1]]).tolist()
+        self.offsets_list_np = np.asarray(self.offsets_list, dtype=np.int64)
         self.offsets = torch.as_tensor(self.offsets_list, dtype=torch.long, device=self.device)
         self.max_n = int(n.max())
 

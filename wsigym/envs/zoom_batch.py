@@ -293,8 +293,8 @@ class ZoomBatch:
         anchors_np = np.where(active, actions, 0)
         anchors = torch.as_tensor(anchors_np, device=dev)
         active_t = torch.as_tensor(active, device=dev)
-        flat = torch.as_tensor(src.offsets_list, device=dev)[torch.as_tensor(self.slide[act_idx], device=dev)]
-        v_anchor = src.v[flat + anchors[torch.as_tensor(act_idx, device=dev)]]
+        flat = src.offsets_list_np[self.slide[act_idx]] + actions[act_idx]
+        v_anchor = src.v[torch.as_tensor(flat, device=dev)]
         change = self.rule(
             t,
             anchors,
@@ -324,7 +324,7 @@ class ZoomBatch:
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         tumour = self.tumour_np[np.arange(self.num_envs), anchors_np]
         out["has_truth"] = active & np.isfinite(tumour)
-        out["hit_tumour"] = out["has_truth"] & (np.nan_to_num(tumour, nan=0.0) > TUMOUR_HIT_FRACTION)
+        out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)
         self.logits = torch.where(keep, logits, self.logits)
