@@ -94,3 +94,25 @@ def test_vector_render(env_kwargs):
     vec.step(np.array([0, 1]))
     frames = vec.render()
     assert frames.ndim == 4 and frames.shape[0] == 2 and frames.shape[3] == 3 and frames.dtype == np.uint8
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_vector_cuda_matches_cpu(tiny_dataset, models):
+    import copy
+
+    hafed, tsu = models
+    kw = {"dataset": tiny_dataset, "progress": False, "num_envs": 3}
+    cpu = WSIZoomVectorEnv(hafed=copy.deepcopy(hafed), tsu=copy.deepcopy(tsu), **kw)
+    gpu = WSIZoomVectorEnv(hafed=copy.deepcopy(hafed), tsu=copy.deepcopy(tsu), device="cuda", **kw)
+    o1, _ = cpu.reset(seed=0)
+    o2, _ = gpu.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = cpu.action_masks()
+        a = (rng.random(m.shape) * m).argmax(1)
+        o1, r1, t1, u1, _ = cpu.step(a)
+        o2, r2, t2, u2, _ = gpu.step(a)
+        np.testing.assert_allclose(o1["state"], o2["state"], atol=1e-4)
+        np.testing.assert_allclose(r1, r2, atol=1e-4)
+        np.testing.assert_array_equal(t1 | u1, t2 | u2)
