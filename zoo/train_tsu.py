@@ -353,10 +353,17 @@ def train_and_save_tsu(
         "recipe": result.recipe,
         "history": result.history,
     }
+    names = {"tsu": "mse", "no_update": "mse_no_update", "copy_anchor": "mse_copy_anchor", "pairs": "pairs"}
+    card_metrics = {
+        split: {
+            names[k]: result.baselines[f"{split}_{k}"] for k in names if f"{split}_{k}" in result.baselines
+        }
+        for split in ("val", "test")
+    }
     hub.save_pretrained(
         result.model,
         out,
-        metrics={k: v for k, v in result.baselines.items()},
+        metrics={k: v for k, v in card_metrics.items() if v},
         dataset_name=dataset.name,
         training={k: v for k, v in record.items() if k != "history"},
     )

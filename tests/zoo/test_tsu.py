@@ -145,3 +145,22 @@ def test_fit_tsu_is_deterministic_and_checks_tau():
         assert torch.equal(v, r2.model.state_dict()[k])
     with pytest.raises(ValueError, match="lower tau"):
         fit_tsu(hafed, data, tau=0.99999, epochs=1, progress=False)
+
+
+def test_train_and_save_tsu_round_trip(tmp_path):
+    import json
+
+    import zoo
+    from zoo.train_tsu import train_and_save_tsu
+
+    data = _MemoryDataset(n_slides=12, n=24)
+    hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
+    hafed.save_pretrained(tmp_path / "hafed")
+    out = train_and_save_tsu(tmp_path / "hafed", data, tmp_path / "tsu", tau=0.9, epochs=2, progress=False)
+    loaded = zoo.load(str(out))
+    assert isinstance(loaded, TSU) and loaded.config.tau == 0.9
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["architecture"] == "tsu" and record["recipe"]["tau"] == 0.9
+    assert record["val_mse"] == pytest.approx(record["mse"]["val_tsu"])
+    assert {"val_no_update", "val_copy_anchor", "test_tsu"} <= set(record["mse"])
+    assert (out / "README.md").exists()
