@@ -1,9 +1,262 @@
-"""Subcommands of this area (filled in by its module owner)."""
+"""``wsigym train ppo``, ``wsigym evaluate`` and ``wsigym demo``.
+
+- ``wsigym train ppo --env WSIZoom-v0 --dataset synth-c16 --out runs/ppo-WSIZoom-v0`` trains MaskablePPO
+  (:func:`wsigym.agents.ppo.train_ppo`) with SB3's progress bar, TensorBoard logs, checkpoints and the
+  validation callback; the run folder is the publishable policy folder.
+- ``wsigym evaluate --agent random --agent runs/ppo-WSIZoom-v0 ...`` runs the protocol
+  (:func:`wsigym.evaluate.evaluate`) and writes a Markdown table and a JSON file; ``--all`` runs the full
+  protocol (every baseline, the policy, both ablations) and can rewrite the README's results section;
+  ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it.
+- ``wsigym demo``: a short warm-started PPO run on synth-c16, then the evaluation table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+DEMO_TIMESTEPS = 1_024
+DEMO_SLIDES = 24
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``train`` command's own subparsers (shared with other areas that add ``train <model>``)."""
+    train = sub.choices.get("train") if hasattr(sub, "choices") else None
+    if train is None:
+        train = sub.add_parser("train", help="train a model or agent")
+        train._wsigym_sub = train.add_subparsers(dest="model", required=True)  # type: ignore[attr-defined]
+    if not hasattr(train, "_wsigym_sub"):
+        train._wsigym_sub = train.add_subparsers(dest="model", required=True)  # type: ignore[attr-defined]
+    return train._wsigym_sub  # type: ignore[attr-defined]
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dataset": args.dataset, "fold": args.fold}
+    for key in ("hafed", "tsu", "reward", "tau"):
+        value = getattr(args, key, None)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def _common_env(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env", default="WSIZoom-v0", help="registered env id (WSIZoom-v0, WSIZoomGlobal-v0, ...)"
+    )
+    p.add_argument("--dataset", default="synth-c16", help="registered dataset name or folder")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--hafed", default=None, help="HAFED name/repo/folder (default: the env's)")
+    p.add_argument("--tsu", default=None, help="TSU name/repo/folder (default: the env's)")
+    p.add_argument("--reward", default=None, choices=("ce", "delta_ce", "terminal"))
+    p.add_argument("--tau", type=float, default=None)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register this area's subcommands on the ``wsigym`` parser."""
+    """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
+    from wsigym.agents.ppo import PPOConfig
+
+    d = PPOConfig()
+    p = _train_parser(sub).add_parser("ppo", help="train a MaskablePPO zoom policy (sb3-contrib)")
+    _common_env(p)
+    p.add_argument("--out", required=True, help="run folder (becomes the publishable policy folder)")
+    p.add_argument("--budget", type=float, default=0.2, help="zoom budget fraction for training")
+    p.add_argument("--timesteps", type=int, default=d.total_timesteps)
+    p.add_argument("--n-envs", type=int, default=d.n_envs)
+    p.add_argument("--n-steps", type=int, default=d.n_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.n_epochs)
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--eval-freq", type=int, default=d.eval_freq)
+    p.add_argument(
+        "--eval-slides", type=int, default=None, help="validation slides per evaluation (default all)"
+    )
+    p.add_argument("--checkpoint-freq", type=int, default=d.checkpoint_freq)
+    p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train_ppo)
+
+    e = sub.add_parser("evaluate", help="the evaluation protocol (any agent, budgets, seeds)")
+    _common_env(e)
+    e.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        help="baseline name (random, attention-topk, coverage, oracle, no-zoom, full-hafed), policy folder "
+        "or registered name / Hub repo of a policy; repeat for several",
+    )
+    e.add_argument("--policy", default=None, help="policy folder/name evaluated as 'ppo' (with --all)")
+    e.add_argument("--all", action="store_true", help="full protocol: every baseline, the policy, ablations")
+    e.add_argument("--split", default="test")
+    e.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    e.add_argument("--max-slides", type=int, default=None, help="only the first N slides of the split")
+    e.add_argument("--out", default="results", help="folder for results.md / results.json")
+    e.add_argument("--readme", default=None, help="replace the results section of this README")
+    e.add_argument("--card", action="store_true", help="write the policy folder's Hub card")
+    e.add_argument("--push", default=None, metavar="REPO", help="publish the policy folder to this Hub repo")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    m = sub.add_parser("demo", help="short PPO run on synth-c16, then the evaluation table")
+    m.add_argument("--dataset", default="synth-c16")
+    m.add_argument("--timesteps", type=int, default=DEMO_TIMESTEPS)
+    m.add_argument("--max-slides", type=int, default=DEMO_SLIDES, help="test slides in the table (0: all)")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--hafed", default=None)
+    m.add_argument("--tsu", default=None)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_demo)
+
+
+def _train_ppo(args: argparse.Namespace) -> int:
+    from wsigym.agents.ppo import PPOConfig, train_ppo
+
+    config = PPOConfig(
+        env_id=args.env,
+        env_kwargs={**_env_kwargs(args), "budget": args.budget},
+        total_timesteps=args.timesteps,
+        n_envs=args.n_envs,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.epochs,
+        learning_rate=args.lr,
+        ent_coef=args.ent_coef,
+        eval_freq=args.eval_freq,
+        eval_slides=args.eval_slides,
+        checkpoint_freq=args.checkpoint_freq,
+        warm_start=not args.no_warm_start,
+        seed=args.seed,
+        device=args.device,
+    )
+    t0 = time.perf_counter()
+    train_ppo(config, args.out, progress=not args.no_progress)
+    record = json.loads((Path(args.out) / "train.json").read_text())
+    last = record["validation"][-1] if record["validation"] else {}
+    print(
+        f"trained {record['timesteps']} timesteps in {time.perf_counter() - t0:.0f} s; "
+        f"validation accuracy {last.get('accuracy', float('nan')):.3f}, AUC {last.get('auc', float('nan')):.3f}; "
+        f"policy in {args.out} (TensorBoard: tensorboard --logdir {args.out}/tb)"
+    )
+    return 0
+
+
+def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
+    """The agents of the full protocol, in table order, and their labels."""
+    agents: list[Any] = []
+    names: list[str] = []
+    if policy is not None:
+        agents.append(policy)
+        names.append("ppo")
+    for name in ("attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
+        agents.append(name)
+        names.append(name)
+    return agents, names
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from wsigym.agents.benchmark import run_protocol
+    from wsigym.evaluate import evaluate
+
+    out = Path(args.out)
+    progress = not args.no_progress
+    kwargs = {k: v for k, v in _env_kwargs(args).items() if k != "dataset" and k != "fold"}
+    if args.all:
+        report_md = run_protocol(
+            policy=args.policy,
+            dataset=args.dataset,
+            split=args.split,
+            budgets=args.budgets,
+            seeds=args.seeds,
+            env_kwargs=kwargs,
+            max_slides=args.max_slides,
+            out=out,
+            readme=args.readme,
+            progress=progress,
+        )
+        print(report_md)
+        return 0
+    agents = list(args.agent) + ([args.policy] if args.policy else [])
+    if not agents:
+        raise SystemExit("wsigym evaluate: give at least one --agent (or --policy, or --all)")
+    names = [("ppo" if args.policy and a == args.policy else str(a)) for a in agents]
+    report = evaluate(
+        agents,
+        env_id=args.env,
+        dataset=args.dataset,
+        split=args.split,
+        fold=args.fold,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        env_kwargs=kwargs,
+        max_slides=args.max_slides,
+        names=names,
+        progress=progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report.to_json(out / "results.json")
+    text = report.caption() + "\n\n" + report.to_markdown() + "\n"
+    (out / "results.md").write_text(text)
+    print(text)
+    if args.card or args.push:
+        from wsigym.agents.publish import publish, write_card
+
+        if not args.policy:
+            raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
+        write_card(args.policy, report, repo_id=args.push)
+        if args.push:
+            sha = publish(args.policy, args.push)
+            print(f"pushed {args.policy} to {args.push} ({sha})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from wsigym.agents.ppo import PPOConfig, train_ppo
+    from wsigym.evaluate import evaluate
+
+    progress = not args.no_progress
+    env_kwargs: dict[str, Any] = {"dataset": args.dataset}
+    if args.hafed:
+        env_kwargs["hafed"] = args.hafed
+    if args.tsu:
+        env_kwargs["tsu"] = args.tsu
+    config = PPOConfig(
+        env_kwargs=env_kwargs,
+        total_timesteps=args.timesteps,
+        n_envs=4,
+        n_steps=32,
+        batch_size=64,
+        eval_freq=args.timesteps,
+        eval_slides=8,
+        checkpoint_freq=args.timesteps,
+    )
+    print(
+        f"wsigym demo: MaskablePPO on {args.env if hasattr(args, 'env') else 'WSIZoom-v0'} / {args.dataset}, "
+        f"{args.timesteps} timesteps from the HAFED-attention warm start (a short run, not the benchmark)"
+    )
+    t0 = time.perf_counter()
+    train_ppo(config, args.out, progress=progress)
+    print(f"trained in {time.perf_counter() - t0:.0f} s; policy in {args.out}")
+    max_slides = args.max_slides or None
+    agents, names = full_protocol_agents(args.out)
+    report = evaluate(
+        agents,
+        dataset=args.dataset,
+        split="test",
+        budgets=(0.1, 0.2),
+        seeds=(0,),
+        env_kwargs={k: v for k, v in env_kwargs.items() if k != "dataset"},
+        max_slides=max_slides,
+        names=names,
+        progress=progress,
+    )
+    subset = f"first {report.slides} test slides" if max_slides else "all test slides"
+    print(f"\nEvaluation ({subset}, 1 seed; the full protocol is `wsigym evaluate --all`):\n")
+    print(report.caption())
+    print(report.to_markdown())
+    return 0

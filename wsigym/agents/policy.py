@@ -185,8 +185,8 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
     \odot \sigma(U s_i)) + c_m`. The actor gets ``V``, ``U`` on the state channels (the six extra
     channels start with zero weight) and the branch-averaged score :math:`\bar w, \bar c`, so its
     logit is :math:`\bar a_i` and the greedy policy starts as "zoom the unzoomed patch HAFED attends
-    most in the current state". The critic's attention gets the same weights (it then pools the state
-    as HAFED does). Needs the policy's ``hidden`` (and critic attention width) equal to HAFED's
+    most in the current state". The critic's attention gets the same weights when it has the same
+    width (it then pools the state as HAFED does). Needs the policy's ``hidden`` equal to HAFED's
     ``attn_dim`` and the token width ``d + 6`` with HAFED's ``d``.
 
     Raises:
@@ -199,12 +199,16 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
         raise ValueError(
             f"warm start: HAFED's state width is {d}, the policy's tokens are {extractor.token_dim} = d + 6 wide"
         )
-    for role, dst in (("actor", extractor.actor), ("critic attention", extractor.critic_attention)):
-        if src.tanh_branch.out_features != dst.tanh_branch.out_features:
-            raise ValueError(
-                f"warm start needs the {role} width = HAFED's attn_dim = {src.tanh_branch.out_features}, "
-                f"the policy has {dst.tanh_branch.out_features}"
-            )
+    width = src.tanh_branch.out_features
+    if extractor.actor.tanh_branch.out_features != width:
+        raise ValueError(
+            f"warm start needs the actor width = HAFED's attn_dim = {width}, "
+            f"the policy has {extractor.actor.tanh_branch.out_features}"
+        )
+    targets = [extractor.actor]
+    if extractor.critic_attention.tanh_branch.out_features == width:
+        targets.append(extractor.critic_attention)
+    for dst in targets:
         for name in ("tanh_branch", "gate_branch"):
             s, t = getattr(src, name), getattr(dst, name)
             t.weight.zero_()

@@ -1,0 +1,148 @@
+"""The evaluation protocol on a tiny dataset: baselines, a plain callable agent, SB3 models, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from wsigym.agents.baselines import RandomAgent, make_baseline
+from wsigym.agents.benchmark import published_table, replace_section
+from wsigym.evaluate import METRICS, as_agent, evaluate
+
+
+def _kw(env_kwargs):
+    return {k: v for k, v in env_kwargs.items() if k != "dataset"}
+
+
+def test_plain_callable_agent_and_report(env_kwargs, tmp_path):
+    seen = []
+
+    def first_legal(obs, info):  # a researcher's own agent, no SB3
+        seen.append(info["slide_id"])
+        return int(np.flatnonzero(obs["action_mask"])[0])
+
+    report = evaluate(
+        [first_legal, "random", "no-zoom", "full-hafed"],
+        dataset=env_kwargs["dataset"],
+        split="train",
+        seeds=(0, 1),
+        env_kwargs=_kw(env_kwargs),
+        progress=False,
+    )
+    assert [(r.agent, r.budget) for r in report.rows] == [
+        ("first_legal", 0.1),
+        ("first_legal", 0.2),
+        ("random", 0.1),
+        ("random", 0.2),
+        ("no-zoom", 0.0),
+        ("full-hafed", 1.0),
+    ]
+    slides = env_kwargs["dataset"].splits[0]["train"]
+    assert set(seen) == set(slides) and report.slides == len(slides)
+    for row in report.rows:
+        assert set(METRICS) <= set(row.mean) and len(row.per_seed) == 2
+        assert 0.0 <= row.mean["accuracy"] <= 1.0
+    by = {(r.agent, r.budget): r for r in report.rows}
+    n_mean = np.mean([env_kwargs["dataset"].load(s).features.shape[0] for s in slides])
+    assert by[("no-zoom", 0.0)].mean["zooms"] == 0.0
+    assert by[("full-hafed", 1.0)].mean["zooms"] == pytest.approx(n_mean)
+    budgets = [math.ceil(0.2 * env_kwargs["dataset"].load(s).features.shape[0]) for s in slides]
+    assert by[("random", 0.2)].mean["zooms"] == pytest.approx(np.mean(budgets))
+    assert by[("first_legal", 0.1)].std["accuracy"] == 0.0  # deterministic agent
+    md = report.to_markdown()
+    assert md.count("\n") == len(report.rows) + 1 and "first_legal" in md
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert data["rows"][0]["agent"] == "first_legal"
+
+
+def test_full_hafed_equals_zooming_every_patch(env_kwargs):
+    kw = _kw(env_kwargs)
+    full = evaluate(
+        ["full-hafed"],
+        dataset=env_kwargs["dataset"],
+        split="train",
+        seeds=(0,),
+        env_kwargs=kw,
+        progress=False,
+    )
+    stepped = evaluate(
+        ["coverage"],
+        dataset=env_kwargs["dataset"],
+        split="train",
+        budgets=(1.0,),
+        seeds=(0,),
+        env_kwargs=kw,
+        progress=False,
+    )
+    for key in ("accuracy", "auc", "ece", "nll"):
+        assert full.rows[0].mean[key] == pytest.approx(stepped.rows[0].mean[key], abs=1e-4)
+
+
+def test_oracle_hits_more_tumour_than_random(env_kwargs):
+    report = evaluate(
+        ["oracle", "random", "attention-topk", "coverage"],
+        dataset=env_kwargs["dataset"],
+        split="train",
+        budgets=(0.2,),
+        seeds=(0,),
+        env_kwargs=_kw(env_kwargs),
+        progress=False,
+    )
+    hits = {r.agent: r.mean["tumour_hits"] for r in report.rows}
+    assert hits["oracle"] > hits["random"]
+
+
+def test_oracle_needs_ground_truth(models, no_truth_dataset):
+    hafed, tsu = models
+    with pytest.raises(ValueError, match="ground truth"):
+        evaluate(
+            ["oracle"],
+            dataset=no_truth_dataset,
+            split="train",
+            seeds=(0,),
+            env_kwargs={"hafed": hafed, "tsu": tsu},
+            progress=False,
+        )
+
+
+def test_bad_agents():
+    with pytest.raises(ValueError, match="unknown agent"):
+        as_agent("greedy-magic")
+    with pytest.raises(TypeError, match="callable"):
+        as_agent(42)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        make_baseline("nope")
+
+
+def test_illegal_action_from_agent_raises(env_kwargs):
+    with pytest.raises(ValueError, match="padding index|already zoomed"):
+        evaluate(
+            lambda obs, info: 0,
+            dataset=env_kwargs["dataset"],
+            split="train",
+            seeds=(0,),
+            env_kwargs=_kw(env_kwargs),
+            progress=False,
+        )
+
+
+def test_random_agent_is_seeded_and_legal():
+    obs = {"action_mask": np.array([0, 1, 1, 0, 1], dtype=np.int8)}
+    a = [RandomAgent(3)(obs, {}) for _ in range(3)]
+    assert len(set(a)) == 1 and obs["action_mask"][a[0]] == 1
+
+
+def test_readme_section_replacement(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- results:synth-c16 -->\nold\n<!-- /results:synth-c16 -->\nbottom\n")
+    replace_section(readme, "synth-c16", "| new |")
+    assert (
+        readme.read_text()
+        == "top\n<!-- results:synth-c16 -->\n| new |\n<!-- /results:synth-c16 -->\nbottom\n"
+    )
+    with pytest.raises(ValueError, match="markers"):
+        replace_section(readme, "camelyon16", "x")
+    assert "different dataset" not in published_table() and "CAMELYON16" in published_table()

@@ -1,0 +1,144 @@
+"""train_ppo on tiny data, pickle-free save/load, the Hub card + push/pull round trip, CLI wiring."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from wsigym.agents.ppo import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent, PPOConfig, load_policy, train_ppo
+from wsigym.agents.publish import publish, repo_name
+from wsigym.cli import build_parser
+from wsigym.evaluate import evaluate
+from zoo import pretrained
+from zoo.cards import card_metadata, card_metrics
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_dataset, models):
+    hafed, tsu = models
+    config = PPOConfig(
+        env_kwargs={"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.2},
+        total_timesteps=96,
+        n_envs=2,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=2,
+        eval_freq=64,
+        checkpoint_freq=64,
+    )
+    out = tmp_path_factory.mktemp("ppo-run")
+    model = train_ppo(config, out, progress=False)
+    return out, model
+
+
+def test_train_writes_everything(run):
+    out, model = run
+    assert model.num_timesteps >= 96
+    for name in (POLICY_WEIGHTS, POLICY_CONFIG, "ppo-WSIZoom-v0.zip", "train.json", "eval/evaluations.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    assert list((out / "checkpoints").glob("*.zip"))
+    assert (out / "best" / POLICY_WEIGHTS).is_file()
+    record = json.loads((out / "train.json").read_text())
+    history = record["validation"]
+    assert history[0]["timesteps"] == 0 and history[-1]["timesteps"] == model.num_timesteps
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in history)
+    assert record["rollout_buffer_bytes"] > 2 * 16 * record["num_patches"] * record["dim"] * 4
+
+
+def test_save_load_round_trip_same_actions(run, env_kwargs):
+    out, model = run
+    agent = load_policy(out)
+    assert isinstance(agent, PolicyAgent)
+    saved = model.policy.state_dict()
+    for k, v in agent.policy.state_dict().items():
+        assert torch.equal(v, saved[k].cpu()), k
+    kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
+    a = evaluate(model, dataset=env_kwargs["dataset"], split="val", seeds=(0,), env_kwargs=kw, progress=False)
+    b = evaluate(
+        str(out), dataset=env_kwargs["dataset"], split="val", seeds=(0,), env_kwargs=kw, progress=False
+    )
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        for key in ("accuracy", "auc", "ece", "zooms", "tumour_hits"):
+            assert ra.mean[key] == pytest.approx(rb.mean[key], nan_ok=True)
+
+
+def test_load_errors_name_the_file(run, tmp_path):
+    out, _ = run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(ValueError, match=POLICY_CONFIG):
+        load_policy(bad)
+    (bad / POLICY_CONFIG).write_text((out / POLICY_CONFIG).read_text())
+    (bad / POLICY_WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_policy(bad)
+    tensors = load_file(str(out / POLICY_WEIGHTS))
+    tensors["extra.weight"] = torch.zeros(1)
+    save_file(tensors, str(bad / POLICY_WEIGHTS))
+    with pytest.raises(ValueError, match="unexpected tensors"):
+        load_policy(bad)
+    tensors.pop("extra.weight")
+    tensors.pop(next(iter(tensors)))
+    save_file(tensors, str(bad / POLICY_WEIGHTS))
+    with pytest.raises(ValueError, match="missing tensors"):
+        load_policy(bad)
+
+
+def test_card_push_pull_round_trip(run, env_kwargs, hub_server, monkeypatch, tmp_path):
+    from zoo import hub
+
+    out, _ = run
+    org = f"org-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("ZOO_HUB_ORG", org)
+    monkeypatch.setattr(pretrained, "SHIPPED_WEIGHTS", tmp_path / "shipped")
+    kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
+    report = evaluate(
+        [str(out), "random"],
+        names=["ppo", "random"],
+        dataset=env_kwargs["dataset"],
+        split="test",
+        seeds=(0,),
+        env_kwargs=kw,
+        progress=False,
+    )
+    name = repo_name("ppo", "WSIZoom-v0")
+    assert name == "ppo-WSIZoom-v0" == pretrained.PRETRAINED[name].repo_name
+    repo = f"{org}/{name}"
+    sha = publish(out, repo, report)
+    card = (out / "README.md").read_text()
+    meta = card_metadata(card)
+    assert meta["library_name"] == "stable-baselines3" and "WSIZoom-v0" in meta["tags"]
+    ppo20 = next(r for r in report.rows if r.agent == "ppo" and r.budget == 0.2)
+    assert card_metrics(card)["accuracy"] == pytest.approx(ppo20.mean["accuracy"])
+    assert "| random | 10% |" in card and "action masks" in card
+    pulled = hub.pull(name, revision=sha)  # the registered name resolves to {org}/ppo-WSIZoom-v0
+    assert (pulled / POLICY_WEIGHTS).read_bytes() == (out / POLICY_WEIGHTS).read_bytes()
+    agent = load_policy(pulled)
+    obs = {
+        "state": np.zeros(5 * 16, np.float32),
+        "patch_mask": np.ones(5, np.int8),
+        "visited": np.zeros(5, np.int8),
+        "updated": np.zeros(5, np.int8),
+        "coords": np.zeros(10, np.float32),
+        "budget": np.ones(1, np.float32),
+        "action_mask": np.array([0, 0, 1, 0, 0], np.int8),
+    }
+    assert agent(obs, {}) == 2
+    assert json.loads((pulled / "results.json").read_text())["rows"][0]["agent"] == "ppo"
+
+
+def test_cli_wiring():
+    parser = build_parser()
+    args = parser.parse_args(["train", "ppo", "--out", "runs/x", "--timesteps", "10"])
+    assert args.timesteps == 10 and args.func.__name__ == "_train_ppo"
+    args = parser.parse_args(["evaluate", "--agent", "random", "--agent", "oracle", "--budgets", "0.1"])
+    assert args.agent == ["random", "oracle"] and args.budgets == [0.1]
+    args = parser.parse_args(["evaluate", "--all", "--policy", "runs/x", "--readme", "README.md"])
+    assert args.all and args.func.__name__ == "_evaluate"
+    assert parser.parse_args(["demo"]).func.__name__ == "_demo"

@@ -1,0 +1,175 @@
+"""The full protocol in one call: the README's results table for a dataset (``wsigym evaluate --all``).
+
+:func:`run_protocol` evaluates, on the test split at each budget and over seeds (:func:`wsigym.evaluate.evaluate`):
+
+1. the trained policy (``ppo``) and every baseline (attention-top-k, coverage, random, oracle, no-zoom,
+   full-resolution HAFED) on ``WSIZoom-v0`` (TSU);
+2. the state-update ablation: the same policy (trained with the TSU) and attention-top-k on
+   ``WSIZoomGlobal-v0`` (global update) and ``WSIZoomNoUpdate-v0`` (no update);
+
+and writes ``results.md`` and ``results.json`` under ``out``. The Markdown ends with SASHA's published
+CAMELYON16 numbers (``sasha.md`` §8), labelled as a different dataset, for context only.
+With ``readme``, the text between ``<!-- results:<dataset> -->`` and ``<!-- /results:<dataset> -->`` is
+replaced (the markers must exist; nothing else in the file changes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsigym.evaluate import EvalReport, evaluate
+
+ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
+
+#: SASHA README / paper numbers on CAMELYON16 (``/work/shared/reference/sasha.md`` §8): Acc, AUC, F1.
+PUBLISHED_C16 = (
+    ("HAFED (SASHA paper)", "100%", ".963 ± .008", ".980 ± .003", ".951 ± .011"),
+    ("SASHA-0.1", "10%", ".901 ± .021", ".918 ± .014", ".856 ± .031"),
+    ("SASHA-0.2", "20%", ".953 ± .017", ".979 ± .008", ".937 ± .024"),
+    ("RLogist-0.1 (as reported by SASHA)", "10%", ".824", ".829", "n/a"),
+    ("RLogist-0.2 (as reported by SASHA)", "20%", ".862", ".879", "n/a"),
+    ("random policy (SASHA ablation)", "20%", ".516", ".550", ".553"),
+    ("global update instead of TSU (SASHA ablation)", "20%", ".837", ".824", ".779"),
+)
+
+
+def published_table() -> str:
+    """SASHA's published CAMELYON16 numbers as Markdown (a different dataset: context only)."""
+    lines = [
+        "| method (CAMELYON16, published) | budget | accuracy | AUC | F1 (binary) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {m} | {b} | {a} | {u} | {f} |" for m, b, a, u, f in PUBLISHED_C16]
+    return "\n".join(lines)
+
+
+def _ablation_table(reports: dict[str, EvalReport]) -> str:
+    lines = [
+        "| agent | state update | budget | accuracy | AUC | F1 (binary) | ECE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rule, report in reports.items():
+        for r in report.rows:
+            cells = [f"{r.mean[m]:.3f} ± {r.std[m]:.3f}" for m in ("accuracy", "auc", "f1", "ece")]
+            lines.append(f"| {r.agent} | {rule} | {r.budget:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def replace_section(readme: str | Path, key: str, text: str) -> None:
+    """Replace what lies between ``<!-- results:KEY -->`` and ``<!-- /results:KEY -->`` in ``readme``.
+
+    Raises:
+        ValueError: naming the file, when the markers are missing.
+    """
+    path = Path(readme)
+    content = path.read_text()
+    start, end = f"<!-- results:{key} -->", f"<!-- /results:{key} -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(content):
+        raise ValueError(f"{path}: markers {start} ... {end} not found")
+    _atomic_write(path, pattern.sub(lambda _: f"{start}\n{text.strip()}\n{end}", content, count=1))
+
+
+def run_protocol(
+    *,
+    policy: str | None,
+    dataset: Any = "synth-c16",
+    split: str = "test",
+    budgets: Sequence[float] = (0.1, 0.2),
+    seeds: Sequence[int] = (0, 1, 2),
+    env_kwargs: dict[str, Any] | None = None,
+    max_slides: int | None = None,
+    out: str | Path = "results",
+    readme: str | Path | None = None,
+    ablation: bool = True,
+    progress: bool = True,
+) -> str:
+    """Run the full protocol (module docstring); returns the Markdown written to ``out/results.md``."""
+    from wsigym.agents.cli import full_protocol_agents
+
+    agents, names = full_protocol_agents(policy)
+    main = evaluate(
+        agents,
+        env_id="WSIZoom-v0",
+        dataset=dataset,
+        split=split,
+        budgets=budgets,
+        seeds=seeds,
+        env_kwargs=env_kwargs,
+        max_slides=max_slides,
+        names=names,
+        progress=progress,
+    )
+    ablations: dict[str, EvalReport] = {}
+    if ablation:
+        abl_agents = ([policy] if policy else []) + ["attention-topk"]
+        abl_names = (["ppo"] if policy else []) + ["attention-topk"]
+        for rule, env_id in ABLATION_ENVS.items():
+            if env_id == "WSIZoom-v0":
+                kept = [r for r in main.rows if r.agent in abl_names]
+                ablations[rule] = EvalReport(main.dataset, split, env_id, kept, main.slides, list(seeds))
+                continue
+            ablations[rule] = evaluate(
+                abl_agents,
+                env_id=env_id,
+                dataset=dataset,
+                split=split,
+                budgets=budgets,
+                seeds=seeds,
+                env_kwargs=env_kwargs,
+                max_slides=max_slides,
+                names=abl_names,
+                progress=progress,
+            )
+    name = main.dataset
+    parts = [
+        f"**{name}** ({main.caption()} Produced by `wsigym evaluate --all`; not typed by hand.)",
+        "",
+        main.to_markdown(),
+    ]
+    if ablations:
+        parts += [
+            "",
+            "State-update ablation (the policy is the one trained with the TSU; "
+            "attention-top-k needs no training):",
+            "",
+            _ablation_table(ablations),
+        ]
+    parts += [
+        "",
+        "For context only, **a different dataset** (real CAMELYON16, SASHA's published numbers, "
+        "not produced here):",
+        "",
+        published_table(),
+    ]
+    text = "\n".join(parts) + "\n"
+    out = Path(out)
+    _atomic_write(out / "results.md", text)
+    payload = {
+        "main": json.loads(json.dumps(_report_dict(main))),
+        "ablation": {rule: _report_dict(r) for rule, r in ablations.items()},
+    }
+    _atomic_write(out / "results.json", json.dumps(payload, indent=2, allow_nan=True))
+    if readme is not None:
+        replace_section(readme, name, text)
+    return text
+
+
+def _report_dict(report: EvalReport) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(report)

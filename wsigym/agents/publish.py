@@ -1,0 +1,112 @@
+"""Publish a trained policy folder like a zoo model: a card with the evaluation table, then the Hub.
+
+The folder written by :func:`wsigym.agents.ppo.train_ppo` (``policy.safetensors``, ``policy.json``,
+``ppo-<env>.zip``) gets ``README.md`` (rendered from ``hub_cards/ppo.md`` by :func:`zoo.cards.render_card`),
+``results.json`` (the :class:`~wsigym.evaluate.EvalReport`, evaluated with action masks) and
+``evaluation.md``. Repos are named as rl-zoo3 / huggingface_sb3 do: ``{org}/{algo}-{env_id}``,
+e.g. ``wsigym/ppo-WSIZoom-v0``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from wsigym.evaluate import EvalReport
+
+RESULTS_NAME = "results.json"
+TABLE_NAME = "evaluation.md"
+
+
+def repo_name(algo: str, env_id: str) -> str:
+    """huggingface_sb3's scheme: ``{algo}-{env}`` with ``/`` -> ``-`` and a ``module:`` prefix dropped."""
+    env = env_id.split(":")[-1].replace("/", "-")
+    return f"{algo.lower()}-{env}"
+
+
+def _write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def headline(report: EvalReport, agent: str, budget: float) -> dict[str, float]:
+    """The ``agent`` row at ``budget`` as flat card metrics (means)."""
+    for row in report.rows:
+        if row.agent == agent and abs(row.budget - budget) < 1e-9:
+            return {k: v for k, v in row.mean.items() if isinstance(v, float) and math.isfinite(v)}
+    raise ValueError(f"the report has no row for agent {agent!r} at budget {budget:.0%}")
+
+
+def write_card(
+    folder: str | Path,
+    report: EvalReport,
+    *,
+    agent: str = "ppo",
+    budget: float = 0.2,
+    repo_id: str | None = None,
+) -> Path:
+    """Write ``README.md``, ``results.json`` and ``evaluation.md`` into a policy folder.
+
+    The card's ``model-index`` holds the ``agent`` row at ``budget`` (test split); the whole table
+    (every agent and budget, mean ± std over seeds) is in the card body.
+    """
+    from zoo import cards
+
+    folder = Path(folder)
+    config = json.loads((folder / "policy.json").read_text())
+    env_id = config.get("env_id", report.env_id)
+    name = repo_name("ppo", env_id)
+    metrics = {f"{report.split}": headline(report, agent, budget)}
+    table = report.to_markdown()
+    ppo = config.get("ppo", {})
+    training = {
+        "dataset": report.dataset,
+        "total_timesteps": ppo.get("total_timesteps"),
+        "n_envs": ppo.get("n_envs"),
+        "n_steps": ppo.get("n_steps"),
+        "learning_rate": ppo.get("learning_rate"),
+        "warm_start": ppo.get("warm_start"),
+        "seed": ppo.get("seed"),
+    }
+    text = cards.render_card(
+        "ppo",
+        model_name=name,
+        load_id=repo_id or name,
+        metrics=metrics,
+        dataset_name=report.dataset,
+        training=training,
+        train_command=None,
+        env_id=env_id,
+        algo="MaskablePPO",
+        evaluation_table=table,
+        evaluation_caption=report.caption(),
+        headline_budget=f"{budget:.0%}",
+    )
+    _write(folder / TABLE_NAME, report.caption() + "\n\n" + table + "\n")
+    report.to_json(folder / RESULTS_NAME)
+    _write(folder / "README.md", text)
+    return folder / "README.md"
+
+
+def publish(folder: str | Path, repo_id: str, report: EvalReport | None = None, **card: Any) -> str:
+    """Write the card (when ``report`` is given) and push the folder with :func:`zoo.hub.push_folder`.
+
+    Returns the commit sha.
+
+    Raises:
+        ValueError: the folder has no card and no report was given.
+    """
+    from zoo import hub
+
+    folder = Path(folder)
+    if report is not None:
+        write_card(folder, report, repo_id=repo_id, **card)
+    if not (folder / "README.md").is_file():
+        raise ValueError(f"{folder}: no README.md card; evaluate the policy first (wsigym evaluate --card)")
+    return hub.push_folder(folder, repo_id, commit_message=f"Upload {repo_id.split('/')[-1]}")
