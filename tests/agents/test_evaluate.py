@@ -118,7 +118,7 @@ def test_bad_agents():
 
 
 def test_illegal_action_from_agent_raises(env_kwargs):
-    with pytest.raises(ValueError, match="padding index|already zoomed"):
+    with pytest.raises(ValueError, match=r"padding index|already zoomed"):
         evaluate(
             lambda obs, info: 0,
             dataset=env_kwargs["dataset"],
