@@ -15,15 +15,19 @@ Argument conventions are those of ``mamba_ssm.ops.selective_scan_interface.selec
 Backends:
 
 - ``"reference"``: the recurrence as a sequential loop over ``L`` in float32 (the ground truth).
-- ``"parallel"``: pure PyTorch chunked scan. The sequence is cut into chunks of ``T`` steps; all
-  chunks are scanned at once (a loop over the ``T`` positions of a chunk, vectorised over chunks),
-  giving each chunk's local states (started from 0) and the running decay products
-  :math:`P_t = \prod_{s \le t} e^{\Delta_s A}` within the chunk. The chunk-end states and chunk
-  decays form a recurrence of length ``L / T`` that is solved by the same routine (recursively), and
-  the true state is :math:`h_t = h^{loc}_t + P_t\, h_{\text{chunk start}}`. Only products of factors
-  in ``(0, 1]`` and sums occur (no exponential of a cumulative sum, no division), so long sequences
-  are as stable as the sequential loop; depth is :math:`O(T \log_T L)` Python steps, work
-  :math:`O(L)`. It materialises ``(B, D, L, N)`` float32 tensors (like ``mambapy``).
+- ``"parallel"``: pure PyTorch two-pass chunked scan. The sequence is cut into chunks of ``T``
+  steps (default 64) and all chunks advance together (a loop over the ``T`` positions of a chunk,
+  vectorised over chunks). Pass 1 runs each chunk from a zero state to its end state
+  :math:`h^{loc}_c`; the chunk decay is :math:`P_c = \exp(A \sum_{t \in c} \Delta_t)` (a
+  log-space sum, so a product of factors in ``(0, 1]``: no overflow); the chunk-level recurrence
+  :math:`H_c = P_c H_{c-1} + h^{loc}_c` of length ``L / T`` is solved by :func:`linear_scan`
+  (the same chunking, recursively); pass 2 reruns every chunk from its true start state
+  :math:`H_{c-1}` and contracts with ``C`` at each step. Only products of factors in ``(0, 1]`` and
+  sums occur (no exponential of a positive cumulative sum, no division), so long sequences are as
+  stable as the sequential loop; work is :math:`O(L)`, Python depth :math:`O(T \log_T L)`, and no
+  ``(B, D, L, N)`` tensor is built (slices are ``(B, D, L/T, N)``; autograd keeps one per step).
+  Log-decays are clamped at :data:`MIN_LOG_DECAY` (-80) to stay out of float32's slow denormal
+  range.
 - ``"mamba_ssm"``: the fused CUDA kernel ``selective_scan_fn`` (tensors on CUDA, ``mamba_ssm``
   importable).
 - ``"auto"``: ``mamba_ssm`` when the tensors are on CUDA and it imports, else ``parallel``.
@@ -135,7 +139,11 @@ def _scan_reference(decay: Tensor, drive: Tensor) -> Tensor:
 def linear_scan(decay: Tensor, drive: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """Chunked parallel solution of ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along dim 2.
 
-    ``decay, drive (B, D, L, N)`` -> ``h (B, D, L, N)``. See the module docstring for the scheme.
+    ``decay, drive (B, D, L, N)`` -> ``h (B, D, L, N)``, with ``decay`` in ``[0, 1]``. Chunks of
+    ``chunk`` steps are scanned together from zero (local states and running decay products), the
+    chunk-end states are carried by a recursive call on the ``L / chunk`` chunk summaries, and
+    ``h = h_local + running_product * h_chunk_start``. Used for the chunk carries of the
+    ``"parallel"`` backend (which never materialises these tensors at full length).
     """
     b, d, length, n = decay.shape
     if length <= chunk:
