@@ -316,12 +316,14 @@ def train_and_save_tsu(
     *,
     fold: int = 0,
     seed: int = 0,
+    notes: str | None = None,
     **fit_kwargs: Any,
 ) -> Path:
     """Load HAFED (a pretrained name, Hub repo, folder, or a model), :func:`fit_tsu` and save the TSU.
 
     Writes ``config.json`` + ``model.safetensors`` (+ card) with :func:`zoo.hub.save_pretrained` and a
-    ``metrics.json`` with the MSEs, baselines, recipe and history.
+    ``metrics.json`` with the MSEs, baselines, recipe and history. ``notes`` (free text, e.g. why this
+    ``tau``) is stored with the training facts.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -353,6 +355,8 @@ def train_and_save_tsu(
         "recipe": result.recipe,
         "history": result.history,
     }
+    if notes:
+        record["notes"] = notes
     names = {"tsu": "mse", "no_update": "mse_no_update", "copy_anchor": "mse_copy_anchor", "pairs": "pairs"}
     card_metrics = {
         split: {
