@@ -1,0 +1,76 @@
+"""Write examples/learning_curve.png: a PPO run's validation metrics and training return vs timesteps.
+
+Reads ``<run>/train.json`` (the validation callback's history: greedy, masked policy on the
+validation split) and the TensorBoard scalar ``rollout/ep_rew_mean`` (training episodes) under
+``<run>/tb``.
+
+Run from the repository root::
+
+    .venv/bin/python examples/plot_learning_curve.py runs/ppo-WSIZoom-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tensorboard_scalar(folder: Path, tag: str) -> tuple[list[int], list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps: list[int] = []
+    values: list[float] = []
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags().get("scalars", []):
+            for e in acc.Scalars(tag):
+                steps.append(e.step)
+                values.append(e.value)
+    return steps, values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run folder written by `wsigym train ppo`")
+    parser.add_argument("--out", default=str(ROOT / "examples" / "learning_curve.png"))
+    args = parser.parse_args()
+    run = Path(args.run)
+    record = json.loads((run / "train.json").read_text())
+    history = record["validation"]
+    t = [h["timesteps"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("accuracy", "auc", "f1"):
+        ax1.plot(t, [h[key] for h in history], marker="o", label=f"val {key}")
+    ax1.set_xlabel("timesteps")
+    ax1.set_title(f"validation ({len(history)} evaluations, greedy + masks)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    steps, values = tensorboard_scalar(run / "tb", "rollout/ep_rew_mean")
+    if steps:
+        ax2.plot(steps, values, label="train ep_rew_mean (-sum CE)")
+    ax2.plot(t, [-h["nll"] for h in history], marker="o", label="val -NLL (final state)")
+    ax2.set_xlabel("timesteps")
+    ax2.set_title("return / likelihood")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    cfg = record["config"]
+    fig.suptitle(
+        f"MaskablePPO on {cfg['env_id']} ({cfg['env_kwargs'].get('dataset', 'synth-c16')}), "
+        f"{record['timesteps']} timesteps in {record['train_seconds'] / 60:.1f} min, {record['torch_threads']} threads"
+    )
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
