@@ -115,9 +115,9 @@ def test_conditioning_reaches_the_ssm():
 def test_trains_on_tiny_bags(tiny_dataset):
     model = _model(n_layers=1)
     bags = list(tiny_dataset.bags("train"))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     epoch_loss = []
-    for _ in range(8):
+    for _ in range(5):
         total = 0.0
         for bag in bags:
             out = model.loss(collate([bag], hr=False))
@@ -126,7 +126,7 @@ def test_trains_on_tiny_bags(tiny_dataset):
             opt.step()
             total += out["loss"].item()
         epoch_loss.append(total / len(bags))
-    assert epoch_loss[-1] < 0.5 * epoch_loss[0], epoch_loss
+    assert epoch_loss[-1] < 0.6 * epoch_loss[0], epoch_loss
     # a batch of several slides works too
     batch = collate(bags[:3], hr=False)
     out = model(**model.inputs(batch))
