@@ -28,9 +28,11 @@ from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPo
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from zoo.nn import GatedAttention, attention_pool, masked_softmax
+from zoo.nn import GatedAttention, masked_softmax
 
 EXTRA_CHANNELS = 6  # visited, updated, x, y, budget, valid
+#: Logit of padding rows (never legal; MaskablePPO's masks use the same value).
+PAD_LOGIT = -1e8
 
 
 def _patches_and_dim(observation_space: spaces.Dict) -> tuple[int, int]:
@@ -117,16 +119,29 @@ class PatchActorCritic(nn.Module):
         tokens = features.reshape(features.shape[0], -1, self.token_dim)
         return tokens, tokens[..., -1] > 0.5
 
+    @staticmethod
+    def _scores(attention: GatedAttention, tokens: Tensor, valid: Tensor) -> Tensor:
+        """One gated-attention score per valid token ``(B, P)``, padding rows ``PAD_LOGIT``.
+
+        Only the real rows are computed (gathered to ``(M, d+6)``, ``M = sum_b N_b``): a batch padded to
+        the largest slide spends most of its rows on padding otherwise.
+        """
+        if bool(valid.all()):
+            return attention(tokens)[:, 0]
+        out = tokens.new_full(valid.shape, PAD_LOGIT)
+        out[valid] = attention(tokens[valid])[0]
+        return out
+
     def forward_actor(self, features: Tensor) -> Tensor:
         r"""Per-patch logits ``(B, P)``: :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`."""
-        tokens, _ = self.tokens(features)
-        return self.actor(tokens)[:, 0]
+        tokens, valid = self.tokens(features)
+        return self._scores(self.actor, tokens, valid)
 
     def forward_critic(self, features: Tensor) -> Tensor:
         """Critic latent ``(B, critic_hidden)`` from the attention-pooled valid tokens."""
         tokens, valid = self.tokens(features)
-        weights = masked_softmax(self.critic_attention(tokens), valid[:, None, :])
-        pooled = attention_pool(weights, tokens)[:, 0]
+        weights = masked_softmax(self._scores(self.critic_attention, tokens, valid), valid)
+        pooled = (weights.unsqueeze(1) @ tokens)[:, 0]
         n = valid.sum(-1, keepdim=True).float() / 1000.0
         budget = tokens[:, 0, -2:-1]
         return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
