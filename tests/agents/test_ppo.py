@@ -39,11 +39,19 @@ def run(tmp_path_factory, tiny_dataset, models):
 def test_train_writes_everything(run):
     out, model = run
     assert model.num_timesteps >= 96
-    for name in (POLICY_WEIGHTS, POLICY_CONFIG, "ppo-WSIZoom-v0.zip", "train.json", "eval/evaluations.json"):
+    for name in (
+        POLICY_WEIGHTS,
+        POLICY_CONFIG,
+        "ppo-WSIZoom-v0.zip",
+        "train.json",
+        "eval/evaluations.json",
+        "last/policy.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     assert list((out / "checkpoints").glob("*.zip"))
-    assert (out / "best" / POLICY_WEIGHTS).is_file()
+    best, kept = load_file(str(out / "best" / POLICY_WEIGHTS)), load_file(str(out / POLICY_WEIGHTS))
+    assert all(torch.equal(best[k], kept[k]) for k in kept)  # keep="best": the root holds the best policy
     record = json.loads((out / "train.json").read_text())
     history = record["validation"]
     assert history[0]["timesteps"] == 0 and history[-1]["timesteps"] == model.num_timesteps

@@ -95,6 +95,7 @@ class PPOConfig:
     eval_freq: int = 5_000
     eval_slides: int | None = None
     checkpoint_freq: int = 10_000
+    keep: str = "best"
     seed: int = 0
     device: str = "cpu"
 
@@ -106,6 +107,10 @@ class PPOConfig:
         if unknown:
             raise ValueError(f"PPOConfig: unknown keys {unknown}")
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
 
 
 def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
@@ -236,9 +241,11 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     """Train a policy with MaskablePPO on ``config.env_id`` (train split), validating on the val split.
 
     Writes under ``out_dir``: ``tb/`` (TensorBoard), ``checkpoints/`` (SB3 zips), ``eval/evaluations.json``
-    (validation history), ``best/`` (best validation policy), the final policy in ``out_dir`` itself
-    (:func:`save_policy`: the folder is what :mod:`wsigym.agents.publish` pushes) and ``train.json``
-    (config, wall time, rollout memory). SB3's progress bar is shown with ``progress=True``.
+    (validation history), ``best/`` (best validation policy), ``last/`` (the policy after the last
+    update), the kept policy in ``out_dir`` itself (``config.keep``: ``"best"`` validation criterion,
+    the warm start included, or ``"last"``; :func:`save_policy`, with an SB3 zip of the same weights:
+    the folder is what :mod:`wsigym.agents.publish` pushes) and ``train.json`` (config, wall time,
+    rollout memory, validation history). SB3's progress bar is shown with ``progress=True``.
     """
     import gymnasium as gym
 
@@ -269,12 +276,17 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     setup = time.perf_counter() - t0
     model.learn(config.total_timesteps, callback=callbacks, progress_bar=progress, tb_log_name="ppo")
     train_seconds = time.perf_counter() - t0 - setup
+    save_policy(model, out_dir / "last", config)
+    if config.keep == "best" and (out_dir / "best" / POLICY_WEIGHTS).is_file():
+        model.policy.load_state_dict(load_file(str(out_dir / "best" / POLICY_WEIGHTS)), strict=True)
     save_policy(model, out_dir, config)
     p, d = venv.venv.max_patches, venv.venv.dim
     _atomic_json(
         out_dir / "train.json",
         {
             "config": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
+            "kept": config.keep,
+            "best_criterion": validation.best,
             "setup_seconds": setup,
             "train_seconds": train_seconds,
             "timesteps": int(model.num_timesteps),
