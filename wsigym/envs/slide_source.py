@@ -19,6 +19,12 @@ attribute          shape            meaning
 A bag that already carries ``V`` as the view ``bag.views["oracle"]`` (``(N, d)``, e.g. SASHA's
 step-4 features) uses it as is and needs no high-res features.
 
+**Engine interface.** :class:`~wsigym.envs.zoom_batch.ZoomBatch` reads a source only through
+``slide_ids``, ``class_names``, ``dim``, ``device``, ``n_list``, ``max_n``, ``labels``,
+:meth:`SlideSource.index_of`, :meth:`SlideSource.episode_arrays` (at reset), :meth:`SlideSource.oracle`
+(at each zoom) and :meth:`SlideSource.cells` (rendering). :class:`~wsigym.envs.live_source.LiveSlideSource`
+implements the same interface with ``V(a)`` computed from the slide's pixels at zoom time.
+
 **Normalised coordinates.** With ``x_min, y_min`` the smallest corner and
 ``extent = max(x_max - x_min, y_max - y_min)`` (both axes share one scale, so the aspect ratio is
 kept), ``coords = (corner - min) / extent`` (0 for a one-patch slide).
@@ -225,6 +231,20 @@ class SlideSource:
         """Rows of slide ``index`` in the flat tensors."""
         start = self.offsets_list[index]
         return slice(start, start + self.n_list[index])
+
+    def episode_arrays(self, index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        """``(Z (N, d) tensor, coords (N, 2) float32 normalised, tumour (N,) float32)`` of slide ``index``."""
+        rows = self.rows(index)
+        return self.z[rows], self.coords[rows].cpu().numpy(), self.tumour[rows].cpu().numpy()
+
+    def oracle(self, slides: np.ndarray, patches: np.ndarray) -> Tensor:
+        """``V (m, d)``: the oracle rows of patches ``patches[j]`` of slide positions ``slides[j]``."""
+        flat = self.offsets_list_np[slides] + patches
+        return self.v[torch.as_tensor(flat, device=self.device)]
+
+    def cells(self, index: int) -> np.ndarray:
+        """``int64 (N, 2)`` grid cells ``(col, row)`` of slide ``index`` (rendering)."""
+        return self.grid[self.rows(index)]
 
     def budget_steps(self, budget: float) -> list[int]:
         """Zooms per slide, ``T = max(1, ceil(budget * N))`` (the one budget rule, SASHA pitfall 4)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,7 +97,8 @@ class WSIZoomEnv(gym.Env):
 
     ## Arguments
 
-    - ``dataset="synth-c16"``: a registered name, any folder the data layer reads, or a ``SlideDataset``.
+    - ``dataset=None``: a registered name, any folder the data layer reads, or a ``SlideDataset``
+      (``None``: ``"synth-c16"``, unless ``slides`` is given).
     - ``split="train"``, ``fold=0``: which slides.
     - ``budget=0.2``: zoom budget as a fraction of ``N`` (``0.1`` for SASHA-0.1), in ``(0, 1]``.
     - ``tau=None``: cosine threshold of the TSU (``None``: the TSU config's ``tau``, 0.95).
@@ -116,6 +118,31 @@ class WSIZoomEnv(gym.Env):
     - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`.
     - ``progress=True``: progress bar while ``V`` is computed for the split (once per process).
 
+    ## Live slides
+
+    ``gym.make("WSIZoom-v0", slides=..., labels=..., encoder=..., hafed=..., tsu=...)`` reads whole-slide
+    images instead of precomputed features (SASHA's inference path,
+    :mod:`wsigym.envs.live_source`): the tissue and the patch grid of every slide are planned at
+    construction, ``Z`` is encoded at the first reset on a slide (or read from ``cache_dir``), and
+    each zoom reads the ``k`` high-res children of the chosen patch from the slide, encodes them and
+    aggregates them with HAFED level 1 into ``V(a)``. Same spaces, transitions, rewards and info.
+    Keyword-only arguments:
+
+    - ``slides``: a folder, a slide file, or a list of files / ``SyntheticSlide`` (ids = file stems).
+    - ``labels``: ``{slide_id: class name or index}`` or a ``slide_id,label`` CSV.
+    - ``encoder``: a ``PatchEncoder`` or a spec (``"timm:vit_small_patch16_224"``); HAFED's and the
+      TSU's ``in_dim`` must equal its ``dim``.
+    - ``mpp=None``: microns per level-0 px for all slides or ``{slide_id: mpp}``; a slide without
+      mpp or objective-power metadata raises a ``DataError`` asking for it.
+    - ``class_names=None``, ``lr_mag=5``, ``hr_mag=20``, ``patch_size=256``, ``min_tissue=0.25``.
+    - ``cache_dir=None``: a TRIDENT job folder for the plans and ``Z`` (None: memory only).
+    - ``truth=None``: ``{slide_id: callable(coords, size_level0) or (N,) array}`` tumour fractions
+      for ``hit_tumour`` (a ``SyntheticSlide`` brings its own).
+    - ``remember_zooms=False``: keep ``V(a)`` in memory for later episodes on the same slide.
+    - ``batch_size=32``: images per encoder call.
+
+    ``render()`` then draws on the slide's real thumbnail.
+
     Seeding: all randomness is the slide choice, drawn from ``self.np_random``.
     """
 
@@ -123,7 +150,7 @@ class WSIZoomEnv(gym.Env):
 
     def __init__(
         self,
-        dataset: str | Path | SlideDataset = "synth-c16",
+        dataset: str | Path | SlideDataset | None = None,
         split: str = "train",
         fold: int = 0,
         budget: float = 0.2,
@@ -140,11 +167,50 @@ class WSIZoomEnv(gym.Env):
         copy_obs: bool = True,
         render_mode: str | None = None,
         progress: bool = True,
+        *,
+        slides: Any = None,
+        labels: Any = None,
+        encoder: Any = None,
+        mpp: float | Mapping[str, float] | None = None,
+        class_names: Sequence[str] | None = None,
+        lr_mag: float = 5.0,
+        hr_mag: float = 20.0,
+        patch_size: int = 256,
+        min_tissue: float = 0.25,
+        cache_dir: str | Path | None = None,
+        truth: Mapping[str, Any] | None = None,
+        remember_zooms: bool = False,
+        batch_size: int = 32,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
+        live = None
+        if slides is not None:
+            if dataset is not None:
+                raise ValueError("give either dataset= (cached features) or slides= (live slides), not both")
+            if encoder is None:
+                raise ValueError(
+                    "slides= needs encoder=: a PatchEncoder or a spec such as 'timm:vit_small_patch16_224'"
+                )
+            live = {
+                "slides": slides,
+                "labels": labels,
+                "encoder": encoder,
+                "mpp": mpp,
+                "class_names": class_names,
+                "lr_mag": lr_mag,
+                "hr_mag": hr_mag,
+                "patch_size": patch_size,
+                "min_tissue": min_tissue,
+                "cache_dir": cache_dir,
+                "truth": truth,
+                "remember_zooms": remember_zooms,
+                "batch_size": batch_size,
+            }
+        elif dataset is None:
+            dataset = "synth-c16"
         source, hafed_model, tsu_model, config = resolve_arguments(
             dataset=dataset,
             split=split,
@@ -161,6 +227,7 @@ class WSIZoomEnv(gym.Env):
             budget_end=budget_end,
             device=device,
             progress=progress,
+            live=live,
         )
         self.config = config
         self.hafed, self.tsu = hafed_model, tsu_model

@@ -33,6 +33,7 @@ policy (:mod:`wsigym.agents.policy`) does exactly that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from gymnasium import spaces
 
 from wsigym.data.dataset import SlideDataset
 from wsigym.envs.classifier import IncrementalAttentionClassifier
+from wsigym.envs.live_source import LiveSlideSource
 from wsigym.envs.reward import REWARDS, cross_entropy, reward
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
 from wsigym.envs.state_update import UPDATE_RULES, ZoomBatchState
@@ -102,8 +104,13 @@ def resolve_arguments(
     budget_end: str,
     device: str | torch.device,
     progress: bool,
-) -> tuple[SlideSource, torch.nn.Module, torch.nn.Module | None, ZoomConfig]:
+    live: Mapping[str, Any] | None = None,
+) -> tuple[SlideSource | LiveSlideSource, torch.nn.Module, torch.nn.Module | None, ZoomConfig]:
     """Check the environment arguments, load the models and the (cached) slides.
+
+    With ``live`` (the keyword arguments of :class:`~wsigym.envs.live_source.LiveSlideSource` but
+    ``hafed``, ``device`` and ``progress``) the slides are read live and ``dataset``/``split``/``fold``
+    are not used.
 
     Raises:
         ValueError: naming the argument and what was expected.
@@ -132,13 +139,20 @@ def resolve_arguments(
         raise ValueError(
             f"tsu has in_dim={tsu_model.config.in_dim} but hafed has in_dim={hafed_model.config.in_dim}"
         )
-    source = slide_source(dataset, split, fold, hafed_model, hafed_key, device, progress)
+    if live is not None:
+        source: SlideSource | LiveSlideSource = LiveSlideSource(
+            **dict(live), hafed=hafed_model, device=device, progress=progress
+        )
+        where = "of the live slides"
+    else:
+        source = slide_source(dataset, split, fold, hafed_model, hafed_key, device, progress)
+        where = f"of split {split!r}"
     if max_patches is None:
         max_patches = source.max_n
     if int(max_patches) < source.max_n:
         big = source.slide_ids[int(np.argmax(source.n_list))]
         raise ValueError(
-            f"max_patches={max_patches} is smaller than the largest slide of split {split!r} "
+            f"max_patches={max_patches} is smaller than the largest slide {where} "
             f"({big!r} has {source.max_n} patches)"
         )
     config = ZoomConfig(
@@ -167,7 +181,7 @@ class ZoomBatch:
 
     def __init__(
         self,
-        source: SlideSource,
+        source: SlideSource | LiveSlideSource,
         hafed: torch.nn.Module,
         tsu: torch.nn.Module | None,
         config: ZoomConfig,
@@ -211,8 +225,8 @@ class ZoomBatch:
             return
         t, src, p = self.tensors, self.source, self.max_patches
         for e, k in zip(envs, slides, strict=True):
-            rows, n = src.rows(k), src.n_list[k]
-            z = src.z[rows]
+            n = src.n_list[k]
+            z, coords, tumour = src.episode_arrays(k)
             t.z[e].zero_()
             t.z[e, :n] = z
             t.state[e].copy_(t.z[e])
@@ -232,9 +246,9 @@ class ZoomBatch:
             self.visited_np[e] = 0
             self.updated_np[e] = 0
             self.coords_np[e] = 0.0
-            self.coords_np[e, : 2 * n] = src.coords[rows].reshape(-1).cpu().numpy()
+            self.coords_np[e, : 2 * n] = coords.reshape(-1)
             self.tumour_np[e] = np.nan
-            self.tumour_np[e, :n] = src.tumour[rows].cpu().numpy()
+            self.tumour_np[e, :n] = tumour
         idx = torch.as_tensor(envs, dtype=torch.long, device=self.device)
         self.classifier.refresh(idx, t.state, t.valid)
         logits = self.classifier.logits()
@@ -293,8 +307,7 @@ class ZoomBatch:
         anchors_np = np.where(active, actions, 0)
         anchors = torch.as_tensor(anchors_np, device=dev)
         active_t = torch.as_tensor(active, device=dev)
-        flat = src.offsets_list_np[self.slide[act_idx]] + actions[act_idx]
-        v_anchor = src.v[torch.as_tensor(flat, device=dev)]
+        v_anchor = src.oracle(self.slide[act_idx], actions[act_idx])  # cached rows, or read live
         change = self.rule(
             t,
             anchors,
