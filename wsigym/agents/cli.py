@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEMO_TIMESTEPS = 1_024
-DEMO_SLIDES = 24
+DEMO_TIMESTEPS = 512
+DEMO_SLIDES = 8
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -92,6 +92,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--policy", default=None, help="policy folder/name evaluated as 'ppo' (with --all)")
     e.add_argument("--all", action="store_true", help="full protocol: every baseline, the policy, ablations")
+    e.add_argument("--no-ablation", action="store_true", help="with --all: skip the state-update ablation")
     e.add_argument("--split", default="test")
     e.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -177,6 +178,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             max_slides=args.max_slides,
             out=out,
             readme=args.readme,
+            ablation=not args.no_ablation,
             progress=progress,
         )
         print(report_md)
@@ -232,12 +234,12 @@ def _demo(args: argparse.Namespace) -> int:
         n_steps=32,
         batch_size=64,
         eval_freq=args.timesteps,
-        eval_slides=8,
+        eval_slides=4,
         checkpoint_freq=args.timesteps,
     )
     print(
-        f"wsigym demo: MaskablePPO on {args.env if hasattr(args, 'env') else 'WSIZoom-v0'} / {args.dataset}, "
-        f"{args.timesteps} timesteps from the HAFED-attention warm start (a short run, not the benchmark)"
+        f"wsigym demo: MaskablePPO on WSIZoom-v0 / {args.dataset}, {args.timesteps} timesteps from the "
+        "HAFED-attention warm start (a short run, not the benchmark; first use computes the zoom oracle V)"
     )
     t0 = time.perf_counter()
     train_ppo(config, args.out, progress=progress)
