@@ -150,3 +150,31 @@ def test_cli_wiring():
     args = parser.parse_args(["evaluate", "--all", "--policy", "runs/x", "--readme", "README.md"])
     assert args.all and args.func.__name__ == "_evaluate"
     assert parser.parse_args(["demo"]).func.__name__ == "_demo"
+
+
+def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
+    from wsigym.agents.benchmark import run_protocol
+
+    out, _ = run
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:tiny -->\nold table\n<!-- /results:tiny -->\nend\n")
+    kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
+    text = run_protocol(
+        policy=str(out),
+        dataset=env_kwargs["dataset"],
+        seeds=(0,),
+        env_kwargs=kw,
+        out=tmp_path / "results",
+        readme=readme,
+        progress=False,
+    )
+    for agent in ("ppo", "attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
+        assert f"| {agent} |" in text
+    for rule in ("TSU", "global update", "no update"):
+        assert f"| ppo | {rule} | 20% |" in text
+    assert "different dataset" in text and "SASHA-0.2" in text
+    data = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert set(data["ablation"]) == {"TSU", "global update", "no update"}
+    content = readme.read_text()
+    assert "old table" not in content and content.startswith("intro\n") and content.endswith("end\n")
+    assert text.strip() in content
