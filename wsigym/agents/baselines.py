@@ -44,6 +44,8 @@ class RandomAgent:
 class _RankedAgent:
     """Zooms patches in a fixed per-episode order (highest priority first), skipping illegal ones."""
 
+    deterministic = True
+
     def __init__(self) -> None:
         self.order: np.ndarray = np.zeros(0, dtype=np.int64)
 

@@ -374,6 +374,8 @@ class PolicyAgent:
     pass up to float rounding, at a fraction of its cost.
     """
 
+    deterministic = True
+
     def __init__(
         self, policy: PatchPolicy, config: dict[str, Any] | None = None, incremental: bool = True
     ) -> None:
