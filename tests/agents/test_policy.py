@@ -160,3 +160,20 @@ def test_maskable_ppo_learns_on_vec_env(env_kwargs):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert model.num_timesteps >= 64
     env.close()
+
+
+def test_logit_scaling_keeps_greedy_action(models):
+    from wsigym.agents.policy import scale_actor_logits
+
+    hafed, _ = models
+    policy = _policy(hidden=hafed.config.attn_dim)
+    warm_start_from_hafed(policy, hafed)
+    obs = _obs(2, P, n=9)
+    with torch.no_grad():
+        before = policy.mlp_extractor.forward_actor(policy.extract_features(obs))
+    scale = scale_actor_logits(policy, obs, target_std=3.0)
+    with torch.no_grad():
+        after = policy.mlp_extractor.forward_actor(policy.extract_features(obs))
+    assert torch.allclose(after[:, :9], before[:, :9] * scale, rtol=1e-4, atol=1e-5)
+    assert torch.equal(after[:, :9].argmax(1), before[:, :9].argmax(1))
+    assert after[:, :9].std(1).mean() == pytest.approx(3.0, rel=1e-3)

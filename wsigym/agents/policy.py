@@ -231,3 +231,24 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
             t.bias.copy_(s.bias)
         dst.score.weight.copy_(src.score.weight.mean(0, keepdim=True))
         dst.score.bias.copy_(src.score.bias.mean(0, keepdim=True))
+
+
+@torch.no_grad()
+def scale_actor_logits(policy: PatchPolicy, obs: dict[str, Tensor], target_std: float = 2.0) -> float:
+    """Rescale the actor's score layer so the logits of ``obs``'s valid patches have std ``target_std``.
+
+    HAFED's raw attention logits vary little across a thousand patches, so the warm-started
+    categorical policy samples almost uniformly (entropy ~ log N) although its greedy action is
+    sensible. Multiplying the score layer (weight and bias) by ``c`` is a softmax temperature ``1/c``:
+    it keeps the greedy policy and makes the sampled one concentrate on the top-scored patches.
+    Returns ``c``.
+    """
+    extractor: PatchActorCritic = policy.mlp_extractor
+    logits = extractor.forward_actor(policy.extract_features(obs))
+    valid = obs["patch_mask"].reshape(logits.shape).bool()
+    stds = [row[m].std() for row, m in zip(logits, valid, strict=True) if int(m.sum()) > 1]
+    std = float(torch.stack(stds).mean()) if stds else 0.0
+    scale = target_std / std if std > 1e-8 else 1.0
+    extractor.actor.score.weight.mul_(scale)
+    extractor.actor.score.bias.mul_(scale)
+    return scale

@@ -11,8 +11,8 @@ entropy 0.001                   ``ent_coef=0.001``                  same sign co
 4 epochs per rollout            ``n_epochs=4``                      same
 full-batch update               ``batch_size=64`` of 4x32 = 128     minibatches bound the activation memory
 grad-norm clip 0.5              ``max_grad_norm=0.5``               same
-two AdamW, lr 1e-5              one Adam, ``learning_rate=3e-5``    one optimiser for actor and critic;
-                                                                    a bit larger for short CPU runs
+two AdamW, lr 1e-5              one Adam, ``learning_rate=1e-4``    one optimiser for actor and critic;
+                                                                    larger for short CPU runs
 2 episodes per slide in turn    ``n_envs=4`` slides in parallel     batched vector env; random slide per
                                                                     reset (:mod:`wsigym.agents.sb3_vec`)
 reward -CE per step             same, scaled by ``VecNormalize``    SB3 has one optimiser and one grad clip:
@@ -25,7 +25,10 @@ masks only in rollout           masks in rollout *and* update       fixes SASHA 
 ==============================  ==================================  ======================================
 
 The actor can be warm-started from HAFED's level-2 attention (``warm_start=True``, default), so
-training starts from "zoom where HAFED attends in the current state".
+training starts from "zoom where HAFED attends in the current state"; its score layer is then
+rescaled so the logits of the first observations have std ``warm_start_logit_std`` (a softmax
+temperature: HAFED's logits are nearly flat over a thousand patches, and sampling from them would be
+almost uniform, entropy ~ log N). The greedy policy is unchanged by the rescaling.
 
 **Memory.** SB3's rollout buffer keeps ``n_steps * n_envs`` observations; the state is ``P*d`` float32
 (``P`` the padded patch count). On synth-c16 (``P = 4219``, ``d = 384``) one observation is 6.5 MB and the
@@ -56,7 +59,13 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 import wsigym  # noqa: F401  (registers the environments)
-from wsigym.agents.policy import EXTRA_CHANNELS, PatchPolicy, patch_tokens, warm_start_from_hafed
+from wsigym.agents.policy import (
+    EXTRA_CHANNELS,
+    PatchPolicy,
+    patch_tokens,
+    scale_actor_logits,
+    warm_start_from_hafed,
+)
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 
 POLICY_WEIGHTS = "policy.safetensors"
@@ -80,7 +89,7 @@ class PPOConfig:
     n_steps: int = 32
     batch_size: int = 64
     n_epochs: int = 4
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     gamma: float = 1.0
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -92,6 +101,7 @@ class PPOConfig:
     critic_hidden: int = 64
     critic_attention: int | None = 32
     warm_start: bool = True
+    warm_start_logit_std: float | None = 2.0
     eval_freq: int = 5_000
     eval_slides: int | None = None
     checkpoint_freq: int = 10_000
@@ -161,6 +171,10 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
     )
     if config.warm_start:
         warm_start_from_hafed(model.policy, hafed)
+        if config.warm_start_logit_std:
+            obs, _ = model.policy.obs_to_tensor(env.reset())
+            scale = scale_actor_logits(model.policy, obs, config.warm_start_logit_std)
+            model.warm_start_scale = scale
     return model
 
 
