@@ -80,7 +80,8 @@ def main() -> None:
             f"tumour hits {hits}, HAFED p(tumour) = {info['probability'][1]:.2f}; work: {src.counters}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(frame).save(args.out)
+    # 256-colour palette: the slide texture makes a full-colour PNG ~1 MB
+    Image.fromarray(frame).quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(args.out)
 
 
