@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_TIMESTEPS = 512
-DEMO_SLIDES = 8
+DEMO_SLIDES = 4
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -234,7 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_steps=32,
         batch_size=64,
         eval_freq=args.timesteps,
-        eval_slides=4,
+        eval_slides=2,
         checkpoint_freq=args.timesteps,
     )
     print(
