@@ -44,7 +44,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "examples" / "learning_curve.png"))
     args = parser.parse_args()
     run = Path(args.run)
-    record = json.loads((run / "train.json").read_text())
+    if (run / "train.json").is_file():
+        record = json.loads((run / "train.json").read_text())
+    else:  # a run still going (or stopped): the validation callback's file
+        record = {"validation": json.loads((run / "eval" / "evaluations.json").read_text())["history"]}
     history = record["validation"]
     t = [h["timesteps"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -62,11 +65,16 @@ def main() -> None:
     ax2.set_title("return / likelihood")
     ax2.legend()
     ax2.grid(alpha=0.3)
-    cfg = record["config"]
-    fig.suptitle(
-        f"MaskablePPO on {cfg['env_id']} ({cfg['env_kwargs'].get('dataset', 'synth-c16')}), "
-        f"{record['timesteps']} timesteps in {record['train_seconds'] / 60:.1f} min, {record['torch_threads']} threads"
-    )
+    if "config" in record:
+        cfg = record["config"]
+        title = (
+            f"MaskablePPO on {cfg['env_id']} ({cfg['env_kwargs'].get('dataset', 'synth-c16')}), "
+            f"{record['timesteps']} timesteps in {record['train_seconds'] / 60:.1f} min, "
+            f"{record['torch_threads']} threads"
+        )
+    else:
+        title = f"MaskablePPO, run in progress: {t[-1]} timesteps, {history[-1]['wall_seconds'] / 60:.1f} min"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
