@@ -63,13 +63,16 @@ def main() -> None:
         slide = source.slide_ids[min(tumour, key=lambda k: source.n_list[k])]
     specs = ([args.policy] if args.policy else []) + list(args.agents)
     labels = (["ppo"] if args.policy else []) + list(args.agents)
-    fig, axes = plt.subplots(1, len(specs), figsize=(5 * len(specs), 5.4), squeeze=False)
-    for ax, spec, label in zip(axes[0], specs, labels, strict=True):
+    rows = (len(specs) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(16, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(specs) :]:
+        ax.axis("off")
+    for ax, spec, label in zip(axes.flat, specs, labels, strict=False):
         _, agent = as_agent(spec)
         frame, info, hit = episode(env, agent, slide)
         p = info["probability"][1]
         ax.imshow(frame)
-        ax.set_title(f"{label}: P(tumour) = {p:.2f}, {info['zooms']} zooms, {hit:.0%} on tumour", fontsize=9)
+        ax.set_title(f"{label}: P(tumour) = {p:.2f}, {info['zooms']} zooms, {hit:.0%} on tumour", fontsize=11)
         ax.axis("off")
     fig.suptitle(
         f"{args.dataset} {args.split} slide {slide} (label {info['label']}), budget {args.budget:.0%}"
