@@ -80,6 +80,13 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset_cls() -> type[TinyDataset]:
+    """The class itself, for tests that need a variant (``from conftest import`` is ambiguous: every
+    test folder has a ``conftest``)."""
+    return TinyDataset
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset() -> TinyDataset:
     return TinyDataset()
 

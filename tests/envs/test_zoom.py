@@ -260,16 +260,14 @@ def test_reward_options(env_kwargs, rule):
         assert rewards[-1] == pytest.approx(-ces[-1], abs=1e-5)
 
 
-def test_info_tumour_hits(env_kwargs, tiny_dataset, models):
+def test_info_tumour_hits(env_kwargs, tiny_dataset_cls, models):
     env = WSIZoomEnv(**env_kwargs)
     _, info = env.reset(seed=0)
     truth = env.batch.tumour_np[0]
     _, _, _, _, info = env.step(0)
     assert info["hit_tumour"] == bool(truth[0] > 0) and info["tumour_fraction"] == truth[0]
-    from conftest import TinyDataset
-
     hafed, tsu = models
-    env2 = WSIZoomEnv(dataset=TinyDataset(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False)
+    env2 = WSIZoomEnv(dataset=tiny_dataset_cls(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False)
     env2.reset(seed=0)
     *_, info2 = env2.step(0)
     assert "hit_tumour" not in info2 and {"prediction", "probability", "zooms", "label"} <= set(info2)
@@ -342,15 +340,13 @@ def test_gymnasium_check_env(env_kwargs):
         check_env(env.unwrapped)
 
 
-def equal_size_kwargs(models) -> dict:
+def equal_size_kwargs(models, tiny_dataset_cls) -> dict:
     """Slides of one size (no padding) and a one-zoom budget: then every index a checker samples at
     random (``action_space.sample()``, mask-unaware) is legal, since each episode takes one step.
     Illegal actions raise by design (tested above), which no mask-unaware random checker can satisfy."""
-    from conftest import TinyDataset
-
     hafed, tsu = models
     return {
-        "dataset": TinyDataset(n=30, name="equal"),
+        "dataset": tiny_dataset_cls(n=30, name="equal"),
         "hafed": hafed,
         "tsu": tsu,
         "progress": False,
@@ -358,19 +354,19 @@ def equal_size_kwargs(models) -> dict:
     }
 
 
-def test_gymnasium_check_env_random_actions(models):
+def test_gymnasium_check_env_random_actions(models, tiny_dataset_cls):
     from gymnasium.utils.env_checker import check_env
 
-    env = gym.make("WSIZoom-v0", **equal_size_kwargs(models), render_mode="rgb_array")
+    env = gym.make("WSIZoom-v0", **equal_size_kwargs(models, tiny_dataset_cls), render_mode="rgb_array")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)
 
 
-def test_sb3_check_env(models):
+def test_sb3_check_env(models, tiny_dataset_cls):
     from stable_baselines3.common.env_checker import check_env
 
-    env = WSIZoomEnv(**equal_size_kwargs(models))
+    env = WSIZoomEnv(**equal_size_kwargs(models, tiny_dataset_cls))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env, warn=True)
