@@ -113,6 +113,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     fit_kwargs: dict[str, Any] = {}
     if args.epochs is not None:
         fit_kwargs["epochs"] = args.epochs
+    if args.lr is not None:
+        fit_kwargs["lr"] = args.lr
     if args.arch == "tsu":
         from zoo.train_tsu import train_and_save_tsu
 
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the family recipe")
+    p.add_argument("--lr", type=float, default=None, help="override the family recipe's learning rate")
     p.add_argument("--out", default=None, help="output folder (default runs/<arch>-<dataset>)")
     p.add_argument("--hafed", default=None, help="tsu only: the trained HAFED (name, repo or folder)")
     p.add_argument(

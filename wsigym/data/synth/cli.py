@@ -42,7 +42,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     ds = _open(args)
     report = calibrate(
-        ds, epochs=args.epochs, seed=args.train_seed, zoom_fraction=args.zoom, progress=not args.quiet
+        ds,
+        epochs=args.epochs,
+        seed=args.train_seed,
+        zoom_fraction=args.zoom,
+        progress=not args.quiet,
+        lr=args.lr,
     )
     print(format_report(report))
     print(f"saved to {ds.calibration_path}")
@@ -70,7 +75,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         if name == "describe":
             p.add_argument("--json", action="store_true", help="print JSON")
         if name == "calibrate":
-            p.add_argument("--epochs", type=int, default=4, help="ABMIL training epochs (default 4)")
+            p.add_argument("--epochs", type=int, default=3, help="ABMIL training epochs (default 3)")
+            p.add_argument("--lr", type=float, default=1e-3, help="ABMIL learning rate (default 1e-3)")
             p.add_argument("--train-seed", type=int, default=0, help="training seed (default 0)")
             p.add_argument(
                 "--zoom", type=float, default=0.2, help="zoom budget as a fraction of N (default 0.2)"

@@ -59,7 +59,7 @@ class SynthConfig:
     n_phenotypes: int = 6
     smoothness: float = 3.0
     phenotype_scale: float = 4.0
-    hr_tumour_signal: float = 3.0
+    hr_tumour_signal: float = 8.0
     lr_tumour_signal: float = 0.6
     hr_noise: float = 0.3
     lr_noise: float = 0.135
