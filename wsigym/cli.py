@@ -1,7 +1,12 @@
-"""The ``wsigym`` command. Each area adds its own subcommands:
+"""wsigym: Gymnasium environments for where-to-zoom agents on whole-slide images.
 
-- ``wsigym data ...``   datasets: build/describe ``synth-c16``, convert feature folders (:mod:`wsigym.data.cli`)
-- ``wsigym train ...``  HAFED, TSU and PPO training (:mod:`wsigym.agents.cli`, :mod:`wsigym.envs.cli`)
+Each area adds its own subcommands:
+
+- ``wsigym data ...``   feature folders: describe, convert to the native format (:mod:`wsigym.data.cli`)
+- ``wsigym synth ...``  the embedded ``synth-c16`` benchmark: build, describe, calibrate
+  (:mod:`wsigym.data.synth.cli`)
+- ``wsigym env ...``    inspect, render and roll out ``WSIZoom-v0`` (:mod:`wsigym.envs.cli`)
+- ``wsigym train ppo``  the sampling policy (:mod:`wsigym.agents.cli`; HAFED and TSU train with ``zoo train``)
 - ``wsigym evaluate``   the benchmark protocol (:mod:`wsigym.agents.cli`)
 - ``wsigym slides ...`` slide files -> features, thumbnails (:mod:`wsigym.slides.cli`)
 - ``wsigym demo``       the main job on the embedded default

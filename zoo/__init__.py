@@ -2,7 +2,7 @@
 
 >>> import zoo
 >>> zoo.list()                          # pretrained names
->>> model = zoo.load("abmil-synth-c16")  # name, Hub repo id, or local folder
+>>> model = zoo.load("hafed-synth-c16")  # name, Hub repo id, or local folder
 >>> model = zoo.create_model("semamil", in_dim=1024, num_classes=3)
 """
 

@@ -478,8 +478,8 @@ def load(
     entry = PRETRAINED.get(asked)
     if entry is not None and entry.kind != "mil":
         raise ZooLoadError(
-            f"{asked} is a {entry.architecture} agent (SB3 zip), not a zoo model: download it with "
-            f"zoo.hub.pull({asked!r}) and load the zip with sb3_contrib"
+            f"{asked} is a {entry.architecture} policy, not a MIL model: load it with "
+            f"wsigym.agents.ppo.load_policy({asked!r}) (safetensors + policy.json, no unpickling)"
         )
     folder, entry = resolve(asked, revision)
     if not _is_model_folder(folder) and not (folder / WEIGHTS_NAME).exists():

@@ -180,6 +180,7 @@ def fit_tsu(
     max_pairs_per_step: int = 4096,
     eval_anchors_per_slide: int = 16,
     hidden: int | None = None,
+    residual: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -197,6 +198,7 @@ def fit_tsu(
         max_pairs_per_step: cap on the ``(a, i)`` pairs of one step (a seeded random subset beyond it).
         eval_anchors_per_slide: fixed anchors per validation/test slide.
         hidden: MLP hidden width (None: ``2 * d``).
+        residual: the residual ``f_S`` (:class:`~zoo.models.tsu.TSUConfig`), starting from "copy ``V(a)``".
         seed: seeds the TSU initialisation, anchor draws, slide order and evaluation anchors.
         max_slides: use at most this many slides per split (first ones, for quick runs).
 
@@ -234,7 +236,9 @@ def fit_tsu(
 
     torch.manual_seed(seed)
     d = hafed.config.in_dim
-    tsu = TSU(TSUConfig(in_dim=d, hidden=hidden, tau=tau, similarity=similarity)).to(device)
+    tsu = TSU(TSUConfig(in_dim=d, hidden=hidden, tau=tau, similarity=similarity, residual=residual)).to(
+        device
+    )
     optimizer = torch.optim.AdamW(tsu.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     total_steps = epochs * len(train)
@@ -283,6 +287,7 @@ def fit_tsu(
         "fold": fold,
         "tau": tau,
         "similarity": similarity,
+        "residual": residual,
         "inputs": "[V(a), Z(a), Z(i)] -> V(i); similar set on Z",
         "epochs": epochs,
         "lr": lr,

@@ -11,6 +11,15 @@ The concatenation order ``[V(a), S_t(a), S_t(i)]`` (``input_order="v_a,s_a,s_i"`
 SASHA code trains and uses (the paper writes the reverse); it is stored in the config so weights in
 another order can be loaded by setting ``input_order``.
 
+**Residual variant (a reconstruction choice, off by default).** With ``residual=True``
+
+.. math:: f_S(x) = V(a) + \mathrm{Linear}_{2d \to d}\big(\mathrm{GELU}(\mathrm{Linear}_{3d \to 2d}(x))\big)
+
+with the last layer zero-initialised and no final LayerNorm: the untrained update copies the zoomed
+row (a strong baseline for similar patches), and training learns the correction. The shipped
+``tsu-synth-c16`` uses it: on synth-c16 the plain MLP, trained briefly on CPU, stayed worse than simply
+copying ``V(a)``.
+
 **Consistent inputs (SASHA pitfall 7).** ``f_S`` is trained (:mod:`zoo.train_tsu`) to regress
 ``V(i)`` from ``[V(a), Z(a), Z(i)]``, with the similar set ``{i != a : cos(Z_i, Z_a) >= tau}`` computed
 on the low-res features ``Z``. The environment computes similarity and the TSU inputs on ``Z`` as
@@ -43,6 +52,8 @@ class TSUConfig(ZooConfig):
     tau: similarity threshold the weights were trained with (the environment should use the same).
     input_order: comma-separated order of the concatenated inputs, a permutation of ``v_a,s_a,s_i``.
     similarity: ``"cosine"`` (signed) or ``"abs_cosine"``, the similar-set rule used in training.
+    residual: predict ``V(a) + MLP(x)`` (zero-initialised last layer, no LayerNorm) instead of
+        SASHA's ``LayerNorm(MLP(x))``; see the module docstring.
     """
 
     in_dim: int = 384
@@ -50,6 +61,7 @@ class TSUConfig(ZooConfig):
     tau: float = 0.95
     input_order: str = "v_a,s_a,s_i"
     similarity: str = "cosine"
+    residual: bool = False
 
 
 def similar_set(z: Tensor, anchor: int, tau: float, similarity: str = "cosine") -> Tensor:
@@ -90,7 +102,14 @@ class TSU(ZooModel):
         self.order = order
         d = config.in_dim
         hidden = config.hidden if config.hidden is not None else 2 * d
-        self.mlp = nn.Sequential(nn.Linear(3 * d, hidden), nn.GELU(), nn.Linear(hidden, d), nn.LayerNorm(d))
+        if config.residual:
+            self.mlp = nn.Sequential(nn.Linear(3 * d, hidden), nn.GELU(), nn.Linear(hidden, d))
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(3 * d, hidden), nn.GELU(), nn.Linear(hidden, d), nn.LayerNorm(d)
+            )
 
     def forward(self, v_a: Tensor, s_a: Tensor, s_i: Tensor) -> Tensor:
         """``f_S`` on the concatenation in ``config.input_order`` (default ``[V(a), S(a), S(i)]``).
@@ -108,4 +127,5 @@ class TSU(ZooModel):
             if t.shape[-1] != d:
                 raise ValueError(f"TSU.forward: {name} must end in width {d}, got shape {tuple(t.shape)}")
         inputs = dict(zip(("v_a", "s_a", "s_i"), torch.broadcast_tensors(v_a, s_a, s_i)))
-        return self.mlp(torch.cat([inputs[name] for name in self.order], dim=-1))
+        out = self.mlp(torch.cat([inputs[name] for name in self.order], dim=-1))
+        return inputs["v_a"] + out if self.config.residual else out
