@@ -18,7 +18,13 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-AREAS = ("wsigym.data.cli", "wsigym.data.synth.cli", "wsigym.envs.cli", "wsigym.agents.cli", "wsigym.slides.cli")
+AREAS = (
+    "wsigym.data.cli",
+    "wsigym.data.synth.cli",
+    "wsigym.envs.cli",
+    "wsigym.agents.cli",
+    "wsigym.slides.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,6 +123,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         path = train_and_save_tsu(
             args.hafed, dataset, out, fold=args.fold, seed=args.seed, **overrides, **fit_kwargs
         )
+    elif args.arch == "lrmil":
+        from zoo import hub
+        from zoo.models.lrmil import fit_lrmil
+        from zoo.train import save_run
+
+        teacher = hub.load(args.teacher) if args.teacher else None
+        result = fit_lrmil(dataset, teacher, fold=args.fold, seed=args.seed, config=overrides, **fit_kwargs)
+        path = save_run(result, out, architecture="lrmil", dataset=dataset, fold=args.fold, seed=args.seed)
     else:
         from zoo.train import train_and_save
 
@@ -134,14 +142,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
+    from wsigym.readme_sections import atomic_write_text, replace_section
     from zoo.results import results_table
 
     table = results_table(args.dirs)
     text = table if isinstance(table, str) else str(table)
     if args.out:
-        Path(args.out).write_text(text if text.endswith("\n") else text + "\n")
+        atomic_write_text(Path(args.out), text if text.endswith("\n") else text + "\n")
         print(f"wrote {args.out}")
-    else:
+    if args.readme:
+        replace_section(args.readme, "zoo", text)
+        print(f"updated the zoo section of {args.readme}")
+    if not args.out and not args.readme:
         print(text)
     return 0
 
@@ -186,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/<arch>-<dataset>)")
     p.add_argument("--hafed", default=None, help="tsu only: the trained HAFED (name, repo or folder)")
     p.add_argument(
+        "--teacher",
+        default=None,
+        help="lrmil only: the trained high-res teacher (name, repo or folder; e.g. ABMIL with view=hr)",
+    )
+    p.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides (JSON values)"
     )
     p.set_defaults(func=_cmd_train)
@@ -193,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="results table of training run folders")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", default=None, help="write the table to this file")
+    p.add_argument("--readme", default=None, help="replace the <!-- results:zoo --> section of this README")
     p.set_defaults(func=_cmd_results)
     return parser
 

@@ -87,6 +87,11 @@ def _mil_entry(arch: str, dataset: str) -> PretrainedEntry:
             f"zoo train hafed {data} --out runs/hafed-{dataset}"
             f" && zoo train tsu {data} --hafed runs/hafed-{dataset} --out runs/{name}"
         )
+    elif arch == "lrmil":  # distilled from a high-res ABMIL teacher
+        train = (
+            f"zoo train abmil {data} --config view=hr --out runs/abmil-hr-{dataset}"
+            f" && zoo train lrmil {data} --teacher runs/abmil-hr-{dataset} --out runs/{name}"
+        )
     else:
         train = f"zoo train {arch} {data} --out runs/{name}"
     command = f"{train} && zoo push runs/{name} {{org}}/{name}"

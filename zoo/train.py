@@ -496,10 +496,27 @@ def train_and_save(
     if not isinstance(model, MILModel):
         raise TypeError(f"train_and_save: {architecture!r} is not a MIL model")
     result = fit(model, dataset, fold=fold, seed=seed, **fit_kwargs)
-    record = metrics_record(result, architecture=architecture, dataset=dataset, fold=fold, seed=seed)
+    return save_run(result, out, architecture=architecture, dataset=dataset, fold=fold, seed=seed)
 
+
+def save_run(
+    result: TrainResult,
+    out_dir: str | Path,
+    *,
+    architecture: str,
+    dataset: SlideDataset,
+    fold: int,
+    seed: int,
+) -> Path:
+    """Save a trained run: weights + card (:func:`zoo.hub.save_pretrained`) and the full ``metrics.json``.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+    """
     from zoo import hub
 
+    out = Path(out_dir)
+    record = metrics_record(result, architecture=architecture, dataset=dataset, fold=fold, seed=seed)
     hub.save_pretrained(
         result.model,
         out,

@@ -267,7 +267,9 @@ def test_info_tumour_hits(env_kwargs, tiny_dataset_cls, models):
     _, _, _, _, info = env.step(0)
     assert info["hit_tumour"] == bool(truth[0] > 0) and info["tumour_fraction"] == truth[0]
     hafed, tsu = models
-    env2 = WSIZoomEnv(dataset=tiny_dataset_cls(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False)
+    env2 = WSIZoomEnv(
+        dataset=tiny_dataset_cls(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False
+    )
     env2.reset(seed=0)
     *_, info2 = env2.step(0)
     assert "hit_tumour" not in info2 and {"prediction", "probability", "zooms", "label"} <= set(info2)

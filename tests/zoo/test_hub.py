@@ -103,8 +103,8 @@ def test_push_info_download_load_offline_and_revision(hub_server, org, tmp_path)
         zoo.load(repo, revision="0" * 40)
 
     # registered name -> {org}/{name} on the server
-    _abmil(seed=2).push_to_hub(f"{org}/abmil-synth-c16")
-    assert _same(zoo.load("abmil-synth-c16"), _abmil(seed=2))
+    _abmil(seed=2).push_to_hub(f"{org}/abmil-camelyon16")
+    assert _same(zoo.load("abmil-camelyon16"), _abmil(seed=2))
 
     # offline: a fresh process with HF_HUB_OFFLINE=1 (read at import) and a dead endpoint, same cache
     expected = {
@@ -116,9 +116,9 @@ import json, torch, zoo
 from zoo.hub import ZooLoadError
 x = torch.randn(11, 8, generator=torch.Generator().manual_seed(1))
 out = {{k: zoo.load(*a)(x)["logits"].tolist() for k, a in
-       [("latest", ({repo!r},)), ("pinned", ({repo!r}, {sha1!r})), ("name", ("abmil-synth-c16",))]}}
+       [("latest", ({repo!r},)), ("pinned", ({repo!r}, {sha1!r})), ("name", ("abmil-camelyon16",))]}}
 try:
-    zoo.load("acmil-synth-c16")
+    zoo.load("acmil-camelyon16")
 except ZooLoadError as e:
     out["error"] = str(e)
 print(json.dumps(out))
@@ -129,7 +129,7 @@ print(json.dumps(out))
     for key, value in expected.items():
         assert out[key] == value, key
     assert "HF_HUB_OFFLINE=1" in out["error"] and "not in the cache" in out["error"]
-    assert f"zoo push runs/acmil-synth-c16 {org}/acmil-synth-c16" in out["error"]
+    assert f"zoo push runs/acmil-camelyon16 {org}/acmil-camelyon16" in out["error"]
 
 
 def test_unreachable_and_uncached_name_gives_training_command(tmp_path):
@@ -155,10 +155,10 @@ def test_missing_repo_and_wrong_architecture_on_hub(hub_server, org):
     with pytest.raises(ZooLoadError, match="does not exist") as err:
         zoo.load("transmil-camelyon16")
     assert f"zoo push runs/transmil-camelyon16 {org}/transmil-camelyon16" in str(err.value)
-    _abmil().push_to_hub(f"{org}/acmil-synth-c16")  # an ABMIL published under an ACMIL name
+    _abmil().push_to_hub(f"{org}/acmil-camelyon16")  # an ABMIL published under an ACMIL name
     with pytest.raises(ZooLoadError, match=r"config\.json: describes architecture 'abmil'.*'acmil'"):
-        zoo.load("acmil-synth-c16")
-    with pytest.raises(ZooLoadError, match="SB3"):
+        zoo.load("acmil-camelyon16")
+    with pytest.raises(ZooLoadError, match="load_policy"):
         zoo.load("ppo-WSIZoom-v0")
     with pytest.raises(ZooLoadError, match="not a model folder, a registered name or a Hub repo id"):
         zoo.load("no such thing")
@@ -298,13 +298,13 @@ def test_registry_covers_every_family_and_dataset():
 def test_cli_push_pull_info_list(hub_server, org, tmp_path, capsys):
     run = hub.save_pretrained(_abmil(), tmp_path / "runs" / "my-run", metrics=METRICS)
     assert f'zoo.load("{org}/my-run")' in (run / "README.md").read_text()
-    repo = f"{org}/abmil-synth-c16"
+    repo = f"{org}/abmil-camelyon16"
     assert zoo_main(["push", str(run), repo]) == 0
     assert f'zoo.load("{repo}")' in (run / "README.md").read_text()  # card re-rendered for the repo
-    assert zoo_main(["pull", "abmil-synth-c16"]) == 0
+    assert zoo_main(["pull", "abmil-camelyon16"]) == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert (folder / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
-    assert zoo_main(["info", "abmil-synth-c16"]) == 0
+    assert zoo_main(["info", "abmil-camelyon16"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["architecture"] == "abmil" and info["parameters"] == _abmil().num_parameters()
     assert info["card_metrics"] == METRICS

@@ -105,7 +105,7 @@ def test_projector_stage_reduces_distillation_error(tiny_dataset):
 
 def test_fit_lrmil_two_stages(tiny_dataset):
     teacher = _teacher()
-    model = fit_lrmil(
+    result = fit_lrmil(
         tiny_dataset,
         teacher,
         epochs_stage1=2,
@@ -114,7 +114,8 @@ def test_fit_lrmil_two_stages(tiny_dataset):
         config={"hidden": 32, "attn_dim": 16, "proj_hidden": 32},
         lr=1e-3,
     )
-    assert isinstance(model, LRMIL) and model.teacher is teacher
+    model = result.model
+    assert isinstance(model, LRMIL) and model.teacher is teacher and len(result.history) == 2
     batch = collate([tiny_dataset.load(s, hr=False) for s in tiny_dataset.split("test")], hr=False)
     assert model.predict_proba(batch).shape == (len(tiny_dataset.split("test")), 2)
 

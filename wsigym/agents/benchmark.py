@@ -16,14 +16,12 @@ replaced (the markers must exist; nothing else in the file changes).
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wsigym.evaluate import EvalReport, evaluate
+from wsigym.readme_sections import atomic_write_text, replace_section
 
 ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
 
@@ -59,29 +57,6 @@ def _ablation_table(reports: dict[str, EvalReport]) -> str:
             cells = [f"{r.mean[m]:.3f} ± {r.std[m]:.3f}" for m in ("accuracy", "auc", "f1", "ece")]
             lines.append(f"| {r.agent} | {rule} | {r.budget:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def replace_section(readme: str | Path, key: str, text: str) -> None:
-    """Replace what lies between ``<!-- results:KEY -->`` and ``<!-- /results:KEY -->`` in ``readme``.
-
-    Raises:
-        ValueError: naming the file, when the markers are missing.
-    """
-    path = Path(readme)
-    content = path.read_text()
-    start, end = f"<!-- results:{key} -->", f"<!-- /results:{key} -->"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(content):
-        raise ValueError(f"{path}: markers {start} ... {end} not found")
-    _atomic_write(path, pattern.sub(lambda _: f"{start}\n{text.strip()}\n{end}", content, count=1))
 
 
 def run_protocol(
@@ -158,12 +133,12 @@ def run_protocol(
     ]
     text = "\n".join(parts) + "\n"
     out = Path(out)
-    _atomic_write(out / "results.md", text)
+    atomic_write_text(out / "results.md", text)
     payload = {
         "main": json.loads(json.dumps(_report_dict(main))),
         "ablation": {rule: _report_dict(r) for rule, r in ablations.items()},
     }
-    _atomic_write(out / "results.json", json.dumps(payload, indent=2, allow_nan=True))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, allow_nan=True))
     if readme is not None:
         replace_section(readme, name, text)
     return text

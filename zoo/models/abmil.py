@@ -56,10 +56,6 @@ class ABMIL(MILModel):
         self.attention = GatedAttention(config.hidden, config.attn_dim, 1, config.gated, config.dropout)
         self.classifier = nn.Linear(config.hidden, config.num_classes)
 
-    @property
-    def input_view(self) -> str:  # type: ignore[override]
-        return self.config.view
-
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:

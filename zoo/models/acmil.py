@@ -51,6 +51,7 @@ class ACMILConfig(MILConfig):
     n_masked_patch: STKIM's top-k per branch (0 disables STKIM).
     mask_drop: fraction of the top-k that STKIM hides.
     dropout: dropout on the attention gates.
+    view: ``"lr"`` (low-res patches) or ``"hr"`` (every valid high-res child is an instance).
     """
 
     hidden: int = 128
@@ -59,6 +60,7 @@ class ACMILConfig(MILConfig):
     n_masked_patch: int = 10
     mask_drop: float = 0.6
     dropout: float = 0.0
+    view: str = "lr"
 
 
 class ACMIL(MILModel):

@@ -62,6 +62,7 @@ class ASMILConfig(MILConfig):
     ema: anchor momentum m.
     temperature: anchor temperature tau.
     consistency_weight: weight lambda of the anchor loss.
+    view: ``"lr"`` (low-res patches) or ``"hr"`` (every valid high-res child is an instance).
     """
 
     hidden: int = 128
@@ -72,6 +73,7 @@ class ASMILConfig(MILConfig):
     ema: float = 0.999
     temperature: float = 0.2
     consistency_weight: float = 1.0
+    view: str = "lr"
 
 
 class ASMIL(MILModel):

@@ -80,10 +80,18 @@ class MILModel(ZooModel):
     """
 
     config_class: ClassVar[type[ZooConfig]] = MILConfig
-    input_view: ClassVar[InputView] = "lr"
     #: True when the model reads high-res keys of a batch although ``input_view`` is ``"lr"``
     #: (the trainer then loads bags with ``hr=True``; ``"hr"``/``"hier"`` views always do).
     needs_hr: ClassVar[bool] = False
+
+    @property
+    def input_view(self) -> InputView:
+        """``config.view`` for families over a flat bag (``"lr"`` or ``"hr"``); ``"lr"`` when the config
+        has no ``view``. Hierarchical families (HAFED, WISE-FUSE) override it with ``"hier"``."""
+        view = getattr(self.config, "view", "lr")
+        if view not in ("lr", "hr"):
+            raise ValueError(f"{type(self).__name__}: config.view must be 'lr' or 'hr', got {view!r}")
+        return view
 
     def inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Select the forward arguments of this model from a collated batch."""

@@ -50,6 +50,7 @@ from zoo.nn import GatedAttention, attention_pool, masked_softmax
 
 if TYPE_CHECKING:
     from wsigym.data.dataset import SlideDataset
+    from zoo.train import TrainResult
 
 
 @dataclass
@@ -366,18 +367,19 @@ def fit_lrmil(
     stage1_lr: float = 1e-3,
     config: dict[str, Any] | None = None,
     **fit_kwargs: Any,
-) -> LRMIL:
+) -> TrainResult:
     """Train an LRMIL student: stage 1 (:func:`train_projector`) then stage 2 (:func:`zoo.train.fit`).
 
     Args:
         teacher: a trained high-res :class:`MILModel` (e.g. ``ABMIL(view="hr")``), or None (uniform
             child weights, CE only).
         config: :class:`LRMILConfig` overrides; ``in_dim``/``num_classes`` default to the dataset's.
-        epochs_stage2: None keeps the ``lrmil`` recipe's epochs.
+        epochs_stage2: None keeps the ``lrmil`` recipe's epochs (``epochs`` in ``fit_kwargs`` also sets it).
         fit_kwargs: passed to :func:`zoo.train.fit` (``lr``, ``weight_decay``, ``log_dir``, ...).
 
     Returns:
-        The student with the best validation epoch's weights; the teacher stays attached.
+        :class:`~zoo.train.TrainResult` whose ``model`` is the student with the best validation epoch's
+        weights (the teacher stays attached; it is not part of the student's state dict).
     """
     from zoo.registry import create_model
     from zoo.train import fit
@@ -401,6 +403,7 @@ def fit_lrmil(
         progress=progress,
         max_slides=max_slides,
     )
+    epochs_stage2 = fit_kwargs.pop("epochs", epochs_stage2)
     result = fit(
         model,
         dataset,
@@ -412,4 +415,4 @@ def fit_lrmil(
         max_slides=max_slides,
         **fit_kwargs,
     )
-    return result.model  # type: ignore[return-value]
+    return result

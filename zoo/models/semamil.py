@@ -62,6 +62,7 @@ class SemaMILConfig(MILConfig):
     attn_dim: hidden width of the gated-attention head.
     dropout: dropout after the projection and in the head.
     scan_backend: selective-scan backend (``"auto"``, ``"parallel"``, ``"reference"``, ``"mamba_ssm"``).
+    view: ``"lr"`` (low-res patches) or ``"hr"`` (every valid high-res child is an instance).
     """
 
     hidden: int = 128
@@ -80,6 +81,7 @@ class SemaMILConfig(MILConfig):
     attn_dim: int = 128
     dropout: float = 0.0
     scan_backend: str = "auto"
+    view: str = "lr"
 
 
 def _sq_dist(x: Tensor, c: Tensor) -> Tensor:

@@ -47,6 +47,7 @@ class TransMILConfig(MILConfig):
     pinv_iterations: pseudo-inverse iterations.
     residual_kernel: kernel of the value convolution inside attention.
     dropout: dropout after each attention's output projection.
+    view: ``"lr"`` (low-res patches) or ``"hr"`` (every valid high-res child is an instance).
     """
 
     dim: int = 512
@@ -55,6 +56,7 @@ class TransMILConfig(MILConfig):
     pinv_iterations: int = 6
     residual_kernel: int = 33
     dropout: float = 0.1
+    view: str = "lr"
 
 
 class PPEG(nn.Module):
