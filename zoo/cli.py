@@ -26,7 +26,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str] | None, option: str = "--config") -> dict[str, Any]:
     """``["hidden=256", "gated=false"]`` -> ``{"hidden": 256, "gated": False}``.
 
     Raises:
@@ -36,7 +36,7 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--config expects key=value, got {item!r}")
+            raise ValueError(f"{option} expects key=value, got {item!r}")
         out[key.strip()] = _parse_value(value.strip())
     return out
 
@@ -107,6 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         reader_kwargs["format"] = args.format
     if args.labels:
         reader_kwargs["labels"] = args.labels
+    reader_kwargs.update(parse_overrides(args.reader, option="--reader"))
     dataset = open_dataset(args.dataset, **reader_kwargs)
     overrides = parse_overrides(args.config)
     out = args.out or f"runs/{args.arch}-{Path(str(args.dataset)).name}"
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default=None, help="folder layout (clam, trident, sasha, native); default: detected"
     )
     p.add_argument("--labels", default=None, help="labels CSV (slide_id,label)")
+    p.add_argument(
+        "--reader",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset reader options, e.g. hr_root=/features/20x patch_size_level0=2048 (JSON values)",
+    )
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the family recipe")

@@ -29,7 +29,10 @@ DATASETS: dict[str, str] = {
 
 #: How each dataset is given to ``zoo train``; ``{arch}``/``{name}`` are filled per entry.
 _TRAIN_DATASET_ARGS: dict[str, str] = {
-    "camelyon16": "--dataset /path/to/CAMELYON16/features --format clam --labels /path/to/labels.csv",
+    "camelyon16": (
+        "--dataset /path/to/CAMELYON16/features_5x --format clam --labels /path/to/labels.csv"
+        " --reader hr_root=/path/to/CAMELYON16/features_20x patch_size_level0=2048 hr_patch_size_level0=512"
+    ),
     "synth-c16": "--dataset synth-c16",
 }
 

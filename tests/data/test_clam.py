@@ -182,3 +182,25 @@ def test_bad_input_raises_data_error(tmp_path, layouts, bags, case):
         )
         ds.load("slide_02")
     assert where in str(err.value) and what in str(err.value), str(err.value)
+
+
+def test_zoo_train_cli_reads_clam_with_reader_options(tmp_path, layouts, bags, capsys):
+    """``zoo train --format clam --reader hr_root=...``: the documented CAMELYON16 command shape."""
+    from zoo import hub
+    from zoo.cli import main as zoo_main
+
+    root, csv, hr_root = _clam(tmp_path, layouts, bags, hr=True)
+    out = tmp_path / "run"
+    argv = ["train", "abmil", "--dataset", str(root), "--format", "clam", "--labels", str(csv)]
+    argv += [
+        "--reader",
+        f"hr_root={hr_root}",
+        f"patch_size_level0={layouts.P}",
+        f"hr_patch_size_level0={layouts.C}",
+    ]
+    argv += ["--config", "view=hr", "hidden=8", "attn_dim=8", "--epochs", "1", "--out", str(out)]
+    assert zoo_main(argv) == 0
+    model = hub.load(str(out))
+    assert model.input_view == "hr" and model.config.in_dim == bags[0].dim
+    assert zoo_main([*argv[:9], "--reader", "hr_root"]) == 2
+    assert "--reader expects key=value, got 'hr_root'" in capsys.readouterr().err

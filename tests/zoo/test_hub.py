@@ -146,7 +146,8 @@ except zoo.hub.ZooLoadError as e:
     assert "mylab/semamil-camelyon16 is not reachable at " + endpoint in proc.stdout
     assert "not in the cache" in proc.stdout
     assert (
-        "zoo train semamil --dataset /path/to/CAMELYON16/features --format clam --labels /path/to/labels.csv"
+        "zoo train semamil --dataset /path/to/CAMELYON16/features_5x --format clam --labels /path/to/labels.csv"
+        " --reader hr_root=/path/to/CAMELYON16/features_20x patch_size_level0=2048 hr_patch_size_level0=512"
         " --out runs/semamil-camelyon16 && zoo push runs/semamil-camelyon16 mylab/semamil-camelyon16"
     ) in proc.stdout
 

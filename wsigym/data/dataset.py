@@ -77,7 +77,9 @@ def open_dataset(name_or_path: str | Path, **kwargs: object) -> SlideDataset:
 
     A folder is recognised by its layout: the project's own format (``dataset.json``), CLAM
     (``h5_files/``), TRIDENT (``*x_*px_*px_overlap/``) or SASHA grouped files (``lr/``, ``hr/``).
-    Keyword arguments go to the dataset's constructor (e.g. ``seed``, ``cache_dir``, ``labels``).
+    ``format`` (``"auto"`` by default, or ``"native"``, ``"clam"``, ``"trident"``, ``"sasha"``) skips
+    the detection; other keyword arguments go to the dataset's constructor (e.g. ``seed``,
+    ``cache_dir``, ``labels``, CLAM's ``hr_root``).
 
     Raises:
         DataError: when the name is unknown or the folder matches no layout.
@@ -92,4 +94,5 @@ def open_dataset(name_or_path: str | Path, **kwargs: object) -> SlideDataset:
         raise DataError(
             key, f"no such dataset folder, and not a named dataset (known: {sorted(formats.NAMED_DATASETS)})"
         )
-    return formats.open_folder(path, **kwargs)
+    layout = str(kwargs.pop("format", None) or "auto")
+    return formats.open_layout(path, layout, **kwargs)
