@@ -1,9 +1,7 @@
 """Render one ``WSIZoom-v0`` frame to ``examples/wsizoom_frame.png``.
 
 A tumour slide of ``synth-c16-tiny`` (test split), zoomed ``T = ceil(0.2 N)`` times in decreasing
-order of HAFED's attention. Uses the shipped ``hafed-synth-c16`` / ``tsu-synth-c16`` weights; until
-they are available it falls back to randomly initialised models (seed 0) and says so, in which
-case the attention panel shows an untrained model.
+order of HAFED's attention. Uses the shipped ``hafed-synth-c16`` / ``tsu-synth-c16`` weights.
 
 Run: ``.venv/bin/python examples/render_frame.py [--out PATH]``.
 """
@@ -15,7 +13,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 from PIL import Image
 
 import wsigym  # noqa: F401  (registers the environments)
@@ -23,21 +20,12 @@ import zoo
 from wsigym.data.dataset import open_dataset
 
 
-def load_models() -> tuple[object, object, str]:
-    try:
-        return zoo.load("hafed-synth-c16"), zoo.load("tsu-synth-c16"), "shipped weights"
-    except Exception as e:  # the weights are not shipped yet
-        print(f"NOTE: pretrained weights unavailable ({type(e).__name__}); using random models (seed 0)")
-        torch.manual_seed(0)
-        return zoo.create_model("hafed", in_dim=384), zoo.create_model("tsu", in_dim=384), "RANDOM models"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).with_name("wsizoom_frame.png")))
     args = parser.parse_args()
     dataset = open_dataset("synth-c16-tiny")
-    hafed, tsu, which = load_models()
+    hafed, tsu, which = zoo.load("hafed-synth-c16"), zoo.load("tsu-synth-c16"), "shipped weights"
     env = gym.make("WSIZoom-v0", dataset=dataset, split="test", hafed=hafed, tsu=tsu, render_mode="rgb_array")
     ids = env.unwrapped.slide_ids
     tumour = [s for s in ids if dataset.label(s) == 1]

@@ -70,7 +70,7 @@ def render_frame(
     height = HEADER + ph + LEGEND + GAP
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=12)
     draw.text((GAP, 4), header, fill=TEXT, font=font)
     left, right, top = GAP, 2 * GAP + pw, HEADER
     draw.text((left, top - 14), "zooms (orange, numbered) + TSU-updated (blue)", fill=TEXT, font=font)
@@ -155,7 +155,7 @@ def render_episode(batch: Any, env: int, title: str, class_names: Sequence[str])
 def _legend(
     draw: ImageDraw.ImageDraw, x: int, y: int, items: Sequence[tuple[str, tuple[int, int, int]]]
 ) -> None:
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=12)
     for label, colour in items:
         draw.rectangle((x, y, x + 10, y + 10), fill=colour)
         draw.text((x + 14, y), label, fill=TEXT, font=font)
@@ -203,7 +203,7 @@ def render_on_thumbnail(
     att = np.asarray(attention, dtype=np.float64)
     att_col = _viridis(att / att.max() if att.max() > 0 else att)
     n_zoom = int(order.max()) + 1 if order.size and order.max() >= 0 else 0
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=12)
     line = max(1, round(side / 40))
 
     # left: zooms + TSU updates
