@@ -29,6 +29,13 @@ AREAS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsigym", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's). Use 1 when another job shares the cores: "
+        "oversubscribed threads slow the small per-step tensor ops of the environment by 10x or more",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for area in AREAS:
         importlib.import_module(area).add_subcommands(sub)
@@ -37,4 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("wsigym: --threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     return int(args.func(args) or 0)
