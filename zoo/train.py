@@ -302,6 +302,7 @@ def fit(
     if not ids["train"]:
         raise ValueError(f"fit: dataset {dataset.name!r} fold {fold} has no training slides")
 
+    model.prepare_for(dataset)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = float(recipe["lr"])

@@ -189,3 +189,17 @@ def test_trains_on_tiny_bags(tiny_dataset):
             total += loss.item()
         losses.append(total / len(train))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_fit_takes_text_embeddings_from_the_dataset():
+    """``zoo.train.fit`` calls ``prepare_for``: WISE-FUSE trains on synth-c16-tiny without a manual step."""
+    from wsigym.data.dataset import open_dataset
+    from zoo.registry import create_model
+    from zoo.train import fit
+
+    dataset = open_dataset("synth-c16-tiny", progress=False)
+    model = create_model("wisefuse", in_dim=dataset.config.dim, vlm_dim=dataset.config.vlm_dim, hidden=16)
+    assert float(model.text_embeddings.abs().sum()) == 0.0
+    result = fit(model, dataset, epochs=1, max_slides=4, progress=False)
+    want = torch.nn.functional.normalize(torch.as_tensor(dataset.vlm_text_embeddings()), dim=-1)
+    torch.testing.assert_close(result.model.text_embeddings, want)

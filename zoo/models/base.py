@@ -125,6 +125,10 @@ class MILModel(ZooModel):
     def after_optimizer_step(self) -> None:
         """Hook the trainer calls after every optimiser step (e.g. ASMIL's EMA anchor); no-op here."""
 
+    def prepare_for(self, dataset: Any) -> None:
+        """Hook the trainer calls once before training on ``dataset`` (e.g. WISE-FUSE's class text
+        embeddings); no-op here."""
+
     @torch.no_grad()
     def predict_proba(self, batch: dict[str, Tensor]) -> Tensor:
         """Class probabilities ``(B, C)`` in eval mode."""

@@ -158,6 +158,11 @@ class WiseFuse(MILModel):
         return self
 
     # ---- selection -----------------------------------------------------------------------------
+    def prepare_for(self, dataset: Any) -> None:
+        """Set the text embeddings from ``dataset`` (:func:`text_embeddings_for_dataset`) unless set."""
+        if bool((self.text_embeddings.norm(dim=-1) == 0).any()):
+            self.set_text_embeddings(text_embeddings_for_dataset(dataset))
+
     def similarities(self, vlm: Tensor) -> Tensor:
         """Cosine similarities ``(B, N, C)`` of ``vlm (B, N, e)`` to the class text embeddings."""
         if bool((self.text_embeddings.norm(dim=-1) == 0).any()):
