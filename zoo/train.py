@@ -475,7 +475,8 @@ def train_and_save(
 ) -> Path:
     """Build ``architecture`` for ``dataset``, :func:`fit` it and save it to ``out_dir``.
 
-    ``in_dim`` comes from the first slide's features and ``num_classes`` from ``dataset.class_names``
+    ``in_dim`` comes from the first slide's features (``vlm_dim`` from its ``vlm`` view, for models that
+    have one) and ``num_classes`` from ``dataset.class_names``
     (``config`` may override other fields). The model is built after ``torch.manual_seed(seed)``, so the
     whole run is reproducible. Writes the weights and card with :func:`zoo.hub.save_pretrained`, then
     replaces the hub's ``metrics.json`` by the full record of the run (:func:`metrics_record`: its
@@ -484,13 +485,17 @@ def train_and_save(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
-    from zoo.registry import create_model
+    from zoo.registry import create_model, model_class
 
     out = Path(out_dir)
     ids = dataset.slide_ids()
     if not ids:
         raise ValueError(f"train_and_save: dataset {dataset.name!r} has no slides")
-    overrides = {"in_dim": dataset.load(ids[0], hr=False).dim, "num_classes": len(dataset.class_names)}
+    first = dataset.load(ids[0], hr=False)
+    overrides: dict[str, Any] = {"in_dim": first.dim, "num_classes": len(dataset.class_names)}
+    fields = {f.name for f in dataclasses.fields(model_class(architecture).config_class)}
+    if "vlm_dim" in fields and "vlm" in first.views:  # e.g. WISE-FUSE: the width of the VLM view
+        overrides["vlm_dim"] = int(first.views["vlm"].shape[-1])
     overrides.update(config or {})
     torch.manual_seed(seed)
     model = create_model(architecture, **overrides)

@@ -191,15 +191,24 @@ def test_trains_on_tiny_bags(tiny_dataset):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_fit_takes_text_embeddings_from_the_dataset():
-    """``zoo.train.fit`` calls ``prepare_for``: WISE-FUSE trains on synth-c16-tiny without a manual step."""
+def test_train_and_save_takes_vlm_width_and_text_embeddings_from_the_dataset(tmp_path):
+    """``train_and_save`` reads ``vlm_dim`` from the bags and ``fit`` calls ``prepare_for``: WISE-FUSE
+    trains on synth-c16-tiny without manual steps, and the saved model reloads with its embeddings."""
     from wsigym.data.dataset import open_dataset
-    from zoo.registry import create_model
-    from zoo.train import fit
+    from zoo import hub
+    from zoo.train import train_and_save
 
     dataset = open_dataset("synth-c16-tiny", progress=False)
-    model = create_model("wisefuse", in_dim=dataset.config.dim, vlm_dim=dataset.config.vlm_dim, hidden=16)
-    assert float(model.text_embeddings.abs().sum()) == 0.0
-    result = fit(model, dataset, epochs=1, max_slides=4, progress=False)
+    out = train_and_save(
+        "wisefuse",
+        dataset,
+        out_dir=tmp_path / "run",
+        epochs=1,
+        max_slides=4,
+        progress=False,
+        config={"hidden": 16},
+    )
+    model = hub.load(str(out))
+    assert model.config.vlm_dim == dataset.config.vlm_dim
     want = torch.nn.functional.normalize(torch.as_tensor(dataset.vlm_text_embeddings()), dim=-1)
-    torch.testing.assert_close(result.model.text_embeddings, want)
+    torch.testing.assert_close(model.text_embeddings, want)
