@@ -178,3 +178,25 @@ def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
     content = readme.read_text()
     assert "old table" not in content and content.startswith("intro\n") and content.endswith("end\n")
     assert text.strip() in content
+
+
+def test_protocol_ablation_subset_and_budgets(run, env_kwargs, tmp_path):
+    from wsigym.agents.benchmark import run_protocol
+
+    out, _ = run
+    kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
+    text = run_protocol(
+        policy=str(out),
+        dataset=env_kwargs["dataset"],
+        seeds=(0,),
+        env_kwargs=kw,
+        out=tmp_path / "results",
+        ablation_budgets=(0.2,),
+        ablation_slides=1,
+        progress=False,
+    )
+    assert "| ppo | TSU | 20% |" in text and "| ppo | TSU | 10% |" not in text
+    assert "1 slides of the split" in text
+    data = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert all(r["slides"] == 1 for r in data["ablation"].values())
+    assert all(r["budget"] == 0.2 for r in data["ablation"]["global update"]["rows"])

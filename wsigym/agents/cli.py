@@ -93,6 +93,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--policy", default=None, help="policy folder/name evaluated as 'ppo' (with --all)")
     e.add_argument("--all", action="store_true", help="full protocol: every baseline, the policy, ablations")
     e.add_argument("--no-ablation", action="store_true", help="with --all: skip the state-update ablation")
+    e.add_argument(
+        "--ablation-budgets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="with --all: ablation budgets (default: --budgets)",
+    )
+    e.add_argument(
+        "--ablation-slides",
+        type=int,
+        default=None,
+        help="with --all: the ablation uses the first N slides (the global update is slow on CPU)",
+    )
     e.add_argument("--split", default="test")
     e.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,6 +192,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             out=out,
             readme=args.readme,
             ablation=not args.no_ablation,
+            ablation_budgets=args.ablation_budgets,
+            ablation_slides=args.ablation_slides,
             progress=progress,
         )
         print(report_md)
