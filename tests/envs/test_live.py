@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -20,7 +21,20 @@ from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
 from wsigym.slides.reader import read_children
 from wsigym.slides.testslides import SyntheticSlide, tumour_fraction, write_aperio_tiff
 
-SLIDES = Path(__file__).resolve().parents[3] / "shared" / "data" / "slides"
+# The real slides of ../shared/data (next to the checkout); WSIGYM_SHARED_DATA overrides, /work/shared/data
+# is the workspace's copy (a clone elsewhere still finds it).
+SLIDES = next(
+    (
+        p / "slides"
+        for p in (
+            Path(os.environ.get("WSIGYM_SHARED_DATA", "/nonexistent")),
+            Path(__file__).resolve().parents[3] / "shared" / "data",
+            Path("/work/shared/data"),
+        )
+        if (p / "slides").is_dir()
+    ),
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "slides",
+)
 CMU = SLIDES / "cmu_small_region.svs"
 TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
 
