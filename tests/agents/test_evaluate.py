@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from wsigym.agents.baselines import RandomAgent, make_baseline
-from wsigym.agents.benchmark import published_table, replace_section
+from wsigym.agents.benchmark import published_table
 from wsigym.evaluate import METRICS, as_agent, evaluate
+from wsigym.readme_sections import replace_section
 
 
 def _kw(env_kwargs):
@@ -138,7 +139,9 @@ def test_random_agent_is_seeded_and_legal():
 def test_readme_section_replacement(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- results:synth-c16 -->\nold\n<!-- /results:synth-c16 -->\nbottom\n")
+    readme.chmod(0o640)
     replace_section(readme, "synth-c16", "| new |")
+    assert readme.stat().st_mode & 0o777 == 0o640  # the atomic rename keeps the file's permissions
     assert (
         readme.read_text()
         == "top\n<!-- results:synth-c16 -->\n| new |\n<!-- /results:synth-c16 -->\nbottom\n"
