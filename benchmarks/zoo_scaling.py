@@ -69,6 +69,10 @@ def measure(arch: str, n: int, dim: int, k: int, device: str, repeats: int, seed
     if needs_hr:
         batch["hr_features"] = torch.randn(1, n, k, dim, generator=gen)
         batch["hr_mask"] = torch.ones(1, n, k, dtype=torch.bool)
+    vlm_dim = getattr(model.config, "vlm_dim", None)
+    if vlm_dim:  # WISE-FUSE: a random VLM view and random unit class-text embeddings
+        batch["vlm"] = torch.randn(1, n, vlm_dim, generator=gen)
+        model.set_text_embeddings(torch.randn(2, vlm_dim, generator=gen))
     batch = {key: v.to(device) for key, v in batch.items()}
     cuda = device.startswith("cuda")
 
