@@ -77,9 +77,14 @@ class PretrainedEntry:
         return SHIPPED_WEIGHTS / self.name
 
     def is_shipped(self) -> bool:
-        return (self.shipped_dir / "config.json").is_file() and (
-            self.shipped_dir / "model.safetensors"
-        ).is_file()
+        """Whether the package ships this entry: ``config.json`` + ``model.safetensors`` for a MIL model,
+        ``policy.json`` + ``policy.safetensors`` for a policy (no SB3 zip: it would be unpickled)."""
+        files = (
+            ("config.json", "model.safetensors")
+            if self.kind == "mil"
+            else ("policy.json", "policy.safetensors")
+        )
+        return all((self.shipped_dir / f).is_file() for f in files)
 
 
 def _mil_entry(arch: str, dataset: str) -> PretrainedEntry:

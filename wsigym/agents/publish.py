@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from wsigym.evaluate import EvalReport
+from wsigym.readme_sections import atomic_write_text
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "evaluation.md"
@@ -26,13 +25,6 @@ def repo_name(algo: str, env_id: str) -> str:
     """huggingface_sb3's scheme: ``{algo}-{env}`` with ``/`` -> ``-`` and a ``module:`` prefix dropped."""
     env = env_id.split(":")[-1].replace("/", "-")
     return f"{algo.lower()}-{env}"
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def headline(report: EvalReport, agent: str, budget: float) -> dict[str, float]:
@@ -88,9 +80,9 @@ def write_card(
         evaluation_caption=report.caption(),
         headline_budget=f"{budget:.0%}",
     )
-    _write(folder / TABLE_NAME, report.caption() + "\n\n" + table + "\n")
+    atomic_write_text(folder / TABLE_NAME, report.caption() + "\n\n" + table + "\n")
     report.to_json(folder / RESULTS_NAME)
-    _write(folder / "README.md", text)
+    atomic_write_text(folder / "README.md", text)
     return folder / "README.md"
 
 
