@@ -70,3 +70,36 @@ def hub_server():
 def hf_home() -> Path:
     """``HF_HOME`` of the session (the Hub cache is ``<hf_home>/hub``)."""
     return Path(os.environ["HF_HOME"])
+
+
+# ---------------------------------------------------------------------------------------- real slides
+def _real_slides_dir() -> Path:
+    """The real slides of ``../shared/data/slides`` next to the checkout; ``WSIGYM_SHARED_DATA``
+    overrides, and ``/work/shared/data`` (the workspace's copy) serves a clone made elsewhere."""
+    for root in (
+        os.environ.get("WSIGYM_SHARED_DATA"),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        "/work/shared/data",
+    ):
+        if root and (Path(root) / "slides").is_dir():
+            return Path(root) / "slides"
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+
+
+def _real_slide(name: str) -> Path:
+    path = _real_slides_dir() / name
+    if not path.is_file():
+        pytest.skip(f"real slide {path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu() -> Path:
+    """The 1-level Aperio region at 20x (skips when the shared data is absent)."""
+    return _real_slide("cmu_small_region.svs")
+
+
+@pytest.fixture(scope="session")
+def tcga() -> Path:
+    """The 2-level TCGA section without mpp (skips when the shared data is absent)."""
+    return _real_slide("tcga-cr-7395-01a-01-ts1.svs")

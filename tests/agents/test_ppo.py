@@ -152,22 +152,27 @@ def test_cli_wiring():
     assert parser.parse_args(["demo"]).func.__name__ == "_demo"
 
 
-def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
+def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:
+    """``run_protocol`` for the trained tiny policy on the tiny dataset, one seed, into tmp_path/results."""
     from wsigym.agents.benchmark import run_protocol
 
     out, _ = run
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:tiny -->\nold table\n<!-- /results:tiny -->\nend\n")
     kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
-    text = run_protocol(
+    return run_protocol(
         policy=str(out),
         dataset=env_kwargs["dataset"],
         seeds=(0,),
         env_kwargs=kw,
         out=tmp_path / "results",
-        readme=readme,
         progress=False,
+        **kwargs,
     )
+
+
+def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:tiny -->\nold table\n<!-- /results:tiny -->\nend\n")
+    text = _protocol(run, env_kwargs, tmp_path, readme=readme)
     for agent in ("ppo", "attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
         assert f"| {agent} |" in text
     for rule in ("TSU", "global update", "no update"):
@@ -181,20 +186,7 @@ def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
 
 
 def test_protocol_ablation_subset_and_budgets(run, env_kwargs, tmp_path):
-    from wsigym.agents.benchmark import run_protocol
-
-    out, _ = run
-    kw = {k: v for k, v in env_kwargs.items() if k != "dataset"}
-    text = run_protocol(
-        policy=str(out),
-        dataset=env_kwargs["dataset"],
-        seeds=(0,),
-        env_kwargs=kw,
-        out=tmp_path / "results",
-        ablation_budgets=(0.2,),
-        ablation_slides=1,
-        progress=False,
-    )
+    text = _protocol(run, env_kwargs, tmp_path, ablation_budgets=(0.2,), ablation_slides=1)
     assert "| ppo | TSU | 20% |" in text and "| ppo | TSU | 10% |" not in text
     assert "1 slides of the split" in text
     data = json.loads((tmp_path / "results" / "results.json").read_text())

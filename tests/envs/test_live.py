@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -20,23 +19,6 @@ from wsigym.errors import DataError
 from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
 from wsigym.slides.reader import read_children
 from wsigym.slides.testslides import SyntheticSlide, tumour_fraction, write_aperio_tiff
-
-# The real slides of ../shared/data (next to the checkout); WSIGYM_SHARED_DATA overrides, /work/shared/data
-# is the workspace's copy (a clone elsewhere still finds it).
-SLIDES = next(
-    (
-        p / "slides"
-        for p in (
-            Path(os.environ.get("WSIGYM_SHARED_DATA", "/nonexistent")),
-            Path(__file__).resolve().parents[3] / "shared" / "data",
-            Path("/work/shared/data"),
-        )
-        if (p / "slides").is_dir()
-    ),
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "slides",
-)
-CMU = SLIDES / "cmu_small_region.svs"
-TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
 
 
 class CountingEncoder:
@@ -82,12 +64,6 @@ def make(slides, encoder, models, **kwargs) -> WSIZoomEnv:
         items = slides if isinstance(slides, list) else [slides]
         kwargs["labels"] = {Path(getattr(s, "path", s)).stem: 1 for s in items}
     return WSIZoomEnv(slides=slides, encoder=encoder, hafed=hafed, tsu=tsu, progress=False, **kwargs)
-
-
-def real(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real slide {path} not available")
-    return path
 
 
 def test_episode_end_to_end_and_render(synthetic, encoder, models):
@@ -264,8 +240,7 @@ def test_check_env(synthetic, encoder, models):
     check_env(env.unwrapped, skip_render_check=True)
 
 
-def test_real_slides(encoder, models):
-    cmu, tcga = real(CMU), real(TCGA)
+def test_real_slides(encoder, models, cmu, tcga):
     labels = {cmu.stem: 0, tcga.stem: 1}
     with pytest.raises(DataError, match=r"tcga-cr-7395-01a-01-ts1\.svs: .*pass mpp="):
         make([cmu, tcga], encoder, models, labels=labels)

@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
 from wsigym.slides.testslides import SyntheticSlide, write_aperio_tiff
-
-# The real slides of ../shared/data (next to the checkout); WSIGYM_SHARED_DATA overrides, /work/shared/data
-# is the workspace's copy (a clone elsewhere still finds it).
-SLIDES = next(
-    (
-        p / "slides"
-        for p in (
-            Path(os.environ.get("WSIGYM_SHARED_DATA", "/nonexistent")),
-            Path(__file__).resolve().parents[3] / "shared" / "data",
-            Path("/work/shared/data"),
-        )
-        if (p / "slides").is_dir()
-    ),
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "slides",
-)
-CMU = SLIDES / "cmu_small_region.svs"
-TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,22 +16,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def real_slide(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real slide {path} not available")
-    return path
-
-
-@pytest.fixture(scope="session")
-def cmu() -> Path:
-    return real_slide(CMU)
-
-
-@pytest.fixture(scope="session")
-def tcga() -> Path:
-    return real_slide(TCGA)
 
 
 @pytest.fixture(scope="session")
