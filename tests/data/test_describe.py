@@ -50,6 +50,8 @@ def test_layout_detection_errors(tmp_path, layouts, bags):
         open_dataset(tmp_path / "empty")
     with pytest.raises(DataError, match="not a named dataset"):
         open_dataset("synth-c17")
+    with pytest.raises(DataError, match="named dataset has no folder layout"):
+        open_dataset("synth-c16-tiny", format="clam")
     assert {"synth-c16", "synth-c16-tiny"} <= set(NAMED_DATASETS)
     root = layouts.write_clam(tmp_path / "clam", bags)
     assert detect_layout(root) == "clam"

@@ -87,12 +87,14 @@ def open_dataset(name_or_path: str | Path, **kwargs: object) -> SlideDataset:
     from wsigym.data import formats  # deferred: readers import h5py
 
     key = str(name_or_path)
+    layout = str(kwargs.pop("format", None) or "auto")
     if key in formats.NAMED_DATASETS:
+        if layout != "auto":
+            raise DataError(key, f"a named dataset has no folder layout; got format={layout!r}")
         return formats.NAMED_DATASETS[key](**kwargs)
     path = Path(key).expanduser()
     if not path.exists():
         raise DataError(
             key, f"no such dataset folder, and not a named dataset (known: {sorted(formats.NAMED_DATASETS)})"
         )
-    layout = str(kwargs.pop("format", None) or "auto")
     return formats.open_layout(path, layout, **kwargs)
