@@ -202,7 +202,9 @@ def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, 
 
     # (c) vector env
     for b in args.batch_sizes:
-        need = 3 * b * n * dim * 4 / 2**30  # Z batch, state batch, observation copy
+        # Z, V and state batches, the observation copy and step temporaries: ~6 B x N x d float32
+        # (measured: B=256, N=10000 peaked at 22 GB; the earlier estimate of 3 copies got it OOM-killed)
+        need = 6 * b * n * dim * 4 / 2**30
         if need > args.max_gb:
             rows.append(
                 (f"(c) vector env B={b}: skipped (~{need:.1f} GiB > --max-gb {args.max_gb})", 0, 0, 0)
