@@ -7,33 +7,10 @@ the file is replaced atomically.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, then rename it over ``path``.
-
-    The file keeps its permissions (a new one gets ``0o644`` less the umask, not ``mkstemp``'s 0o600).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o644 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from wsigym.data.folder import atomic_write_text
 
 
 def replace_section(readme: str | Path, key: str, text: str) -> None:

@@ -143,7 +143,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from wsigym.readme_sections import atomic_write_text, replace_section
+    from wsigym.data.folder import atomic_write_text
+    from wsigym.readme_sections import replace_section
     from zoo.results import results_table
 
     table = results_table(args.dirs)

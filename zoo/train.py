@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -428,17 +426,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    data = _json_safe(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from wsigym.data.folder import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def metrics_record(

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wsigym.data.folder import atomic_write_text
 from wsigym.evaluate import EvalReport, evaluate
-from wsigym.readme_sections import atomic_write_text, replace_section
+from wsigym.readme_sections import replace_section
 
 ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
 

@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from wsigym.data.folder import atomic_write_text
 from wsigym.evaluate import EvalReport
-from wsigym.readme_sections import atomic_write_text
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "evaluation.md"

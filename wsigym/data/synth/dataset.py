@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag, SlideMeta
 from wsigym.data.dataset import SlideDataset
+from wsigym.data.folder import atomic_write_text
 from wsigym.data.synth.config import FORMAT_VERSION, SynthConfig
 from wsigym.data.synth.generator import FeatureModel
 from wsigym.data.synth.geometry import MPP, TumourGeometry
@@ -60,9 +61,7 @@ def _crc32(path: Path) -> int:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def plan_slides(config: SynthConfig, seed: int, geometry: TumourGeometry) -> list[dict[str, Any]]:
