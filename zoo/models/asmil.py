@@ -1,7 +1,7 @@
 r"""ASMIL: attention-stabilised MIL with an EMA anchor (Ye et al., ICLR 2026), multi-class, maskable.
 
 Online model, for instances :math:`x_i` and :math:`T` learned branch queries :math:`q_t`
-(initialised :math:`\mathcal N(0, 10^{-6})`):
+(initialised :math:`\mathcal N(0, \sigma_q^2)`, ``query_init_std`` :math:`\sigma_q`):
 
 .. math::
     h_i = \mathrm{ReLU}(W x_i)\ (\text{no bias}), \qquad
@@ -33,6 +33,14 @@ independently initialised network and its EMA runs only when an online weight is
 frozen random network. Defaults (8 tokens, 8 heads, token_drop 4, dropout 0.1, ema 0.999,
 temperature 0.2, consistency weight 1) are those of MIL_BASELINE's corrected ``AS_MIL``; the projection
 384 -> 128 is ASMIL's for ViT-S features.
+
+``query_init_std`` defaults to the reference's :math:`10^{-6}`. Measured on ``synth-c16`` (hr view, 80
+training slides, 3 epochs, anchor loss and token dropping off): at :math:`10^{-6}` validation AUC stays at
+0.48-0.51 (lr 1e-3) and 0.38-0.48 (lr 3e-4); with branch queries drawn at std 1.0 it is 1.0 after two
+epochs (initialising only the slide query at 1.0 does not help). With near-zero queries every branch
+token starts as :math:`\mathrm{LN}(\mathrm{MHA}_t(q_t, h))`, the layer-normalised pooled bag, whose
+slide-to-slide variation drowns the rare-instance signal. The shipped ``asmil-synth-c16`` therefore uses
+``query_init_std=1.0`` (its card says so).
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class ASMILConfig(MILConfig):
     ema: anchor momentum m.
     temperature: anchor temperature tau.
     consistency_weight: weight lambda of the anchor loss.
+    query_init_std: std of the normal initialisation of the branch queries and the slide query
+        (reference: 1e-6; see the module docstring for why ``synth-c16`` uses 1.0).
     view: ``"lr"`` (low-res patches) or ``"hr"`` (every valid high-res child is an instance).
     """
 
@@ -73,6 +83,7 @@ class ASMILConfig(MILConfig):
     ema: float = 0.999
     temperature: float = 0.2
     consistency_weight: float = 1.0
+    query_init_std: float = 1e-6
     view: str = "lr"
 
 
@@ -103,15 +114,17 @@ class ASMIL(MILModel):
             )
         if not 0.0 <= config.ema <= 1.0:
             raise ValueError(f"ASMILConfig.ema must be in [0, 1], got {config.ema}")
+        if config.query_init_std < 0:
+            raise ValueError(f"ASMILConfig.query_init_std must be >= 0, got {config.query_init_std}")
         if config.temperature <= 0:
             raise ValueError(f"ASMILConfig.temperature must be > 0, got {config.temperature}")
         d = config.hidden
         self.projection = nn.Sequential(nn.Linear(config.in_dim, d, bias=False), nn.ReLU())
-        self.branch_queries = nn.Parameter(torch.randn(1, config.n_token, d) * 1e-6)
+        self.branch_queries = nn.Parameter(torch.randn(1, config.n_token, d) * config.query_init_std)
         self.branch_attention = QueryCrossAttention(d, config.heads, config.n_token, config.dropout)
         self.branch_norm_weight = nn.Parameter(torch.ones(config.n_token, d))
         self.branch_norm_bias = nn.Parameter(torch.zeros(config.n_token, d))
-        self.slide_query = nn.Parameter(torch.randn(1, 1, d) * 1e-6)
+        self.slide_query = nn.Parameter(torch.randn(1, 1, d) * config.query_init_std)
         self.slide_attention = QueryCrossAttention(d, config.heads, 1, config.dropout)
         self.slide_norm = nn.LayerNorm(d, eps=1e-6)
         self.classifier = nn.Linear(d, config.num_classes)
