@@ -211,13 +211,18 @@ def count_flops(model: MILModel, batch: dict[str, Tensor]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
-    model.eval()
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    # Frozen parameters: FlopCounterMode's module tracker hooks every input that requires grad, and a
+    # view of a parameter made under no_grad (ASMIL's expanded queries) has no grad_fn to hook.
+    model.eval().requires_grad_(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.predict(batch)
         return float(counter.get_total_flops())
     finally:
         model.train(was_training)
+        for param, flag in zip(model.parameters(), requires_grad, strict=True):
+            param.requires_grad_(flag)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -93,6 +93,16 @@ def test_count_flops_grows_linearly_for_abmil(tiny_dataset):
     assert f2 - f1 == pytest.approx(bag.n * per_instance, rel=0.01)
 
 
+def test_count_flops_asmil_and_keeps_trainable(tiny_dataset):
+    """ASMIL's expanded query parameters once made FlopCounterMode fail (its FLOPs were unknown)."""
+    import zoo
+
+    model = zoo.create_model("asmil", in_dim=32, hidden=16, heads=2, n_token=4, token_drop=1)
+    bag = tiny_dataset.load(tiny_dataset.slide_ids()[0], hr=False)
+    assert count_flops(model, collate([bag])) > 2 * bag.n * 32 * 16
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
 class _CountingABMIL(ABMIL):
     family = "abmil"
     seen_hr: bool = False
