@@ -25,13 +25,14 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 # Re-train every model shipped in zoo/assets/weights/ on synth-c16 (CPU, about an hour on 2 cores).
-# Short runs: 3 epochs at lr 1e-3 instead of the papers' ~50 at 1e-4 (see each card). ABMIL, ACMIL and
-# ASMIL read every high-res child (ASMIL with branch queries initialised at std 1, see its card) (view=hr, ~18k per slide); TransMIL (~5 s per slide over the children
-# on one CPU thread) and SemaMIL (pure-PyTorch scan, 1 epoch) read the low-res patches.
+# Short runs: 3 epochs (HAFED 12) at lr 1e-3 instead of the papers' ~50 at 1e-4 (see each card).
+# ABMIL, ACMIL and ASMIL read every high-res child (view=hr, ~18k per slide; ASMIL's queries start at
+# std 1, see its card); TransMIL (~5 s per slide over the children on one CPU thread) and SemaMIL
+# (pure-PyTorch scan, 1 epoch) read the low-res patches.
 ZOO  := $(VENV)/bin/zoo
 SYNTH := --dataset synth-c16 --epochs 3 --lr 1e-3
 synth-weights: $(STAMP)
-	$(ZOO) train hafed $(SYNTH) --out runs/hafed-synth-c16
+	$(ZOO) train hafed --dataset synth-c16 --epochs 12 --lr 1e-3 --out runs/hafed-synth-c16
 	$(ZOO) train tsu --dataset synth-c16 --hafed runs/hafed-synth-c16 --epochs 60 --lr 4e-4 \
 		--config tau=0.95 residual=true --out runs/tsu-synth-c16
 	for m in abmil acmil; do \
