@@ -99,6 +99,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clip_text_setup(args: argparse.Namespace, dataset: Any) -> Any:
+    """``zoo train wisefuse --clip``: a setup hook that sets the class text embeddings from open_clip."""
+    if args.clip is None:
+        return None
+    if args.arch != "wisefuse":
+        raise SystemExit(f"zoo train: --clip is for wisefuse only, not {args.arch}")
+    import torch
+
+    from zoo.models.wisefuse import load_class_descriptions, text_embeddings_from_open_clip
+
+    clip: Any = args.clip
+    if clip.endswith(".json") and Path(clip).is_file():  # an open_clip model config (embed_dim, ...)
+        try:
+            clip = json.loads(Path(clip).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"zoo train: --clip {args.clip}: not valid JSON ({err})") from err
+    descriptions = load_class_descriptions(args.descriptions)
+    torch.manual_seed(args.seed)  # only matters for a config without pretrained weights (tests)
+    text = text_embeddings_from_open_clip(
+        clip, descriptions, args.clip_pretrained, class_names=list(dataset.class_names)
+    )
+    return lambda model: model.set_text_embeddings(text)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from wsigym.data.dataset import open_dataset
 
@@ -136,7 +160,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from zoo.train import train_and_save
 
         path = train_and_save(
-            args.arch, dataset, out_dir=out, fold=args.fold, seed=args.seed, config=overrides, **fit_kwargs
+            args.arch,
+            dataset,
+            out_dir=out,
+            fold=args.fold,
+            seed=args.seed,
+            config=overrides,
+            setup=_clip_text_setup(args, dataset),
+            **fit_kwargs,
         )
     print(f"saved {path}")
     return 0
@@ -210,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         default=None,
         help="lrmil only: the trained high-res teacher (name, repo or folder; e.g. ABMIL with view=hr)",
+    )
+    p.add_argument(
+        "--clip",
+        default=None,
+        help="wisefuse only: open_clip model for the class text embeddings (a config name, hf-hub:ID, "
+        "local-dir:PATH or a model-config .json); default: the dataset's own (synth-c16's simulated VLM)",
+    )
+    p.add_argument(
+        "--clip-pretrained", default=None, help="wisefuse only: open_clip pretrained tag or checkpoint path"
+    )
+    p.add_argument(
+        "--descriptions",
+        default="camelyon16",
+        help="wisefuse only, with --clip: class descriptions (a shipped set name or a JSON file)",
     )
     p.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides (JSON values)"

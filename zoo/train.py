@@ -466,6 +466,7 @@ def train_and_save(
     fold: int = 0,
     seed: int = 0,
     config: dict[str, Any] | None = None,
+    setup: Callable[[MILModel], Any] | None = None,
     **fit_kwargs: Any,
 ) -> Path:
     """Build ``architecture`` for ``dataset``, :func:`fit` it and save it to ``out_dir``.
@@ -473,7 +474,8 @@ def train_and_save(
     ``in_dim`` comes from the first slide's features (``vlm_dim`` from its ``vlm`` view, for models that
     have one) and ``num_classes`` from ``dataset.class_names``
     (``config`` may override other fields). The model is built after ``torch.manual_seed(seed)``, so the
-    whole run is reproducible. Writes the weights and card with :func:`zoo.hub.save_pretrained`, then
+    whole run is reproducible. ``setup(model)`` runs on the built model before training (e.g. WISE-FUSE's
+    text embeddings from an open_clip model). Writes the weights and card with :func:`zoo.hub.save_pretrained`, then
     replaces the hub's ``metrics.json`` by the full record of the run (:func:`metrics_record`: its
     ``val``/``test`` keys are what the hub wrote, plus params, FLOPs, time, recipe and history).
 
@@ -496,6 +498,8 @@ def train_and_save(
     model = create_model(architecture, **overrides)
     if not isinstance(model, MILModel):
         raise TypeError(f"train_and_save: {architecture!r} is not a MIL model")
+    if setup is not None:
+        setup(model)
     result = fit(model, dataset, fold=fold, seed=seed, **fit_kwargs)
     return save_run(result, out, architecture=architecture, dataset=dataset, fold=fold, seed=seed)
 

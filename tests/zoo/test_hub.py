@@ -341,4 +341,11 @@ def test_cli_train_wiring(monkeypatch, tmp_path):
     assert calls["open"] == ("/feats", {"format": "clam", "labels": "l.csv"})
     args, kwargs = calls["train"]
     assert args[0] == "abmil" and args[1] == calls["open"]
-    assert kwargs == {"out_dir": str(tmp_path), "fold": 2, "seed": 0, "config": {"hidden": 64}, "epochs": 3}
+    assert kwargs == {
+        "out_dir": str(tmp_path),
+        "fold": 2,
+        "seed": 0,
+        "config": {"hidden": 64},
+        "setup": None,
+        "epochs": 3,
+    }

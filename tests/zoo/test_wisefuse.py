@@ -212,3 +212,29 @@ def test_train_and_save_takes_vlm_width_and_text_embeddings_from_the_dataset(tmp
     assert model.config.vlm_dim == dataset.config.vlm_dim
     want = torch.nn.functional.normalize(torch.as_tensor(dataset.vlm_text_embeddings()), dim=-1)
     torch.testing.assert_close(model.text_embeddings, want)
+
+
+def test_cli_train_wisefuse_with_an_open_clip_model(tmp_path):
+    """``zoo train wisefuse --clip CONFIG.json``: the class text embeddings come from that open_clip model
+    (here a tiny random one, seeded by ``--seed``), not from the dataset's simulated VLM."""
+    from wsigym.data.dataset import open_dataset
+    from zoo import hub
+    from zoo.cli import main as zoo_main
+
+    dataset = open_dataset("synth-c16-tiny", progress=False)
+    cfg = {**TINY_CLIP, "embed_dim": dataset.config.vlm_dim}
+    cfg_path = tmp_path / "clip.json"
+    cfg_path.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    argv = ["train", "wisefuse", "--dataset", "synth-c16-tiny", "--epochs", "1", "--seed", "3"]
+    assert zoo_main([*argv, "--clip", str(cfg_path), "--config", "hidden=16", "--out", str(out)]) == 0
+    torch.manual_seed(3)
+    want = text_embeddings_from_open_clip(
+        cfg, load_class_descriptions("camelyon16"), class_names=list(dataset.class_names)
+    )
+    model = hub.load(str(out))
+    torch.testing.assert_close(model.text_embeddings, want)
+    own = torch.nn.functional.normalize(torch.as_tensor(dataset.vlm_text_embeddings()), dim=-1)
+    assert not torch.allclose(model.text_embeddings, own)
+    with pytest.raises(SystemExit, match="wisefuse only"):
+        zoo_main(["train", "abmil", "--dataset", "synth-c16-tiny", "--clip", str(cfg_path)])
