@@ -38,9 +38,8 @@ temperature 0.2, consistency weight 1) are those of MIL_BASELINE's corrected ``A
 ``examples/asmil_query_init.py`` (hr view, 80 training slides, 3 epochs at lr 1e-3, anchor loss and token
 dropping off): at :math:`10^{-6}` the validation AUC stays at 0.48-0.49; with the queries drawn at std 1.0
 it is 0.99 after two epochs. A likely reason (not verified further): with near-zero queries every
-branch token starts as
-:math:`\mathrm{LN}(\mathrm{MHA}_t(q_t, h))`, the layer-normalised pooled bag, whose slide-to-slide
-variation drowns the rare-instance signal. The shipped ``asmil-synth-c16`` therefore uses
+branch token starts as :math:`\mathrm{LN}(\mathrm{MHA}_t(q_t, h))`, the layer-normalised pooled bag,
+whose slide-to-slide variation drowns the rare-instance signal. The shipped ``asmil-synth-c16`` therefore uses
 ``query_init_std=1.0`` (its card says so).
 """
 
