@@ -51,26 +51,32 @@ def main() -> None:
     history = record["validation"]
     t = [h["timesteps"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("accuracy", "auc", "f1"):
-        ax1.plot(t, [h[key] for h in history], marker="o", label=f"val {key}")
+    for key in ("accuracy", "auc", "f1", "tumour_hits"):
+        if all(key in h for h in history):
+            ax1.plot(t, [h[key] for h in history], marker="o", label=f"val {key.replace('_', ' ')}")
     ax1.set_xlabel("timesteps")
     ax1.set_title(f"validation ({len(history)} evaluations, greedy + masks)")
     ax1.legend()
     ax1.grid(alpha=0.3)
     steps, values = tensorboard_scalar(run / "tb", "rollout/ep_rew_mean")
     if steps:
-        ax2.plot(steps, values, label="train ep_rew_mean (-sum CE)")
-    ax2.plot(t, [-h["nll"] for h in history], marker="o", label="val -NLL (final state)")
+        ax2.plot(steps, values, color="tab:blue", label="train ep_rew_mean (-sum CE)")
+    ax2.set_ylabel("training episode return", color="tab:blue")
+    nll = ax2.twinx()  # its own scale: the return sums ~N/10 per-step CEs, the NLL is one
+    nll.plot(t, [h["nll"] for h in history], color="tab:orange", marker="o", label="val NLL (final state)")
+    nll.set_ylabel("validation NLL", color="tab:orange")
     ax2.set_xlabel("timesteps")
-    ax2.set_title("return / likelihood")
-    ax2.legend()
+    ax2.set_title("training return / validation NLL")
+    lines = ax2.get_legend_handles_labels()
+    more = nll.get_legend_handles_labels()
+    ax2.legend(lines[0] + more[0], lines[1] + more[1])
     ax2.grid(alpha=0.3)
     if "config" in record:
         cfg = record["config"]
         title = (
             f"MaskablePPO on {cfg['env_id']} ({cfg['env_kwargs'].get('dataset', 'synth-c16')}), "
             f"{record['timesteps']} timesteps in {record['train_seconds'] / 60:.1f} min, "
-            f"{record['torch_threads']} threads"
+            f"{record['torch_threads']} thread{'s' if record['torch_threads'] != 1 else ''}"
         )
     else:
         title = f"MaskablePPO, run in progress: {t[-1]} timesteps, {history[-1]['wall_seconds'] / 60:.1f} min"
