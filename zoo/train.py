@@ -475,8 +475,8 @@ def train_and_save(
     have one) and ``num_classes`` from ``dataset.class_names``
     (``config`` may override other fields). The model is built after ``torch.manual_seed(seed)``, so the
     whole run is reproducible. ``setup(model)`` runs on the built model before training (e.g. WISE-FUSE's
-    text embeddings from an open_clip model). Writes the weights and card with :func:`zoo.hub.save_pretrained`, then
-    replaces the hub's ``metrics.json`` by the full record of the run (:func:`metrics_record`: its
+    text embeddings from an open_clip model). Writes the weights and card with
+    :func:`zoo.hub.save_pretrained`, then replaces the hub's ``metrics.json`` by the full record of the run (:func:`metrics_record`: its
     ``val``/``test`` keys are what the hub wrote, plus params, FLOPs, time, recipe and history).
 
     Returns:
