@@ -166,7 +166,7 @@ def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:
         out=tmp_path / "results",
         progress=False,
         **kwargs,
-    )
+    ).markdown
 
 
 def test_full_protocol_writes_tables_and_readme(run, env_kwargs, tmp_path):
@@ -192,3 +192,24 @@ def test_protocol_ablation_subset_and_budgets(run, env_kwargs, tmp_path):
     data = json.loads((tmp_path / "results" / "results.json").read_text())
     assert all(r["slides"] == 1 for r in data["ablation"].values())
     assert all(r["budget"] == 0.2 for r in data["ablation"]["global update"]["rows"])
+
+
+def test_cli_evaluate_all_writes_the_policy_card(monkeypatch, tmp_path):
+    """``evaluate --all --card`` writes the card from the protocol's main report (it was silently ignored)."""
+    import wsigym.agents.benchmark as benchmark
+    import wsigym.agents.publish as publish
+    from wsigym.cli import main as wsigym_main
+
+    main_report = object()
+    calls = {}
+    monkeypatch.setattr(
+        benchmark, "run_protocol", lambda **kw: benchmark.ProtocolResult("table", main_report, {})
+    )
+    monkeypatch.setattr(
+        publish, "write_card", lambda folder, report, **kw: calls.setdefault("card", (folder, report))
+    )
+    argv = ["evaluate", "--all", "--policy", "runs/p", "--out", str(tmp_path), "--no-progress"]
+    assert wsigym_main([*argv, "--card"]) == 0
+    assert calls["card"] == ("runs/p", main_report)
+    with pytest.raises(SystemExit, match="--policy"):
+        wsigym_main(["evaluate", "--all", "--card", "--out", str(tmp_path)])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ def _ablation_table(reports: dict[str, EvalReport]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class ProtocolResult:
+    """What :func:`run_protocol` wrote: the Markdown of ``results.md``, the main report (every agent at
+    every budget, the one a policy card is made from) and the ablation reports by state-update rule."""
+
+    markdown: str
+    main: EvalReport
+    ablations: dict[str, EvalReport]
+
+
 def run_protocol(
     *,
     policy: str | None,
@@ -79,8 +90,8 @@ def run_protocol(
     ablation_budgets: Sequence[float] | None = None,
     ablation_slides: int | None = None,
     progress: bool = True,
-) -> str:
-    """Run the full protocol (module docstring); returns the Markdown written to ``out/results.md``.
+) -> ProtocolResult:
+    """Run the full protocol (module docstring): the Markdown written to ``out/results.md`` and the reports.
 
     ``results.md``/``results.json`` are written once the main table is done (so a long ablation cannot
     lose it) and again, complete, at the end.
@@ -124,7 +135,7 @@ def run_protocol(
                 names=abl_names,
                 progress=progress,
             )
-    return _write(main, ablations, out, readme)
+    return ProtocolResult(_write(main, ablations, out, readme), main, ablations)
 
 
 def _write(

@@ -180,8 +180,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     progress = not args.no_progress
     kwargs = {k: v for k, v in _env_kwargs(args).items() if k != "dataset" and k != "fold"}
+    if (args.card or args.push) and not args.policy:
+        raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
     if args.all:
-        report_md = run_protocol(
+        protocol = run_protocol(
             policy=args.policy,
             dataset=args.dataset,
             split=args.split,
@@ -196,7 +198,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             ablation_slides=args.ablation_slides,
             progress=progress,
         )
-        print(report_md)
+        print(protocol.markdown)
+        _card_and_push(args, protocol.main)
         return 0
     agents = list(args.agent) + ([args.policy] if args.policy else [])
     if not agents:
@@ -220,16 +223,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     text = report.caption() + "\n\n" + report.to_markdown() + "\n"
     (out / "results.md").write_text(text)
     print(text)
-    if args.card or args.push:
-        from wsigym.agents.publish import publish, write_card
-
-        if not args.policy:
-            raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
-        write_card(args.policy, report, repo_id=args.push)
-        if args.push:
-            sha = publish(args.policy, args.push)
-            print(f"pushed {args.policy} to {args.push} ({sha})")
+    _card_and_push(args, report)
     return 0
+
+
+def _card_and_push(args: argparse.Namespace, report: Any) -> None:
+    """``--card``: write the policy folder's Hub card from ``report``; ``--push REPO``: also publish it."""
+    if not (args.card or args.push):
+        return
+    from wsigym.agents.publish import publish, write_card
+
+    write_card(args.policy, report, repo_id=args.push)
+    print(f"wrote the Hub card of {args.policy}")
+    if args.push:
+        sha = publish(args.policy, args.push)
+        print(f"pushed {args.policy} to {args.push} ({sha})")
 
 
 def _demo(args: argparse.Namespace) -> int:
