@@ -24,11 +24,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
-# Re-train every model shipped in zoo/assets/weights/ on synth-c16 (CPU, about an hour on 2 cores).
-# Short runs: 3 epochs (HAFED 12) at lr 1e-3 instead of the papers' ~50 at 1e-4 (see each card).
-# ABMIL, ACMIL and ASMIL read every high-res child (view=hr, ~18k per slide; ASMIL's queries start at
-# std 1, see its card); TransMIL (~5 s per slide over the children on one CPU thread) and SemaMIL
-# (pure-PyTorch scan, 1 epoch) read the low-res patches.
+# Re-train every model shipped in zoo/assets/weights/ on synth-c16 (CPU, about two hours on 2 cores).
+# Short runs: 3 epochs (HAFED 12, TransMIL and SemaMIL 1) at lr 1e-3 instead of the papers' ~50 at 1e-4
+# (see each card). ABMIL, ACMIL, ASMIL and TransMIL read every high-res child (view=hr, ~18k per slide;
+# ASMIL's queries start at std 1, see its card; TransMIL ~50 min per epoch on one CPU thread); SemaMIL
+# (pure-PyTorch scan) and LRMIL read the low-res patches.
 ZOO  := $(VENV)/bin/zoo
 SYNTH := --dataset synth-c16 --epochs 3 --lr 1e-3
 synth-weights: $(STAMP)
@@ -38,7 +38,7 @@ synth-weights: $(STAMP)
 	for m in abmil acmil; do \
 		$(ZOO) train $$m $(SYNTH) --config view=hr --out runs/$$m-synth-c16 || exit 1; done
 	$(ZOO) train asmil $(SYNTH) --config view=hr query_init_std=1.0 --out runs/asmil-synth-c16
-	$(ZOO) train transmil $(SYNTH) --out runs/transmil-synth-c16
+	$(ZOO) train transmil --dataset synth-c16 --epochs 1 --lr 1e-3 --config view=hr --out runs/transmil-synth-c16
 	$(ZOO) train semamil --dataset synth-c16 --epochs 1 --lr 1e-3 --out runs/semamil-synth-c16
 	$(ZOO) train lrmil $(SYNTH) --teacher runs/abmil-synth-c16 --out runs/lrmil-synth-c16
 	$(ZOO) train wisefuse $(SYNTH) --out runs/wisefuse-synth-c16
