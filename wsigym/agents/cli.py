@@ -175,6 +175,7 @@ def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from wsigym.agents.benchmark import run_protocol
+    from wsigym.data.folder import atomic_write_text
     from wsigym.evaluate import evaluate
 
     out = Path(args.out)
@@ -221,7 +222,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "results.json")
     text = report.caption() + "\n\n" + report.to_markdown() + "\n"
-    (out / "results.md").write_text(text)
+    atomic_write_text(out / "results.md", text)
     print(text)
     _card_and_push(args, report)
     return 0
