@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,7 @@ from tqdm.auto import tqdm
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.baselines import BASELINES, Coverage, make_baseline
+from wsigym.data.folder import atomic_write_text
 from zoo.metrics import classification_metrics
 
 METRICS = ("accuracy", "auc", "f1", "ece", "zooms", "tumour_hits", "seconds_per_slide")
@@ -97,13 +96,7 @@ class EvalReport:
 
     def to_json(self, path: str | Path) -> Path:
         """Write the report as JSON atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: v for k, v in asdict(self).items()}, f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(asdict(self), indent=2, allow_nan=True))
 
 
 def _model_agent(model: Any) -> Callable[[dict, dict], int]:

@@ -67,6 +67,7 @@ from wsigym.agents.policy import (
     warm_start_from_hafed,
 )
 from wsigym.agents.sb3_vec import make_sb3_vec_env
+from wsigym.data.folder import atomic_write_text
 
 POLICY_WEIGHTS = "policy.safetensors"
 POLICY_CONFIG = "policy.json"  # not config.json: a zoo model folder is recognised by config.json
@@ -320,11 +321,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def save_policy(
