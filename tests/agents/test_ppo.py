@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,28 @@ def test_cli_wiring():
     args = parser.parse_args(["evaluate", "--all", "--policy", "runs/x", "--readme", "README.md"])
     assert args.all and args.func.__name__ == "_evaluate"
     assert parser.parse_args(["demo"]).func.__name__ == "_demo"
+
+
+def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
+    import wsigym.agents.ppo as ppo
+
+    seen = {}
+
+    def fake_train(config, out, progress=True):
+        seen["config"] = config
+        (Path(out) / "train.json").write_text(json.dumps({"timesteps": 0, "validation": []}))
+
+    monkeypatch.setattr(ppo, "train_ppo", fake_train)
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = ["train", "ppo", "--out", str(out), "--reward", "delta_ce", "--gamma", "0", "--gae-lambda", "0.5"]
+    argv += ["--clip-range", "0.3", "--hidden", "16", "--budget", "0.1", "--no-warm-start"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    config = seen["config"]
+    assert (config.gamma, config.gae_lambda, config.clip_range, config.hidden) == (0.0, 0.5, 0.3, 16)
+    assert config.env_kwargs["reward"] == "delta_ce" and config.env_kwargs["budget"] == 0.1
+    assert not config.warm_start
 
 
 def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:

@@ -70,6 +70,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.n_epochs)
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--gamma", type=float, default=d.gamma, help="discount (SASHA: 1.0)")
+    p.add_argument("--gae-lambda", type=float, default=d.gae_lambda)
+    p.add_argument("--clip-range", type=float, default=d.clip_range)
+    p.add_argument(
+        "--hidden", type=int, default=None, help="actor attention width (default HAFED's attn_dim)"
+    )
     p.add_argument("--eval-freq", type=int, default=d.eval_freq)
     p.add_argument(
         "--eval-slides", type=int, default=None, help="validation slides per evaluation (default all)"
@@ -141,6 +147,10 @@ def _train_ppo(args: argparse.Namespace) -> int:
         n_epochs=args.epochs,
         learning_rate=args.lr,
         ent_coef=args.ent_coef,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        clip_range=args.clip_range,
+        hidden=args.hidden,
         eval_freq=args.eval_freq,
         eval_slides=args.eval_slides,
         checkpoint_freq=args.checkpoint_freq,
