@@ -8,7 +8,7 @@ import torch
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 
-from wsigym.agents.policy import EXTRA_CHANNELS, PatchPolicy, patch_tokens, warm_start_from_hafed
+from wsigym.agents.policy import EXTRA_CHANNELS, PatchPolicy, patch_rows, warm_start_from_hafed
 from wsigym.agents.ppo import PolicyAgent, _policy_for
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.envs.zoom_batch import observation_space
@@ -42,7 +42,7 @@ def test_shapes_and_masking():
     policy = _policy()
     obs = _obs(3, P, n=9)
     features = policy.extract_features(obs)
-    assert features.shape == (3, P * (D + EXTRA_CHANNELS))
+    assert features.rows.shape == (3 * 9, D + EXTRA_CHANNELS) and features.valid.shape == (3, P)
     logits, latent_vf = policy.mlp_extractor(features)
     assert logits.shape == (3, P) and latent_vf.shape == (3, 8)
     masks = obs["action_mask"].numpy().astype(bool)
@@ -81,7 +81,7 @@ def test_permutation_equivariant_and_any_p():
     for k in ("patch_mask", "visited", "updated", "action_mask"):
         bigger[k][:, :P] = obs[k]
     with torch.no_grad():
-        logits_b, vf_b = policy.mlp_extractor(patch_tokens(bigger, D).flatten(1))
+        logits_b, vf_b = policy.mlp_extractor(patch_rows(bigger, D))
     assert torch.allclose(logits_b[:, :P], logits, atol=1e-5)
     assert torch.allclose(vf_b, vf, atol=1e-5)
 

@@ -10,8 +10,9 @@ Each padded patch row becomes a token :math:`x_i = [s_i, \text{visited}_i, \text
   rollout and in the update, unlike SASHA's public code).
 - **Critic**: gated-attention pooling over the valid patches, then an MLP to one value.
 
-SB3 needs a flat feature vector, so :class:`PatchTokens` flattens the tokens to ``(B, P*(d+6))`` and
-:class:`PatchActorCritic` reshapes them back. ``action_net`` is an identity: the actor's latent *is*
+:class:`PatchTokens` (SB3's features extractor) gathers the tokens of the real patches only
+(:class:`PatchRows`, ``(M, d+6)`` with ``M`` the real patches of the batch, not ``B*P``), which both
+heads share; SB3 hands the features to the ``mlp_extractor`` unread. ``action_net`` is an identity: the actor's latent *is*
 the vector of per-patch logits (``latent_dim_pi = P``).
 
 :func:`warm_start_from_hafed` optionally copies HAFED's level-2 attention into the actor, so the
@@ -20,7 +21,7 @@ initial greedy policy is "zoom where the frozen classifier attends" and PPO impr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from gymnasium import spaces
@@ -44,11 +45,24 @@ def _patches_and_dim(observation_space: spaces.Dict) -> tuple[int, int]:
     )
 
 
+class PatchRows(NamedTuple):
+    """The real patches of a batch of observations as tokens: what :class:`PatchTokens` hands the actor-critic.
+
+    Only real rows are kept (gathered batch-major, ``M = sum_b N_b``): a batch padded to the largest
+    slide spends most of its rows on padding otherwise.
+    """
+
+    rows: Tensor  #: ``(M, d+6)`` tokens of the real patches, batch-major
+    valid: Tensor  #: ``(B, P)`` bool, True for a real patch (``rows`` are ``tokens[valid]``)
+    budget: Tensor  #: ``(B, 1)`` remaining budget fraction
+
+
 class PatchTokens(BaseFeaturesExtractor):
-    """Observation dict -> flattened per-patch tokens ``(B, P*(d+6))`` (see :func:`patch_tokens`).
+    """Observation dict -> :class:`PatchRows` (see :func:`patch_rows`).
 
     Accepts the state either as ``(P, d)`` or flattened ``(P*d,)``. ``P`` is read from the batch, so
-    the same weights run on any padding.
+    the same weights run on any padding. SB3 passes the features unread to the ``mlp_extractor``;
+    ``features_dim`` is nominal (``P*(d+6)``).
     """
 
     def __init__(self, observation_space: spaces.Dict) -> None:
@@ -56,28 +70,31 @@ class PatchTokens(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim=p * (d + EXTRA_CHANNELS))
         self.num_patches, self.dim = p, d
 
-    def forward(self, obs: dict[str, Tensor]) -> Tensor:
-        return patch_tokens(obs, self.dim).flatten(1)
+    def forward(self, obs: dict[str, Tensor]) -> PatchRows:  # type: ignore[override]
+        return patch_rows(obs, self.dim)
 
 
-def patch_tokens(obs: dict[str, Tensor], dim: int) -> Tensor:
-    """Observation tensors (batched, any padded P) -> tokens ``(B, P, d+6)``.
+def patch_rows(obs: dict[str, Tensor], dim: int) -> PatchRows:
+    """Observation tensors (batched, any padded P) -> the tokens of the real patches.
 
     Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]``.
     """
     mask = obs["patch_mask"]
     b, p = mask.shape[0], mask.shape[-1]
-    return torch.cat(
+    valid = mask.reshape(b, p) > 0.5
+    budget = obs["budget"].float().reshape(b, 1)
+    extra = torch.cat(
         [
-            obs["state"].float().reshape(b, p, dim),
             obs["visited"].float().reshape(b, p, 1),
             obs["updated"].float().reshape(b, p, 1),
             obs["coords"].float().reshape(b, p, 2),
-            obs["budget"].float().reshape(b, 1, 1).expand(b, p, 1),
-            mask.float().reshape(b, p, 1),
+            budget.reshape(b, 1, 1).expand(b, p, 1),
+            valid.float().reshape(b, p, 1),
         ],
         dim=-1,
     )
+    state = obs["state"].reshape(b, p, dim)[valid].float()
+    return PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, budget)
 
 
 class PatchActorCritic(nn.Module):
@@ -95,7 +112,8 @@ class PatchActorCritic(nn.Module):
     ``n`` the number of real patches), because with :math:`\gamma = 1` and a per-step reward the
     value scales with the number of steps left, which a normalised pooling cannot see.
 
-    Shapes: ``forward(features (B, P*(d+6)))`` -> ``(logits (B, P), latent_vf (B, critic_hidden))``.
+    Shapes: ``forward(PatchRows(rows (M, d+6), valid (B, P), budget (B, 1)))`` ->
+    ``(logits (B, P), latent_vf (B, critic_hidden))``.
     """
 
     def __init__(
@@ -114,39 +132,29 @@ class PatchActorCritic(nn.Module):
         self.critic_attention = GatedAttention(token_dim, critic_attention or hidden, branches=1)
         self.critic_mlp = nn.Sequential(nn.Linear(token_dim + 3, critic_hidden), nn.Tanh())
 
-    def tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, P*(d+6))`` -> tokens ``(B, P, d+6)`` and the valid mask ``(B, P)`` (any P)."""
-        tokens = features.reshape(features.shape[0], -1, self.token_dim)
-        return tokens, tokens[..., -1] > 0.5
-
     @staticmethod
-    def _scores(attention: GatedAttention, tokens: Tensor, valid: Tensor) -> Tensor:
-        """One gated-attention score per valid token ``(B, P)``, padding rows ``PAD_LOGIT``.
-
-        Only the real rows are computed (gathered to ``(M, d+6)``, ``M = sum_b N_b``): a batch padded to
-        the largest slide spends most of its rows on padding otherwise.
-        """
-        if bool(valid.all()):
-            return attention(tokens)[:, 0]
-        out = tokens.new_full(valid.shape, PAD_LOGIT)
-        out[valid] = attention(tokens[valid])[0]
+    def _scores(attention: GatedAttention, features: PatchRows) -> Tensor:
+        """One gated-attention score per patch ``(B, P)``, padding rows ``PAD_LOGIT``."""
+        out = features.rows.new_full(features.valid.shape, PAD_LOGIT)
+        out[features.valid] = attention(features.rows)[0]
         return out
 
-    def forward_actor(self, features: Tensor) -> Tensor:
+    def forward_actor(self, features: PatchRows) -> Tensor:
         r"""Per-patch logits ``(B, P)``: :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`."""
-        tokens, valid = self.tokens(features)
-        return self._scores(self.actor, tokens, valid)
+        return self._scores(self.actor, features)
 
-    def forward_critic(self, features: Tensor) -> Tensor:
-        """Critic latent ``(B, critic_hidden)`` from the attention-pooled valid tokens."""
-        tokens, valid = self.tokens(features)
-        weights = masked_softmax(self._scores(self.critic_attention, tokens, valid), valid)
-        pooled = (weights.unsqueeze(1) @ tokens)[:, 0]
+    def forward_critic(self, features: PatchRows) -> Tensor:
+        """Critic latent ``(B, critic_hidden)`` from the attention-pooled real tokens."""
+        valid = features.valid
+        weights = masked_softmax(self._scores(self.critic_attention, features), valid)[valid]  # (M,)
+        batch = valid.nonzero()[:, 0]  # the observation of each gathered row
+        pooled = features.rows.new_zeros(valid.shape[0], self.token_dim)
+        pooled = pooled.index_add(0, batch, weights[:, None] * features.rows)
         n = valid.sum(-1, keepdim=True).float() / 1000.0
-        budget = tokens[:, 0, -2:-1]
+        budget = features.budget
         return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: PatchRows) -> tuple[Tensor, Tensor]:
         return self.forward_actor(features), self.forward_critic(features)
 
 

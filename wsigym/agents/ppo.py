@@ -61,8 +61,9 @@ from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.policy import (
     EXTRA_CHANNELS,
+    PAD_LOGIT,
     PatchPolicy,
-    patch_tokens,
+    patch_rows,
     scale_actor_logits,
     warm_start_from_hafed,
 )
@@ -412,7 +413,7 @@ class PolicyAgent:
         p, d = int(np.asarray(obs["patch_mask"]).shape[-1]), self.dim
         if not self.incremental:
             tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
-            return actor(patch_tokens(tensors, d))[0, 0].cpu().numpy()
+            return self.policy.mlp_extractor.forward_actor(patch_rows(tensors, d))[0].cpu().numpy()
         cache = self._cache
         if cache is None or cache["state"].shape != state.shape:
             changed = np.arange(p)
@@ -442,7 +443,9 @@ class PolicyAgent:
         x = torch.from_numpy(extra).to(device)
         a = torch.tanh(torch.addmm(cache["tanh"] + actor.tanh_branch.bias, x, cache["w_tanh"]))
         g = torch.sigmoid(torch.addmm(cache["gate"] + actor.gate_branch.bias, x, cache["w_gate"]))
-        return actor.score(a * g)[:, 0].cpu().numpy()
+        logits = actor.score(a * g)[:, 0].cpu().numpy()
+        logits[extra[:, 5] < 0.5] = PAD_LOGIT  # padding, as in the policy's forward pass
+        return logits
 
     def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
         logits = self.logits(obs)
