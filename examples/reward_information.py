@@ -5,9 +5,10 @@ from them: it zooms uniformly at random on training slides (``WSIZoom-v0``, budg
 ``reward="delta_ce"``, so each reward is the change of HAFED's cross-entropy caused by that one zoom),
 keeps the zoomed patch's low-res row (centred per slide) with its reward, and fits a ridge regression
 row -> reward on the first N zooms. Its patch-level AUC against the ground truth on test slides says how
-well "where the reward was" generalises to "where tumour is". Next to it, the same ridge on the same N
-rows fitted to the ground-truth label (tumour fraction > 0.25) shows what those zooms would teach
-with full supervision.
+well "where the reward was" generalises to "where tumour is" (a test patch counts as tumour when its
+tumour fraction is above ``--threshold``, as in ``lowres_probe.py``). Next to it, the same ridge on the
+same N rows fitted to the ground truth of those zooms (``info["hit_tumour"]``: any tumour in the
+patch) shows what the same zooms would teach with full supervision.
 
 Run from the repository root (about 2 minutes on one CPU thread)::
 
