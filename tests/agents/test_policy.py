@@ -8,7 +8,13 @@ import torch
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 
-from wsigym.agents.policy import EXTRA_CHANNELS, PatchPolicy, patch_rows, warm_start_from_hafed
+from wsigym.agents.policy import (
+    EXTRA_CHANNELS,
+    PatchPolicy,
+    patch_rows,
+    standardise_state,
+    warm_start_from_hafed,
+)
 from wsigym.agents.ppo import PolicyAgent, _policy_for
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.envs.zoom_batch import observation_space
@@ -33,9 +39,9 @@ def _obs(b: int, p: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _policy(hidden: int = 16) -> PatchPolicy:
+def _policy(hidden: int = 16, standardise: bool = False) -> PatchPolicy:
     torch.manual_seed(0)
-    return _policy_for(P, D, hidden, 8, hidden)
+    return _policy_for(P, D, hidden, 8, hidden, standardise)
 
 
 def test_shapes_and_masking():
@@ -60,8 +66,9 @@ def test_shapes_and_masking():
         assert masks[np.arange(3), a.numpy()].all()
 
 
-def test_permutation_equivariant_and_any_p():
-    policy = _policy()
+@pytest.mark.parametrize("standardise", [False, True])
+def test_permutation_equivariant_and_any_p(standardise):
+    policy = _policy(standardise=standardise)
     obs = _obs(1, P, n=P)
     perm = torch.randperm(P, generator=torch.Generator().manual_seed(1))
     permuted = {
@@ -86,8 +93,9 @@ def test_permutation_equivariant_and_any_p():
     assert torch.allclose(vf_b, vf, atol=1e-5)
 
 
-def test_policy_agent_incremental_equals_full_forward():
-    policy = _policy()
+@pytest.mark.parametrize("standardise", [False, True])
+def test_policy_agent_incremental_equals_full_forward(standardise):
+    policy = _policy(standardise=standardise)
     agent, full = PolicyAgent(policy), PolicyAgent(policy, incremental=False)
     obs = {k: v[0].numpy() for k, v in _obs(1, P, n=10).items()}
     assert np.allclose(agent.logits(obs), full.logits(obs), atol=1e-5)
@@ -102,6 +110,26 @@ def test_policy_agent_incremental_equals_full_forward():
         agent(obs, {})
 
 
+def test_standardise_state_per_observation():
+    obs = _obs(2, P, n=7)
+    obs["state"] = obs["state"] * 0.1 + 5.0 * obs["patch_mask"].repeat_interleave(D, 1)  # a large offset
+    obs["state"][1] *= 3.0
+    features = patch_rows(obs, D)
+    rows = standardise_state(features, D)
+    for b in range(2):
+        state = rows[b * 7 : (b + 1) * 7, :D]
+        assert torch.allclose(state.mean(0), torch.zeros(D), atol=1e-5)
+        assert torch.allclose(state.square().mean(), torch.tensor(1.0), atol=1e-4)
+    assert torch.equal(rows[:, D:], features.rows[:, D:])  # the extra channels pass unchanged
+    # a common offset and scale of one observation's rows do not change the standardised policy's logits
+    policy = _policy(standardise=True)
+    shifted = dict(obs, state=obs["state"] * 2.0 + 1.0 * obs["patch_mask"].repeat_interleave(D, 1))
+    with torch.no_grad():
+        a = policy.mlp_extractor.forward_actor(policy.extract_features(obs))
+        b = policy.mlp_extractor.forward_actor(policy.extract_features(shifted))
+    assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_warm_start_copies_hafed_attention(models):
     hafed, _ = models
     policy = _policy(hidden=hafed.config.attn_dim)
@@ -114,6 +142,8 @@ def test_warm_start_copies_hafed_attention(models):
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="attn_dim"):
         warm_start_from_hafed(_policy(hidden=hafed.config.attn_dim + 1), hafed)
+    with pytest.raises(ValueError, match="standardise"):
+        warm_start_from_hafed(_policy(hidden=hafed.config.attn_dim, standardise=True), hafed)
 
 
 def test_observation_space_matches_env(env_kwargs):

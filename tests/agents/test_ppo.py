@@ -6,6 +6,7 @@ import json
 import uuid
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -140,6 +141,36 @@ def test_card_push_pull_round_trip(run, env_kwargs, hub_server, monkeypatch, tmp
     }
     assert agent(obs, {}) == 2
     assert json.loads((pulled / "results.json").read_text())["rows"][0]["agent"] == "ppo"
+
+
+def test_standardised_policy_trains_saves_and_loads(tmp_path, tiny_dataset, models):
+    hafed, tsu = models
+    kwargs = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.2}
+    with pytest.raises(ValueError, match="warm_start=False"):
+        PPOConfig(env_kwargs=kwargs, standardise=True)
+    config = PPOConfig(
+        env_kwargs=kwargs,
+        total_timesteps=32,
+        n_envs=2,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        eval_freq=1000,
+        standardise=True,
+        warm_start=False,
+    )
+    model = train_ppo(config, tmp_path, progress=False)
+    agent = load_policy(tmp_path)
+    assert (
+        agent.policy.mlp_extractor.standardise
+        and json.loads((tmp_path / POLICY_CONFIG).read_text())["standardise"]
+    )
+    env = gym.make("WSIZoom-v0", **kwargs)
+    obs, _ = env.reset(seed=0)
+    tensors, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        expected = model.policy.mlp_extractor.forward_actor(model.policy.extract_features(tensors))[0].numpy()
+    assert np.allclose(agent.logits(obs), expected, atol=1e-4)
 
 
 def test_cli_wiring():

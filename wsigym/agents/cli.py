@@ -82,6 +82,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint-freq", type=int, default=d.checkpoint_freq)
     p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument(
+        "--standardise",
+        action="store_true",
+        help="standardise the state rows per observation in the policy (needs --no-warm-start)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -155,6 +160,7 @@ def _train_ppo(args: argparse.Namespace) -> int:
         eval_slides=args.eval_slides,
         checkpoint_freq=args.checkpoint_freq,
         warm_start=not args.no_warm_start,
+        standardise=args.standardise,
         seed=args.seed,
         device=args.device,
     )

@@ -97,6 +97,24 @@ def patch_rows(obs: dict[str, Tensor], dim: int) -> PatchRows:
     return PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, budget)
 
 
+def standardise_state(features: PatchRows, dim: int, eps: float = 1e-6) -> Tensor:
+    r"""Tokens with the state channels standardised per observation: ``(M, d+6)``.
+
+    For the real rows :math:`s_i` of one observation,
+    :math:`\hat s_i = (s_i - \bar s) / \sigma` with :math:`\bar s` their mean and :math:`\sigma` the
+    root-mean-square of :math:`s_i - \bar s` over rows and channels (one scalar per observation). The six
+    extra channels pass unchanged. Permutation-equivariant and independent of the padding.
+    """
+    valid = features.valid
+    batch = valid.nonzero()[:, 0]
+    count = valid.sum(-1).clamp_min(1).to(features.rows.dtype)  # (B,)
+    state, extra = features.rows[:, :dim], features.rows[:, dim:]
+    mean = state.new_zeros(valid.shape[0], dim).index_add(0, batch, state) / count[:, None]
+    centred = state - mean[batch]
+    var = state.new_zeros(valid.shape[0]).index_add(0, batch, centred.square().sum(-1)) / (count * dim)
+    return torch.cat([centred / (var.sqrt() + eps)[batch, None], extra], dim=-1)
+
+
 class PatchActorCritic(nn.Module):
     r"""SB3 ``mlp_extractor``: per-patch actor logits and an attention-pooled critic latent.
 
@@ -106,6 +124,11 @@ class PatchActorCritic(nn.Module):
         hidden: width of the actor's gated attention (SASHA: 128; HAFED's ``attn_dim`` for a warm start).
         critic_hidden: width of the critic's latent.
         critic_attention: width of the critic's gated attention (default ``hidden``).
+        standardise: standardise the state channels per observation before both heads
+            (:func:`standardise_state`). Slide features share a large common offset (on synth-c16 the
+            slide mean has norm ~11.7 of a row's ~12.2), so without it the patch-to-patch differences
+            a scorer must learn are a small part of its input. Off for a HAFED warm start (HAFED's
+            attention reads raw rows).
 
     The critic pools the valid tokens with gated attention, :math:`h = \sum_i w_i x_i`, and adds
     three size features :math:`[b, n/1000, b\,n/1000]` (``b`` the remaining budget fraction,
@@ -123,21 +146,27 @@ class PatchActorCritic(nn.Module):
         hidden: int = 128,
         critic_hidden: int = 64,
         critic_attention: int | None = None,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         self.num_patches, self.token_dim = num_patches, token_dim
+        self.standardise = standardise
         self.latent_dim_pi = num_patches
         self.latent_dim_vf = critic_hidden
         self.actor = GatedAttention(token_dim, hidden, branches=1)
         self.critic_attention = GatedAttention(token_dim, critic_attention or hidden, branches=1)
         self.critic_mlp = nn.Sequential(nn.Linear(token_dim + 3, critic_hidden), nn.Tanh())
 
-    @staticmethod
-    def _scores(attention: GatedAttention, features: PatchRows) -> Tensor:
+    def _scores(self, attention: GatedAttention, features: PatchRows) -> Tensor:
         """One gated-attention score per patch ``(B, P)``, padding rows ``PAD_LOGIT``."""
         out = features.rows.new_full(features.valid.shape, PAD_LOGIT)
-        out[features.valid] = attention(features.rows)[0]
+        out[features.valid] = attention(self._rows(features))[0]
         return out
+
+    def _rows(self, features: PatchRows) -> Tensor:
+        if not self.standardise:
+            return features.rows
+        return standardise_state(features, self.token_dim - EXTRA_CHANNELS)
 
     def forward_actor(self, features: PatchRows) -> Tensor:
         r"""Per-patch logits ``(B, P)``: :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`."""
@@ -149,7 +178,7 @@ class PatchActorCritic(nn.Module):
         weights = masked_softmax(self._scores(self.critic_attention, features), valid)[valid]  # (M,)
         batch = valid.nonzero()[:, 0]  # the observation of each gathered row
         pooled = features.rows.new_zeros(valid.shape[0], self.token_dim)
-        pooled = pooled.index_add(0, batch, weights[:, None] * features.rows)
+        pooled = pooled.index_add(0, batch, weights[:, None] * self._rows(features))
         n = valid.sum(-1, keepdim=True).float() / 1000.0
         budget = features.budget
         return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
@@ -162,8 +191,9 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     """MaskablePPO policy for ``WSIZoom`` observations (see the module docstring).
 
     Extra keyword arguments: ``hidden`` (actor attention width, default 128), ``critic_hidden``
-    (default 64) and ``critic_attention`` (critic attention width, default ``hidden``).
-    ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
+    (default 64), ``critic_attention`` (critic attention width, default ``hidden``) and
+    ``standardise`` (per-observation standardisation of the state channels, default off; see
+    :class:`PatchActorCritic`). ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
     """
 
     def __init__(
@@ -174,9 +204,11 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
         hidden: int = 128,
         critic_hidden: int = 64,
         critic_attention: int | None = None,
+        standardise: bool = False,
         **kwargs: Any,
     ) -> None:
         self.hidden, self.critic_hidden, self.critic_attention = hidden, critic_hidden, critic_attention
+        self.standardise = standardise
         kwargs.setdefault("features_extractor_class", PatchTokens)
         kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
@@ -184,7 +216,7 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     def _build_mlp_extractor(self) -> None:
         p, d = _patches_and_dim(self.observation_space)
         self.mlp_extractor = PatchActorCritic(
-            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention
+            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention, self.standardise
         )
 
     def _build(self, lr_schedule: Any) -> None:
@@ -195,7 +227,10 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
-            hidden=self.hidden, critic_hidden=self.critic_hidden, critic_attention=self.critic_attention
+            hidden=self.hidden,
+            critic_hidden=self.critic_hidden,
+            critic_attention=self.critic_attention,
+            standardise=self.standardise,
         )
         return data
 
@@ -218,6 +253,8 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
     src: GatedAttention = hafed.level2_attention
     d = src.tanh_branch.in_features
     extractor: PatchActorCritic = policy.mlp_extractor
+    if extractor.standardise:
+        raise ValueError("warm start needs standardise=False: HAFED's attention reads the raw state rows")
     if extractor.token_dim != d + EXTRA_CHANNELS:
         raise ValueError(
             f"warm start: HAFED's state width is {d}, the policy's tokens are {extractor.token_dim} = d + 6 wide"

@@ -102,6 +102,7 @@ class PPOConfig:
     hidden: int | None = None
     critic_hidden: int = 64
     critic_attention: int | None = 32
+    standardise: bool = False
     warm_start: bool = True
     warm_start_logit_std: float | None = 2.0
     eval_freq: int = 5_000
@@ -123,6 +124,10 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
             raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
+        if self.standardise and self.warm_start:
+            raise ValueError(
+                "PPOConfig: standardise=True needs warm_start=False (HAFED reads raw state rows)"
+            )
 
 
 def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
@@ -165,6 +170,7 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
             "hidden": hidden,
             "critic_hidden": config.critic_hidden,
             "critic_attention": config.critic_attention,
+            "standardise": config.standardise,
         },
         tensorboard_log=tensorboard_log,
         seed=config.seed,
@@ -352,6 +358,7 @@ def save_policy(
             "hidden": int(extractor.actor.tanh_branch.out_features),
             "critic_hidden": int(extractor.latent_dim_vf),
             "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
+            "standardise": bool(extractor.standardise),
             "env_id": config.env_id,
             "ppo": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
         },
@@ -362,7 +369,12 @@ def save_policy(
 
 
 def _policy_for(
-    num_patches: int, dim: int, hidden: int, critic_hidden: int, critic_attention: int
+    num_patches: int,
+    dim: int,
+    hidden: int,
+    critic_hidden: int,
+    critic_attention: int,
+    standardise: bool = False,
 ) -> PatchPolicy:
     from wsigym.envs.zoom_batch import observation_space
 
@@ -373,6 +385,7 @@ def _policy_for(
         hidden=hidden,
         critic_hidden=critic_hidden,
         critic_attention=critic_attention,
+        standardise=standardise,
     )
 
 
@@ -382,7 +395,9 @@ class PolicyAgent:
     Runs on observations of any padded patch count ``P``. With ``incremental=True`` (default) it keeps
     the state part of the actor's two gate pre-activations, ``V_s s_i`` and ``U_s s_i`` (``(P, h)``),
     between steps of an episode and recomputes them only for rows whose state changed (the zoomed and
-    TSU-updated rows); the six extra channels are added every step. The logits equal a full forward
+    TSU-updated rows); the six extra channels are added every step. With a standardising policy the
+    cached ``V_s s_i`` are shifted and scaled by the current mean and spread of the rows, which
+    costs one pass over the state. The logits equal a full forward
     pass up to float rounding, at a fraction of its cost.
     """
 
@@ -441,8 +456,16 @@ class PolicyAgent:
         extra[:, 4] = float(np.asarray(obs["budget"]).reshape(-1)[0])
         extra[:, 5] = np.asarray(obs["patch_mask"]).reshape(p)
         x = torch.from_numpy(extra).to(device)
-        a = torch.tanh(torch.addmm(cache["tanh"] + actor.tanh_branch.bias, x, cache["w_tanh"]))
-        g = torch.sigmoid(torch.addmm(cache["gate"] + actor.gate_branch.bias, x, cache["w_gate"]))
+        pre_tanh, pre_gate = cache["tanh"], cache["gate"]
+        if self.policy.mlp_extractor.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
+            real = cache["state"].reshape(p, d)[extra[:, 5] > 0.5]
+            mean = real.mean(0)
+            sigma = float(np.sqrt(np.square(real - mean).mean())) + 1e-6
+            m = torch.as_tensor(mean, device=device)
+            pre_tanh = (pre_tanh - actor.tanh_branch.weight[:, :d] @ m) / sigma
+            pre_gate = (pre_gate - actor.gate_branch.weight[:, :d] @ m) / sigma
+        a = torch.tanh(torch.addmm(pre_tanh + actor.tanh_branch.bias, x, cache["w_tanh"]))
+        g = torch.sigmoid(torch.addmm(pre_gate + actor.gate_branch.bias, x, cache["w_gate"]))
         logits = actor.score(a * g)[:, 0].cpu().numpy()
         logits[extra[:, 5] < 0.5] = PAD_LOGIT  # padding, as in the policy's forward pass
         return logits
@@ -481,6 +504,7 @@ def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
             int(config["hidden"]),
             int(config["critic_hidden"]),
             int(config["critic_attention"]),
+            bool(config.get("standardise", False)),  # absent in policies saved before the option
         ).to(device)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a policy config ({type(e).__name__}: {e})") from None
