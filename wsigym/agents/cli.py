@@ -81,6 +81,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--eval-slides", type=int, default=None, help="validation slides per evaluation (default all)"
     )
     p.add_argument("--checkpoint-freq", type=int, default=d.checkpoint_freq)
+    p.add_argument(
+        "--no-normalize-advantage",
+        action="store_true",
+        help="keep SB3 from standardising advantages per minibatch (with rare rewards it rescales noise)",
+    )
     p.add_argument("--no-warm-start", action="store_true")
     p.add_argument(
         "--standardise",
@@ -161,6 +166,7 @@ def _train_ppo(args: argparse.Namespace) -> int:
         checkpoint_freq=args.checkpoint_freq,
         warm_start=not args.no_warm_start,
         standardise=args.standardise,
+        normalize_advantage=not args.no_normalize_advantage,
         seed=args.seed,
         device=args.device,
     )

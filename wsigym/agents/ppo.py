@@ -98,6 +98,7 @@ class PPOConfig:
     ent_coef: float = 0.001
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
     normalize_reward: bool = True
     hidden: int | None = None
     critic_hidden: int = 64
@@ -166,6 +167,7 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
         ent_coef=config.ent_coef,
         vf_coef=config.vf_coef,
         max_grad_norm=config.max_grad_norm,
+        normalize_advantage=config.normalize_advantage,
         policy_kwargs={
             "hidden": hidden,
             "critic_hidden": config.critic_hidden,
