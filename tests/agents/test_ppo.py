@@ -198,13 +198,14 @@ def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
     out.mkdir()
     argv = ["train", "ppo", "--out", str(out), "--reward", "delta_ce", "--gamma", "0", "--gae-lambda", "0.5"]
     argv += ["--clip-range", "0.3", "--hidden", "16", "--budget", "0.1", "--no-warm-start"]
-    argv += ["--standardise", "--no-normalize-advantage"]
+    argv += ["--standardise", "--no-normalize-advantage", "--vf-coef", "0.25", "--max-grad-norm", "10"]
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
     config = seen["config"]
     assert (config.gamma, config.gae_lambda, config.clip_range, config.hidden) == (0.0, 0.5, 0.3, 16)
     assert config.env_kwargs["reward"] == "delta_ce" and config.env_kwargs["budget"] == 0.1
     assert not config.warm_start and config.standardise and not config.normalize_advantage
+    assert (config.vf_coef, config.max_grad_norm) == (0.25, 10.0)
 
 
 def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:

@@ -73,6 +73,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma", type=float, default=d.gamma, help="discount (SASHA: 1.0)")
     p.add_argument("--gae-lambda", type=float, default=d.gae_lambda)
     p.add_argument("--clip-range", type=float, default=d.clip_range)
+    p.add_argument("--vf-coef", type=float, default=d.vf_coef)
+    p.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=d.max_grad_norm,
+        help="clip of the joint actor+critic gradient norm (SASHA: 0.5)",
+    )
     p.add_argument(
         "--hidden", type=int, default=None, help="actor attention width (default HAFED's attn_dim)"
     )
@@ -160,6 +167,8 @@ def _train_ppo(args: argparse.Namespace) -> int:
         gamma=args.gamma,
         gae_lambda=args.gae_lambda,
         clip_range=args.clip_range,
+        vf_coef=args.vf_coef,
+        max_grad_norm=args.max_grad_norm,
         hidden=args.hidden,
         eval_freq=args.eval_freq,
         eval_slides=args.eval_slides,
