@@ -88,7 +88,7 @@ def test_permutation_equivariant_and_any_p(standardise):
     for k in ("patch_mask", "visited", "updated", "action_mask"):
         bigger[k][:, :P] = obs[k]
     with torch.no_grad():
-        logits_b, vf_b = policy.mlp_extractor(patch_rows(bigger, D))
+        logits_b, vf_b = policy.mlp_extractor(patch_rows(bigger, D, policy.standardise))
     assert torch.allclose(logits_b[:, :P], logits, atol=1e-5)
     assert torch.allclose(vf_b, vf, atol=1e-5)
 

@@ -161,10 +161,7 @@ def test_standardised_policy_trains_saves_and_loads(tmp_path, tiny_dataset, mode
     )
     model = train_ppo(config, tmp_path, progress=False)
     agent = load_policy(tmp_path)
-    assert (
-        agent.policy.mlp_extractor.standardise
-        and json.loads((tmp_path / POLICY_CONFIG).read_text())["standardise"]
-    )
+    assert agent.policy.standardise and json.loads((tmp_path / POLICY_CONFIG).read_text())["standardise"]
     env = gym.make("WSIZoom-v0", **kwargs)
     obs, _ = env.reset(seed=0)
     tensors, _ = model.policy.obs_to_tensor(obs)

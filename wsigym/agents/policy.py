@@ -61,23 +61,25 @@ class PatchTokens(BaseFeaturesExtractor):
     """Observation dict -> :class:`PatchRows` (see :func:`patch_rows`).
 
     Accepts the state either as ``(P, d)`` or flattened ``(P*d,)``. ``P`` is read from the batch, so
-    the same weights run on any padding. SB3 passes the features unread to the ``mlp_extractor``;
+    the same weights run on any padding. ``standardise`` standardises the state channels per
+    observation (:func:`standardise_state`), once for both heads. SB3 passes the features unread to the ``mlp_extractor``;
     ``features_dim`` is nominal (``P*(d+6)``).
     """
 
-    def __init__(self, observation_space: spaces.Dict) -> None:
+    def __init__(self, observation_space: spaces.Dict, standardise: bool = False) -> None:
         p, d = _patches_and_dim(observation_space)
         super().__init__(observation_space, features_dim=p * (d + EXTRA_CHANNELS))
-        self.num_patches, self.dim = p, d
+        self.num_patches, self.dim, self.standardise = p, d, standardise
 
     def forward(self, obs: dict[str, Tensor]) -> PatchRows:  # type: ignore[override]
-        return patch_rows(obs, self.dim)
+        return patch_rows(obs, self.dim, self.standardise)
 
 
-def patch_rows(obs: dict[str, Tensor], dim: int) -> PatchRows:
+def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False) -> PatchRows:
     """Observation tensors (batched, any padded P) -> the tokens of the real patches.
 
-    Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]``.
+    Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]``; with
+    ``standardise`` the ``S_i`` are standardised per observation (:func:`standardise_state`).
     """
     mask = obs["patch_mask"]
     b, p = mask.shape[0], mask.shape[-1]
@@ -94,7 +96,8 @@ def patch_rows(obs: dict[str, Tensor], dim: int) -> PatchRows:
         dim=-1,
     )
     state = obs["state"].reshape(b, p, dim)[valid].float()
-    return PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, budget)
+    features = PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, budget)
+    return features._replace(rows=standardise_state(features, dim)) if standardise else features
 
 
 def standardise_state(features: PatchRows, dim: int, eps: float = 1e-6) -> Tensor:
@@ -124,11 +127,6 @@ class PatchActorCritic(nn.Module):
         hidden: width of the actor's gated attention (SASHA: 128; HAFED's ``attn_dim`` for a warm start).
         critic_hidden: width of the critic's latent.
         critic_attention: width of the critic's gated attention (default ``hidden``).
-        standardise: standardise the state channels per observation before both heads
-            (:func:`standardise_state`). Slide features share a large common offset (on synth-c16 the
-            slide mean has norm ~11.7 of a row's ~12.2), so without it the patch-to-patch differences
-            a scorer must learn are a small part of its input. Off for a HAFED warm start (HAFED's
-            attention reads raw rows).
 
     The critic pools the valid tokens with gated attention, :math:`h = \sum_i w_i x_i`, and adds
     three size features :math:`[b, n/1000, b\,n/1000]` (``b`` the remaining budget fraction,
@@ -146,11 +144,9 @@ class PatchActorCritic(nn.Module):
         hidden: int = 128,
         critic_hidden: int = 64,
         critic_attention: int | None = None,
-        standardise: bool = False,
     ) -> None:
         super().__init__()
         self.num_patches, self.token_dim = num_patches, token_dim
-        self.standardise = standardise
         self.latent_dim_pi = num_patches
         self.latent_dim_vf = critic_hidden
         self.actor = GatedAttention(token_dim, hidden, branches=1)
@@ -160,13 +156,8 @@ class PatchActorCritic(nn.Module):
     def _scores(self, attention: GatedAttention, features: PatchRows) -> Tensor:
         """One gated-attention score per patch ``(B, P)``, padding rows ``PAD_LOGIT``."""
         out = features.rows.new_full(features.valid.shape, PAD_LOGIT)
-        out[features.valid] = attention(self._rows(features))[0]
+        out[features.valid] = attention(features.rows)[0]
         return out
-
-    def _rows(self, features: PatchRows) -> Tensor:
-        if not self.standardise:
-            return features.rows
-        return standardise_state(features, self.token_dim - EXTRA_CHANNELS)
 
     def forward_actor(self, features: PatchRows) -> Tensor:
         r"""Per-patch logits ``(B, P)``: :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`."""
@@ -178,7 +169,7 @@ class PatchActorCritic(nn.Module):
         weights = masked_softmax(self._scores(self.critic_attention, features), valid)[valid]  # (M,)
         batch = valid.nonzero()[:, 0]  # the observation of each gathered row
         pooled = features.rows.new_zeros(valid.shape[0], self.token_dim)
-        pooled = pooled.index_add(0, batch, weights[:, None] * self._rows(features))
+        pooled = pooled.index_add(0, batch, weights[:, None] * features.rows)
         n = valid.sum(-1, keepdim=True).float() / 1000.0
         budget = features.budget
         return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
@@ -192,8 +183,11 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
 
     Extra keyword arguments: ``hidden`` (actor attention width, default 128), ``critic_hidden``
     (default 64), ``critic_attention`` (critic attention width, default ``hidden``) and
-    ``standardise`` (per-observation standardisation of the state channels, default off; see
-    :class:`PatchActorCritic`). ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
+    ``standardise`` (default off): standardise the state channels per observation before both heads
+    (:func:`standardise_state`). Slide features share a large common offset (on synth-c16 the slide
+    mean has norm ~11.7 of a row's ~12.2), so without it the patch-to-patch differences a scorer must
+    learn are a small part of its input. It must stay off for a HAFED warm start (HAFED's attention
+    reads raw rows). ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
     """
 
     def __init__(
@@ -210,13 +204,14 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
         self.hidden, self.critic_hidden, self.critic_attention = hidden, critic_hidden, critic_attention
         self.standardise = standardise
         kwargs.setdefault("features_extractor_class", PatchTokens)
+        kwargs.setdefault("features_extractor_kwargs", {"standardise": standardise})
         kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
         p, d = _patches_and_dim(self.observation_space)
         self.mlp_extractor = PatchActorCritic(
-            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention, self.standardise
+            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention
         )
 
     def _build(self, lr_schedule: Any) -> None:
@@ -253,7 +248,7 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
     src: GatedAttention = hafed.level2_attention
     d = src.tanh_branch.in_features
     extractor: PatchActorCritic = policy.mlp_extractor
-    if extractor.standardise:
+    if policy.standardise:
         raise ValueError("warm start needs standardise=False: HAFED's attention reads the raw state rows")
     if extractor.token_dim != d + EXTRA_CHANNELS:
         raise ValueError(

@@ -360,7 +360,7 @@ def save_policy(
             "hidden": int(extractor.actor.tanh_branch.out_features),
             "critic_hidden": int(extractor.latent_dim_vf),
             "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
-            "standardise": bool(extractor.standardise),
+            "standardise": bool(model.policy.standardise),
             "env_id": config.env_id,
             "ppo": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
         },
@@ -430,7 +430,8 @@ class PolicyAgent:
         p, d = int(np.asarray(obs["patch_mask"]).shape[-1]), self.dim
         if not self.incremental:
             tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
-            return self.policy.mlp_extractor.forward_actor(patch_rows(tensors, d))[0].cpu().numpy()
+            features = patch_rows(tensors, d, self.policy.standardise)
+            return self.policy.mlp_extractor.forward_actor(features)[0].cpu().numpy()
         cache = self._cache
         if cache is None or cache["state"].shape != state.shape:
             changed = np.arange(p)
@@ -459,7 +460,7 @@ class PolicyAgent:
         extra[:, 5] = np.asarray(obs["patch_mask"]).reshape(p)
         x = torch.from_numpy(extra).to(device)
         pre_tanh, pre_gate = cache["tanh"], cache["gate"]
-        if self.policy.mlp_extractor.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
+        if self.policy.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
             real = cache["state"].reshape(p, d)[extra[:, 5] > 0.5]
             mean = real.mean(0)
             sigma = float(np.sqrt(np.square(real - mean).mean())) + 1e-6
