@@ -260,6 +260,16 @@ def test_reward_options(env_kwargs, rule):
         assert rewards[-1] == pytest.approx(-ces[-1], abs=1e-5)
 
 
+def test_hit_reward_is_the_ground_truth_hit(env_kwargs):
+    env = WSIZoomEnv(**env_kwargs, reward="hit")
+    trace = run_episode(env, 6)
+    hits = [float(t[4]["hit_tumour"]) for t in trace[1:]]
+    assert [t[1] for t in trace[1:]] == hits
+    assert (
+        env.unwrapped.batch.tumour_np[0, : env.unwrapped.batch.n[0]].max() > 0
+    )  # the tiny slides hold tumour
+
+
 def test_info_tumour_hits(env_kwargs, tiny_dataset_cls, models):
     env = WSIZoomEnv(**env_kwargs)
     _, info = env.reset(seed=0)

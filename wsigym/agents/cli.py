@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wsigym.envs.reward import REWARDS
+
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
 
@@ -50,7 +52,7 @@ def _common_env(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--hafed", default=None, help="HAFED name/repo/folder (default: the env's)")
     p.add_argument("--tsu", default=None, help="TSU name/repo/folder (default: the env's)")
-    p.add_argument("--reward", default=None, choices=("ce", "delta_ce", "terminal"))
+    p.add_argument("--reward", default=None, choices=REWARDS)
     p.add_argument("--tau", type=float, default=None)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from wsigym.envs.reward import REWARDS
+
 ENV_IDS = ("WSIZoom-v0", "WSIZoomGlobal-v0", "WSIZoomNoUpdate-v0")
 
 
@@ -26,7 +28,7 @@ def _add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--tau", type=float, default=None)
-    p.add_argument("--reward", default="ce", choices=("ce", "delta_ce", "terminal"))
+    p.add_argument("--reward", default="ce", choices=REWARDS)
     p.add_argument("--hafed", default="hafed-synth-c16", help="pretrained name, Hub repo or folder")
     p.add_argument("--tsu", default="tsu-synth-c16", help="pretrained name, Hub repo or folder")
     p.add_argument("--mask-updated", action="store_true")

@@ -7,6 +7,9 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
 - ``"delta_ce"``: :math:`r_t = \mathrm{CE}_t - \mathrm{CE}_{t+1}` (the improvement; the return
   telescopes to :math:`\mathrm{CE}_0 - \mathrm{CE}_T`).
 - ``"terminal"``: :math:`r_t = 0` except at the last step, :math:`r_{T-1} = -\mathrm{CE}_T`.
+- ``"hit"``: :math:`r_t = 1` when the zoomed patch holds tumour (ground truth), else 0. Not
+  SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
+  tumour is at all. Needs slides with tumour ground truth.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REWARDS = ("ce", "delta_ce", "terminal")
+REWARDS = ("ce", "delta_ce", "terminal", "hit")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -23,12 +26,17 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
-def reward(rule: str, ce_before: Tensor, ce_after: Tensor, done: Tensor) -> Tensor:
-    """Reward ``(B,)`` of one step from ``CE_t``, ``CE_{t+1}`` and whether the episode ends ``(B,)``.
+def reward(rule: str, ce_before: Tensor, ce_after: Tensor, done: Tensor, hit: Tensor | None = None) -> Tensor:
+    """Reward ``(B,)`` of one step from ``CE_t``, ``CE_{t+1}``, whether the episode ends and (for
+    ``"hit"``) whether the zoomed patch holds tumour, all ``(B,)``.
 
     Raises:
-        ValueError: for an unknown rule.
+        ValueError: for an unknown rule, or ``"hit"`` without ``hit``.
     """
+    if rule == "hit":
+        if hit is None:
+            raise ValueError("reward 'hit' needs the tumour ground truth of the zoomed patches")
+        return hit.to(ce_after.dtype)
     if rule == "ce":
         return -ce_after
     if rule == "delta_ce":

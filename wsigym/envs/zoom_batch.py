@@ -227,6 +227,9 @@ class ZoomBatch:
         for e, k in zip(envs, slides, strict=True):
             n = src.n_list[k]
             z, coords, tumour = src.episode_arrays(k)
+            if self.config.reward == "hit" and not np.isfinite(np.asarray(tumour, dtype=np.float32)).all():
+                name = src.slide_ids[k] if hasattr(src, "slide_ids") else f"#{k}"
+                raise ValueError(f"reward='hit' needs tumour ground truth, and slide {name!r} has none")
             t.z[e].zero_()
             t.z[e, :n] = z
             t.state[e].copy_(t.z[e])
@@ -333,11 +336,12 @@ class ZoomBatch:
         else:
             out["truncated"] = active & budget_done
             out["terminated"] = active & no_legal & ~budget_done
-        r = reward(self.config.reward, self.ce, ce_after, torch.as_tensor(done, device=dev))
-        out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         tumour = self.tumour_np[np.arange(self.num_envs), anchors_np]
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
+        hit = torch.as_tensor(out["hit_tumour"], device=dev)
+        r = reward(self.config.reward, self.ce, ce_after, torch.as_tensor(done, device=dev), hit)
+        out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)
         self.logits = torch.where(keep, logits, self.logits)
