@@ -69,7 +69,8 @@ class WSIZoomEnv(gym.Env):
 
     ``CE_t = CE(y, HAFED.classify(S_t))`` on logits. ``reward="ce"`` (SASHA's default):
     ``r = -CE_{t+1}`` every step; ``"delta_ce"``: ``r = CE_t - CE_{t+1}``; ``"terminal"``: 0 except
-    ``-CE_T`` at the last step. The classifier is maintained incrementally
+    ``-CE_T`` at the last step; ``"hit"`` (a diagnostic, not from HAFED): 1 when the zoomed patch holds
+    tumour by the ground truth, else 0. The classifier is maintained incrementally
     (:mod:`wsigym.envs.classifier`), equal to a full ``classify`` to float tolerance.
 
     ## Starting State
