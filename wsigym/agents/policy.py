@@ -12,8 +12,8 @@ Each padded patch row becomes a token :math:`x_i = [s_i, \text{visited}_i, \text
 
 :class:`PatchTokens` (SB3's features extractor) gathers the tokens of the real patches only
 (:class:`PatchRows`, ``(M, d+6)`` with ``M`` the real patches of the batch, not ``B*P``), which both
-heads share; SB3 hands the features to the ``mlp_extractor`` unread. ``action_net`` is an identity: the actor's latent *is*
-the vector of per-patch logits (``latent_dim_pi = P``).
+heads share; SB3 hands the features to the ``mlp_extractor`` unread. ``action_net`` is an identity:
+the actor's latent *is* the vector of per-patch logits (``latent_dim_pi = P``).
 
 :func:`warm_start_from_hafed` optionally copies HAFED's level-2 attention into the actor, so the
 initial greedy policy is "zoom where the frozen classifier attends" and PPO improves from there.
@@ -54,6 +54,7 @@ class PatchRows(NamedTuple):
 
     rows: Tensor  #: ``(M, d+6)`` tokens of the real patches, batch-major
     valid: Tensor  #: ``(B, P)`` bool, True for a real patch (``rows`` are ``tokens[valid]``)
+    batch: Tensor  #: ``(M,)`` the observation each row belongs to
     budget: Tensor  #: ``(B, 1)`` remaining budget fraction
 
 
@@ -62,8 +63,8 @@ class PatchTokens(BaseFeaturesExtractor):
 
     Accepts the state either as ``(P, d)`` or flattened ``(P*d,)``. ``P`` is read from the batch, so
     the same weights run on any padding. ``standardise`` standardises the state channels per
-    observation (:func:`standardise_state`), once for both heads. SB3 passes the features unread to the ``mlp_extractor``;
-    ``features_dim`` is nominal (``P*(d+6)``).
+    observation (:func:`standardise_state`), once for both heads. SB3 passes the features unread to
+    the ``mlp_extractor``; ``features_dim`` is nominal (``P*(d+6)``).
     """
 
     def __init__(self, observation_space: spaces.Dict, standardise: bool = False) -> None:
@@ -96,7 +97,7 @@ def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False) -> P
         dim=-1,
     )
     state = obs["state"].reshape(b, p, dim)[valid].float()
-    features = PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, budget)
+    features = PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, valid.nonzero()[:, 0], budget)
     return features._replace(rows=standardise_state(features, dim)) if standardise else features
 
 
@@ -108,8 +109,7 @@ def standardise_state(features: PatchRows, dim: int, eps: float = 1e-6) -> Tenso
     root-mean-square of :math:`s_i - \bar s` over rows and channels (one scalar per observation). The six
     extra channels pass unchanged. Permutation-equivariant and independent of the padding.
     """
-    valid = features.valid
-    batch = valid.nonzero()[:, 0]
+    valid, batch = features.valid, features.batch
     count = valid.sum(-1).clamp_min(1).to(features.rows.dtype)  # (B,)
     state, extra = features.rows[:, :dim], features.rows[:, dim:]
     mean = state.new_zeros(valid.shape[0], dim).index_add(0, batch, state) / count[:, None]
@@ -133,7 +133,7 @@ class PatchActorCritic(nn.Module):
     ``n`` the number of real patches), because with :math:`\gamma = 1` and a per-step reward the
     value scales with the number of steps left, which a normalised pooling cannot see.
 
-    Shapes: ``forward(PatchRows(rows (M, d+6), valid (B, P), budget (B, 1)))`` ->
+    Shapes: ``forward(PatchRows(rows (M, d+6), valid (B, P), batch (M,), budget (B, 1)))`` ->
     ``(logits (B, P), latent_vf (B, critic_hidden))``.
     """
 
@@ -153,7 +153,8 @@ class PatchActorCritic(nn.Module):
         self.critic_attention = GatedAttention(token_dim, critic_attention or hidden, branches=1)
         self.critic_mlp = nn.Sequential(nn.Linear(token_dim + 3, critic_hidden), nn.Tanh())
 
-    def _scores(self, attention: GatedAttention, features: PatchRows) -> Tensor:
+    @staticmethod
+    def _scores(attention: GatedAttention, features: PatchRows) -> Tensor:
         """One gated-attention score per patch ``(B, P)``, padding rows ``PAD_LOGIT``."""
         out = features.rows.new_full(features.valid.shape, PAD_LOGIT)
         out[features.valid] = attention(features.rows)[0]
@@ -167,9 +168,8 @@ class PatchActorCritic(nn.Module):
         """Critic latent ``(B, critic_hidden)`` from the attention-pooled real tokens."""
         valid = features.valid
         weights = masked_softmax(self._scores(self.critic_attention, features), valid)[valid]  # (M,)
-        batch = valid.nonzero()[:, 0]  # the observation of each gathered row
         pooled = features.rows.new_zeros(valid.shape[0], self.token_dim)
-        pooled = pooled.index_add(0, batch, weights[:, None] * features.rows)
+        pooled = pooled.index_add(0, features.batch, weights[:, None] * features.rows)
         n = valid.sum(-1, keepdim=True).float() / 1000.0
         budget = features.budget
         return self.critic_mlp(torch.cat([pooled, budget, n, budget * n], dim=-1))
@@ -187,7 +187,8 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     (:func:`standardise_state`). Slide features share a large common offset (on synth-c16 the slide
     mean has norm ~11.7 of a row's ~12.2), so without it the patch-to-patch differences a scorer must
     learn are a small part of its input. It must stay off for a HAFED warm start (HAFED's attention
-    reads raw rows). ``ortho_init`` is off by default (the gated attention keeps PyTorch's initialisation, as SASHA).
+    reads raw rows). ``ortho_init`` is off by default (the gated attention keeps PyTorch's
+    initialisation, as SASHA).
     """
 
     def __init__(
