@@ -102,7 +102,14 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = SynthC16(progress=False)
-    slides = standardised_slides(dataset, dataset.split("train")[: args.train_slides])
+    train_ids = dataset.split("train")[: args.train_slides]
+    raw = [np.asarray(dataset.load(i, hr=False).features, dtype=np.float64) for i in train_ids]
+    print(
+        "why standardise: mean norm of a low-res row "
+        f"{np.mean([np.linalg.norm(f, axis=1).mean() for f in raw]):.2f}, "
+        f"of its slide's mean row {np.mean([np.linalg.norm(f.mean(0)) for f in raw]):.2f}"
+    )
+    slides = standardised_slides(dataset, train_ids)
     test = standardised_slides(dataset, dataset.split("test")[: args.test_slides])
     test_rows = torch.cat([rows for rows, _ in test])
     test_tumour = torch.cat([t for _, t in test]).numpy()

@@ -20,19 +20,20 @@ from zoo import pretrained
 from zoo.cards import card_metadata, card_metrics
 
 
+def _tiny_env_kwargs(tiny_dataset, models) -> dict:
+    hafed, tsu = models
+    return {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.2}
+
+
+def _tiny_config(env_kwargs: dict, **overrides) -> PPOConfig:
+    """A PPO run of a few timesteps on the tiny dataset (2 envs x 16 steps, minibatch 16)."""
+    settings = {"total_timesteps": 96, "n_envs": 2, "n_steps": 16, "batch_size": 16, "n_epochs": 2}
+    return PPOConfig(env_kwargs=env_kwargs, **{**settings, **overrides})
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_dataset, models):
-    hafed, tsu = models
-    config = PPOConfig(
-        env_kwargs={"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.2},
-        total_timesteps=96,
-        n_envs=2,
-        n_steps=16,
-        batch_size=16,
-        n_epochs=2,
-        eval_freq=64,
-        checkpoint_freq=64,
-    )
+    config = _tiny_config(_tiny_env_kwargs(tiny_dataset, models), eval_freq=64, checkpoint_freq=64)
     out = tmp_path_factory.mktemp("ppo-run")
     model = train_ppo(config, out, progress=False)
     return out, model
@@ -144,20 +145,11 @@ def test_card_push_pull_round_trip(run, env_kwargs, hub_server, monkeypatch, tmp
 
 
 def test_standardised_policy_trains_saves_and_loads(tmp_path, tiny_dataset, models):
-    hafed, tsu = models
-    kwargs = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.2}
+    kwargs = _tiny_env_kwargs(tiny_dataset, models)
     with pytest.raises(ValueError, match="warm_start=False"):
         PPOConfig(env_kwargs=kwargs, standardise=True)
-    config = PPOConfig(
-        env_kwargs=kwargs,
-        total_timesteps=32,
-        n_envs=2,
-        n_steps=16,
-        batch_size=16,
-        n_epochs=1,
-        eval_freq=1000,
-        standardise=True,
-        warm_start=False,
+    config = _tiny_config(
+        kwargs, total_timesteps=32, n_epochs=1, eval_freq=1000, standardise=True, warm_start=False
     )
     model = train_ppo(config, tmp_path, progress=False)
     agent = load_policy(tmp_path)

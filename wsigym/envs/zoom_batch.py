@@ -339,7 +339,7 @@ class ZoomBatch:
         tumour = self.tumour_np[np.arange(self.num_envs), anchors_np]
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
-        hit = torch.as_tensor(out["hit_tumour"], device=dev)
+        hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
         r = reward(self.config.reward, self.ce, ce_after, torch.as_tensor(done, device=dev), hit)
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
