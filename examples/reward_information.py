@@ -2,8 +2,10 @@
 
 PPO learns its per-patch scorer only from rewards. This script bounds what any learner could extract
 from them: it zooms uniformly at random on training slides (``WSIZoom-v0``, budget 10%,
-``reward="delta_ce"``, so each reward is the change of HAFED's cross-entropy caused by that one zoom),
-keeps the zoomed patch's low-res row (centred per slide) with its reward, and fits a ridge regression
+``reward="delta_ce"``, so each reward is the change of HAFED's cross-entropy caused by that one zoom;
+``--reward delta_margin`` measures the change of HAFED's log-odds of the true class instead),
+keeps the zoomed patch's low-res row (centred per slide) with its reward. It first prints the mean reward
+by slide class and kind of zoomed patch (tumour, tumour-mimicking benign tissue, other), then fits a ridge regression
 row -> reward on the first N zooms. Its patch-level AUC against the ground truth on test slides says how
 well "where the reward was" generalises to "where tumour is" (a test patch counts as tumour when its
 tumour fraction is above ``--threshold``, as in ``lowres_probe.py``). Next to it, the same ridge on the
@@ -28,30 +30,52 @@ from wsigym.data.synth.dataset import SynthC16
 from zoo.metrics import _binary_auc
 
 
-def random_zooms(steps: int, budget: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``steps`` random zooms on training slides: centred low-res rows, rewards, ground-truth hits."""
+def random_zooms(steps: int, budget: float, reward: str, seed: int) -> dict[str, np.ndarray]:
+    """``steps`` random zooms on training slides: centred low-res rows, rewards, ground-truth hits, and
+    each zoom's slide label and whether the patch holds tumour-mimicking tissue."""
     env = gym.make(
-        "WSIZoom-v0", dataset="synth-c16", split="train", budget=budget, reward="delta_ce", progress=False
+        "WSIZoom-v0", dataset="synth-c16", split="train", budget=budget, reward=reward, progress=False
     )
+    dataset = SynthC16(progress=False)
     rng = np.random.default_rng(seed)
-    rows, rewards, hits = [], [], []
+    out: dict[str, list] = {"rows": [], "rewards": [], "hits": [], "labels": [], "mimic": []}
     episode = 0
-    while len(rewards) < steps:
-        obs, _ = env.reset(seed=seed + episode)
+    while len(out["rewards"]) < steps:
+        obs, info = env.reset(seed=seed + episode)
         episode += 1
         n = int(obs["patch_mask"].sum())
         lowres = obs["state"].reshape(len(obs["patch_mask"]), -1)[:n].copy()
         lowres -= lowres.mean(0)
+        mimic = dataset.layout(info["slide_id"]).mimic.any(axis=1)
         done = False
-        while not done and len(rewards) < steps:
+        while not done and len(out["rewards"]) < steps:
             action = int(rng.choice(np.flatnonzero(obs["action_mask"])))
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, r, terminated, truncated, step_info = env.step(action)
             done = terminated or truncated
-            rows.append(lowres[action])
-            rewards.append(reward)
-            hits.append(info["hit_tumour"])
+            for key, value in zip(
+                out, (lowres[action], r, step_info["hit_tumour"], info["label"], mimic[action]), strict=True
+            ):
+                out[key].append(value)
     env.close()
-    return np.asarray(rows), np.asarray(rewards, dtype=np.float64), np.asarray(hits)
+    return {k: np.asarray(v, dtype=np.float64 if k == "rewards" else None) for k, v in out.items()}
+
+
+def reward_by_kind(zooms: dict[str, np.ndarray]) -> None:
+    """Print the mean reward of the zooms by slide class and kind of zoomed patch."""
+    label, hit, mimic, r = zooms["labels"], zooms["hits"], zooms["mimic"] & ~zooms["hits"], zooms["rewards"]
+    other = ~hit & ~mimic
+    for name, sel in (
+        ("tumour slide, tumour patch", (label == 1) & hit),
+        ("tumour slide, mimic patch", (label == 1) & mimic),
+        ("tumour slide, other patch", (label == 1) & other),
+        ("benign slide, mimic patch", (label == 0) & mimic),
+        ("benign slide, other patch", (label == 0) & other),
+    ):
+        rs = r[sel]
+        print(
+            f"  {name:27s} {len(rs):6d} zooms: mean reward {rs.mean():+.4f}, sum {rs.sum():+8.1f}, "
+            f"|reward| > 0.05 for {np.mean(np.abs(rs) > 0.05):.1%}"
+        )
 
 
 def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
@@ -63,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32768, help="random zooms in all")
     parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--reward", choices=("delta_ce", "delta_margin"), default="delta_ce")
     parser.add_argument("--test-slides", type=int, default=40)
     parser.add_argument("--threshold", type=float, default=0.25, help="tumour fraction of a 'tumour' patch")
     parser.add_argument("--lam", type=float, default=10.0, help="ridge penalty")
@@ -70,8 +95,12 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    x, r, hit = random_zooms(args.steps, args.budget, args.seed)
-    print(f"{len(r)} random zooms in {time.perf_counter() - t0:.0f} s; {int(hit.sum())} hit tumour")
+    zooms = random_zooms(args.steps, args.budget, args.reward, args.seed)
+    x, r, hit = zooms["rows"], zooms["rewards"], zooms["hits"]
+    print(
+        f"{len(r)} random zooms ({args.reward}) in {time.perf_counter() - t0:.0f} s; {int(hit.sum())} hit tumour"
+    )
+    reward_by_kind(zooms)
 
     dataset = SynthC16(progress=False)
     test_rows, test_labels = [], []

@@ -246,7 +246,7 @@ def test_reward_is_minus_full_ce(env_kwargs, update):
         done = term or trunc
 
 
-@pytest.mark.parametrize("rule", ["delta_ce", "terminal"])
+@pytest.mark.parametrize("rule", ["delta_ce", "delta_margin", "terminal"])
 def test_reward_options(env_kwargs, rule):
     env = WSIZoomEnv(**env_kwargs, reward=rule)
     trace = run_episode(env, 6)
@@ -255,6 +255,10 @@ def test_reward_options(env_kwargs, rule):
     rewards = [t[1] for t in trace[1:]]
     if rule == "delta_ce":
         np.testing.assert_allclose(rewards, np.array(ces[:-1]) - np.array(ces[1:]), atol=1e-5)
+    elif rule == "delta_margin":  # two classes: the log-odds is log p_y - log p_other = log(e^CE - 1)
+        odds = -np.log(np.expm1(np.array(ces, dtype=np.float64)))
+        np.testing.assert_allclose(rewards, odds[1:] - odds[:-1], atol=1e-4)
+        assert np.abs(rewards).max() > 0  # the zooms moved HAFED
     else:
         np.testing.assert_allclose(rewards[:-1], 0.0)
         assert rewards[-1] == pytest.approx(-ces[-1], abs=1e-5)

@@ -6,6 +6,11 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
   With :math:`\gamma = 1` the return rewards becoming confident early.
 - ``"delta_ce"``: :math:`r_t = \mathrm{CE}_t - \mathrm{CE}_{t+1}` (the improvement; the return
   telescopes to :math:`\mathrm{CE}_0 - \mathrm{CE}_T`).
+- ``"delta_margin"``: :math:`r_t = m_{t+1} - m_t` with :math:`m_t = \ell_{t,y} - \log\sum_{j \ne y}
+  e^{\ell_{t,j}}` the log-odds of the true class from HAFED's logits :math:`\ell_t` (so
+  :math:`\mathrm{CE}_t = \log(1 + e^{-m_t})`). Not SASHA's: the cross-entropy saturates once the slide is
+  classified, so after the first tumour zoom further ones earn nearly nothing; the log-odds do not.
+  Still weakly supervised (slide label only).
 - ``"terminal"``: :math:`r_t = 0` except at the last step, :math:`r_{T-1} = -\mathrm{CE}_T`.
 - ``"hit"``: :math:`r_t = 1` when the zoomed patch holds tumour (ground truth), else 0. Not
   SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REWARDS = ("ce", "delta_ce", "terminal", "hit")
+REWARDS = ("ce", "delta_ce", "delta_margin", "terminal", "hit")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -26,9 +31,25 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
-def reward(rule: str, ce_before: Tensor, ce_after: Tensor, done: Tensor, hit: Tensor | None = None) -> Tensor:
-    """Reward ``(B,)`` of one step from ``CE_t``, ``CE_{t+1}``, whether the episode ends and (for
-    ``"hit"``) whether the zoomed patch holds tumour, all ``(B,)``.
+def log_odds(logits: Tensor, labels: Tensor) -> Tensor:
+    r"""Per-environment log-odds of the true class, ``logits (B, C)``, ``labels (B,)`` -> ``(B,)``:
+    :math:`\ell_y - \log\sum_{j \ne y} e^{\ell_j}` (for two classes, the logit difference)."""
+    logits = logits.float()
+    true = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
+def reward(
+    rule: str,
+    logits_before: Tensor,
+    logits_after: Tensor,
+    labels: Tensor,
+    done: Tensor,
+    hit: Tensor | None = None,
+) -> Tensor:
+    """Reward ``(B,)`` of one step from HAFED's logits ``(B, C)`` before and after it, the labels, whether
+    the episode ends and (for ``"hit"``) whether the zoomed patch holds tumour, all ``(B,)``.
 
     Raises:
         ValueError: for an unknown rule, or ``"hit"`` without ``hit``.
@@ -36,11 +57,14 @@ def reward(rule: str, ce_before: Tensor, ce_after: Tensor, done: Tensor, hit: Te
     if rule == "hit":
         if hit is None:
             raise ValueError("reward 'hit' needs the tumour ground truth of the zoomed patches")
-        return hit.to(ce_after.dtype)
+        return hit.float()
+    if rule == "delta_margin":
+        return log_odds(logits_after, labels) - log_odds(logits_before, labels)
+    ce_after = cross_entropy(logits_after, labels)
     if rule == "ce":
         return -ce_after
     if rule == "delta_ce":
-        return ce_before - ce_after
+        return cross_entropy(logits_before, labels) - ce_after
     if rule == "terminal":
         return torch.where(done, -ce_after, torch.zeros_like(ce_after))
     raise ValueError(f"reward must be one of {REWARDS}, got {rule!r}")

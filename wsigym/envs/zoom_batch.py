@@ -340,7 +340,9 @@ class ZoomBatch:
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
         hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
-        r = reward(self.config.reward, self.ce, ce_after, torch.as_tensor(done, device=dev), hit)
+        r = reward(
+            self.config.reward, self.logits, logits, self.labels, torch.as_tensor(done, device=dev), hit
+        )
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)

@@ -1,0 +1,24 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsigym.envs.reward import cross_entropy, log_odds, reward
+
+
+def test_log_odds_is_the_ce_in_other_form():
+    """CE = log(1 + e^-m) for any number of classes, m the log-odds of the true class."""
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(64, 3, generator=g) * 4, torch.randint(0, 3, (64,), generator=g)
+    torch.testing.assert_close(F.softplus(-log_odds(logits, labels)), cross_entropy(logits, labels))
+    two = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    torch.testing.assert_close(log_odds(two, torch.tensor([0, 0])), torch.tensor([3.0, -2.5]))
+
+
+def test_margin_reward_does_not_saturate():
+    """Past a confident prediction the CE gain vanishes; the log-odds gain stays."""
+    before, after, labels = torch.tensor([[8.0, 0.0]]), torch.tensor([[12.0, 0.0]]), torch.tensor([0])
+    done = torch.tensor([False])
+    assert reward("delta_ce", before, after, labels, done).item() < 1e-3
+    assert reward("delta_margin", before, after, labels, done).item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="reward must be one of"):
+        reward("accuracy", before, after, labels, done)
