@@ -1,16 +1,22 @@
 """How much does the reward of N zooms tell about where tumour is? (a diagnostic for PPO on synth-c16)
 
 PPO learns its per-patch scorer only from rewards. This script bounds what any learner could extract
-from them: it zooms uniformly at random on training slides (``WSIZoom-v0``, budget 10%,
-``reward="delta_ce"``, so each reward is the change of HAFED's cross-entropy caused by that one zoom;
-``--reward delta_margin`` measures the change of HAFED's log-odds of the true class instead),
-keeps the zoomed patch's low-res row (centred per slide) with its reward. It first prints the mean reward
-by slide class and kind of zoomed patch (tumour, tumour-mimicking benign tissue, other), then fits a ridge regression
-row -> reward on the first N zooms. Its patch-level AUC against the ground truth on test slides says how
-well "where the reward was" generalises to "where tumour is" (a test patch counts as tumour when its
-tumour fraction is above ``--threshold``, as in ``lowres_probe.py``). Next to it, the same ridge on the
-same N rows fitted to the ground truth of those zooms (``info["hit_tumour"]``: any tumour in the
-patch) shows what the same zooms would teach with full supervision.
+from them. It zooms uniformly at random on training slides (``WSIZoom-v0``, budget 10%) with the reward
+rule ``--reward``:
+
+- ``delta_ce`` (default): the change of HAFED's cross-entropy caused by that one zoom;
+- ``delta_margin``: the change of HAFED's log-odds of the true class;
+- ``patch_ce``: minus the cross-entropy of HAFED on the zoomed patch's high-res row alone.
+
+It keeps each zoomed patch's low-res row (centred per slide) with its reward, and prints the mean
+reward by slide class and kind of zoomed patch (tumour, tumour-mimicking benign tissue, other). Then it
+fits a ridge regression row -> reward on the first N zooms, on the raw rewards and on the rewards
+centred per episode (what a learner with a per-slide baseline regresses on). Its patch-level AUC against
+the ground truth on test slides says how well "where the reward was" generalises to "where tumour is"
+(a test patch counts as tumour when its tumour fraction is above ``--threshold``, as in
+``lowres_probe.py``). Next to it, the same ridge on the same N rows fitted to the ground truth of those
+zooms (``info["hit_tumour"]``: any tumour in the patch) shows what the same zooms would teach with full
+supervision.
 
 Run from the repository root (about 2 minutes on one CPU thread)::
 
@@ -38,7 +44,7 @@ def random_zooms(steps: int, budget: float, reward: str, seed: int) -> dict[str,
     )
     dataset = SynthC16(progress=False)
     rng = np.random.default_rng(seed)
-    out: dict[str, list] = {"rows": [], "rewards": [], "hits": [], "labels": [], "mimic": []}
+    out: dict[str, list] = {"rows": [], "rewards": [], "hits": [], "labels": [], "mimic": [], "episode": []}
     episode = 0
     while len(out["rewards"]) < steps:
         obs, info = env.reset(seed=seed + episode)
@@ -53,7 +59,9 @@ def random_zooms(steps: int, budget: float, reward: str, seed: int) -> dict[str,
             obs, r, terminated, truncated, step_info = env.step(action)
             done = terminated or truncated
             for key, value in zip(
-                out, (lowres[action], r, step_info["hit_tumour"], info["label"], mimic[action]), strict=True
+                out,
+                (lowres[action], r, step_info["hit_tumour"], info["label"], mimic[action], episode),
+                strict=True,
             ):
                 out[key].append(value)
     env.close()
@@ -87,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32768, help="random zooms in all")
     parser.add_argument("--budget", type=float, default=0.1)
-    parser.add_argument("--reward", choices=("delta_ce", "delta_margin"), default="delta_ce")
+    parser.add_argument("--reward", choices=("delta_ce", "delta_margin", "patch_ce"), default="delta_ce")
     parser.add_argument("--test-slides", type=int, default=40)
     parser.add_argument("--threshold", type=float, default=0.25, help="tumour fraction of a 'tumour' patch")
     parser.add_argument("--lam", type=float, default=10.0, help="ridge penalty")
@@ -111,14 +119,20 @@ def main() -> None:
     xt, yt = np.concatenate(test_rows), np.concatenate(test_labels)
     print(f"test: {len(yt)} patches of {args.test_slides} slides, {yt.mean():.2%} tumour")
 
+    # rewards minus their episode's mean: what a learner with a per-slide baseline regresses on
+    episode = zooms["episode"].astype(np.int64)
+    sums, counts = np.bincount(episode, weights=r), np.bincount(episode)
+    centred = r - (sums / np.maximum(counts, 1))[episode]
     n = 1024
     while n <= len(r):
         informative = int((np.abs(r[:n]) > 0.05).sum())
         auc_reward = _binary_auc(xt @ ridge(x[:n], r[:n], args.lam), yt)
+        auc_centred = _binary_auc(xt @ ridge(x[:n], centred[:n], args.lam), yt)
         auc_label = _binary_auc(xt @ ridge(x[:n], hit[:n].astype(np.float64), args.lam), yt)
         print(
             f"N = {n:6d} zooms ({informative:4d} with |reward| > 0.05, {int(hit[:n].sum()):4d} tumour hits): "
-            f"patch AUC from rewards {auc_reward:.3f}, from ground truth {auc_label:.3f}"
+            f"patch AUC from rewards {auc_reward:.3f} (centred per slide {auc_centred:.3f}), "
+            f"from ground truth {auc_label:.3f}"
         )
         n *= 2
 

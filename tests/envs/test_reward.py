@@ -22,3 +22,13 @@ def test_margin_reward_does_not_saturate():
     assert reward("delta_margin", before, after, labels, done).item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="reward must be one of"):
         reward("accuracy", before, after, labels, done)
+
+
+def test_patch_ce_needs_the_patch_logits():
+    logits, labels, done = torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([False, True])
+    with pytest.raises(ValueError, match="patch_ce"):
+        reward("patch_ce", logits, logits, labels, done)
+    patch = torch.tensor([[3.0, 0.0], [3.0, 0.0]])
+    torch.testing.assert_close(
+        reward("patch_ce", logits, logits, labels, done, patch_logits=patch), -cross_entropy(patch, labels)
+    )

@@ -264,6 +264,23 @@ def test_reward_options(env_kwargs, rule):
         assert rewards[-1] == pytest.approx(-ces[-1], abs=1e-5)
 
 
+def test_patch_ce_reward_is_the_zoomed_row_alone(env_kwargs):
+    """r_t = -CE(y, HAFED.classify(bag of the zoomed row)); after a zoom the state holds V(a) at a."""
+    env = WSIZoomEnv(**env_kwargs, reward="patch_ce")
+    obs, info = env.reset(seed=5)
+    d = obs["state"].size // env.max_patches
+    rewards = []
+    for _ in range(4):
+        a = first_legal(info)
+        obs, r, *_, info = env.step(a)
+        row = torch.as_tensor(obs["state"]).reshape(env.max_patches, d)[a]
+        with torch.no_grad():
+            logits = env.hafed.classify(row[None, None])["logits"]
+        assert r == pytest.approx(-float(F.cross_entropy(logits, torch.tensor([info["label"]]))), abs=1e-5)
+        rewards.append(r)
+    assert len(set(rewards)) > 1
+
+
 def test_hit_reward_is_the_ground_truth_hit(env_kwargs):
     env = WSIZoomEnv(**env_kwargs, reward="hit")
     trace = run_episode(env, 6)

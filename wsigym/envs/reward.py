@@ -1,4 +1,4 @@
-r"""Reward rules of ``WSIZoom``, batched: all from the cross-entropy of the frozen HAFED on the state.
+r"""Reward rules of ``WSIZoom``, batched: all from the frozen HAFED, except the diagnostic ``"hit"``.
 
 With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on logits, no double softmax):
 
@@ -11,6 +11,12 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
   :math:`\mathrm{CE}_t = \log(1 + e^{-m_t})`). Not SASHA's: the cross-entropy saturates once the slide is
   classified, so after the first tumour zoom further ones earn nearly nothing; the log-odds do not.
   Still weakly supervised (slide label only).
+- ``"patch_ce"``: :math:`r_t = -\mathrm{CE}(y, \mathrm{HAFED.classify}([V(a_t)]))`, the slide label's
+  cross-entropy from the zoomed patch's high-res row *alone* (a bag of one). Not SASHA's: it credits
+  each zoom with the evidence it reveals rather than with the change it makes to the whole-state
+  prediction, which after the first informative zoom is close to nothing, and it is much less noisy
+  (``examples/reward_information.py``). Still weakly supervised: HAFED and the reward see only
+  slide labels.
 - ``"terminal"``: :math:`r_t = 0` except at the last step, :math:`r_{T-1} = -\mathrm{CE}_T`.
 - ``"hit"``: :math:`r_t = 1` when the zoomed patch holds tumour (ground truth), else 0. Not
   SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REWARDS = ("ce", "delta_ce", "delta_margin", "terminal", "hit")
+REWARDS = ("ce", "delta_ce", "delta_margin", "patch_ce", "terminal", "hit")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -47,17 +53,23 @@ def reward(
     labels: Tensor,
     done: Tensor,
     hit: Tensor | None = None,
+    patch_logits: Tensor | None = None,
 ) -> Tensor:
-    """Reward ``(B,)`` of one step from HAFED's logits ``(B, C)`` before and after it, the labels, whether
-    the episode ends and (for ``"hit"``) whether the zoomed patch holds tumour, all ``(B,)``.
+    """Reward ``(B,)`` of one step from HAFED's logits ``(B, C)`` on the state before and after it, the
+    labels, whether the episode ends, and the rule's extra input: for ``"hit"`` whether the zoomed patch
+    holds tumour ``(B,)``, for ``"patch_ce"`` HAFED's logits ``(B, C)`` on the zoomed patch's row alone.
 
     Raises:
-        ValueError: for an unknown rule, or ``"hit"`` without ``hit``.
+        ValueError: for an unknown rule, or a rule without its extra input.
     """
     if rule == "hit":
         if hit is None:
             raise ValueError("reward 'hit' needs the tumour ground truth of the zoomed patches")
         return hit.float()
+    if rule == "patch_ce":
+        if patch_logits is None:
+            raise ValueError("reward 'patch_ce' needs HAFED's logits on the zoomed patches")
+        return -cross_entropy(patch_logits, labels)
     if rule == "delta_margin":
         return log_odds(logits_after, labels) - log_odds(logits_before, labels)
     ce_after = cross_entropy(logits_after, labels)

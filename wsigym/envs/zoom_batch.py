@@ -340,9 +340,14 @@ class ZoomBatch:
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
         hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
-        r = reward(
-            self.config.reward, self.logits, logits, self.labels, torch.as_tensor(done, device=dev), hit
-        )
+        patch_logits = None
+        if self.config.reward == "patch_ce":  # HAFED on each zoomed row alone (a bag of one)
+            patch_logits = torch.zeros_like(logits)
+            patch_logits[torch.as_tensor(act_idx, device=dev)] = self.hafed.classify(v_anchor[:, None])[
+                "logits"
+            ]
+        done_t = torch.as_tensor(done, device=dev)
+        r = reward(self.config.reward, self.logits, logits, self.labels, done_t, hit, patch_logits)
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)
