@@ -6,7 +6,8 @@ rule ``--reward``:
 
 - ``delta_ce`` (default): the change of HAFED's cross-entropy caused by that one zoom;
 - ``delta_margin``: the change of HAFED's log-odds of the true class;
-- ``patch_ce``: minus the cross-entropy of HAFED on the zoomed patch's high-res row alone.
+- ``evidence``: HAFED's probability of the label on the zoomed patch's high-res row alone, minus its
+  slide mean.
 
 It keeps each zoomed patch's low-res row (centred per slide) with its reward, and prints the mean
 reward by slide class and kind of zoomed patch (tumour, tumour-mimicking benign tissue, other). Then it
@@ -95,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32768, help="random zooms in all")
     parser.add_argument("--budget", type=float, default=0.1)
-    parser.add_argument("--reward", choices=("delta_ce", "delta_margin", "patch_ce"), default="delta_ce")
+    parser.add_argument("--reward", choices=("delta_ce", "delta_margin", "evidence"), default="delta_ce")
     parser.add_argument("--test-slides", type=int, default=40)
     parser.add_argument("--threshold", type=float, default=0.25, help="tumour fraction of a 'tumour' patch")
     parser.add_argument("--lam", type=float, default=10.0, help="ridge penalty")

@@ -24,11 +24,9 @@ def test_margin_reward_does_not_saturate():
         reward("accuracy", before, after, labels, done)
 
 
-def test_patch_ce_needs_the_patch_logits():
+def test_evidence_needs_its_input():
     logits, labels, done = torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([False, True])
-    with pytest.raises(ValueError, match="patch_ce"):
-        reward("patch_ce", logits, logits, labels, done)
-    patch = torch.tensor([[3.0, 0.0], [3.0, 0.0]])
-    torch.testing.assert_close(
-        reward("patch_ce", logits, logits, labels, done, patch_logits=patch), -cross_entropy(patch, labels)
-    )
+    with pytest.raises(ValueError, match="evidence"):
+        reward("evidence", logits, logits, labels, done)
+    evidence = torch.tensor([0.5, -0.25])
+    torch.testing.assert_close(reward("evidence", logits, logits, labels, done, evidence=evidence), evidence)

@@ -264,21 +264,24 @@ def test_reward_options(env_kwargs, rule):
         assert rewards[-1] == pytest.approx(-ces[-1], abs=1e-5)
 
 
-def test_patch_ce_reward_is_the_zoomed_row_alone(env_kwargs):
-    """r_t = -CE(y, HAFED.classify(bag of the zoomed row)); after a zoom the state holds V(a) at a."""
-    env = WSIZoomEnv(**env_kwargs, reward="patch_ce")
+def test_evidence_reward(env_kwargs):
+    """r_t = p(y | HAFED on the zoomed row alone) - mean over the slide's patches of the same; after a
+    zoom the state holds V(a) at a, and with budget 1 every patch gets zoomed."""
+    env = WSIZoomEnv(**env_kwargs, reward="evidence", budget=1.0)
     obs, info = env.reset(seed=5)
-    d = obs["state"].size // env.max_patches
-    rewards = []
-    for _ in range(4):
+    d, n = obs["state"].size // env.max_patches, int(obs["patch_mask"].sum())
+    probs, rewards, done = [], [], False
+    while not done:
         a = first_legal(info)
-        obs, r, *_, info = env.step(a)
+        obs, r, term, trunc, info = env.step(a)
         row = torch.as_tensor(obs["state"]).reshape(env.max_patches, d)[a]
         with torch.no_grad():
-            logits = env.hafed.classify(row[None, None])["logits"]
-        assert r == pytest.approx(-float(F.cross_entropy(logits, torch.tensor([info["label"]]))), abs=1e-5)
+            probs.append(float(env.hafed.classify(row[None, None])["logits"].softmax(-1)[0, info["label"]]))
         rewards.append(r)
-    assert len(set(rewards)) > 1
+        done = term or trunc
+    assert len(rewards) == n
+    np.testing.assert_allclose(rewards, np.array(probs) - np.mean(probs), atol=1e-5)
+    assert np.ptp(rewards) > 0
 
 
 def test_hit_reward_is_the_ground_truth_hit(env_kwargs):

@@ -11,12 +11,13 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
   :math:`\mathrm{CE}_t = \log(1 + e^{-m_t})`). Not SASHA's: the cross-entropy saturates once the slide is
   classified, so after the first tumour zoom further ones earn nearly nothing; the log-odds do not.
   Still weakly supervised (slide label only).
-- ``"patch_ce"``: :math:`r_t = -\mathrm{CE}(y, \mathrm{HAFED.classify}([V(a_t)]))`, the slide label's
-  cross-entropy from the zoomed patch's high-res row *alone* (a bag of one). Not SASHA's: it credits
-  each zoom with the evidence it reveals rather than with the change it makes to the whole-state
-  prediction, which after the first informative zoom is close to nothing, and it is much less noisy
-  (``examples/reward_information.py``). Still weakly supervised: HAFED and the reward see only
-  slide labels.
+- ``"evidence"``: :math:`r_t = p(y \mid V(a_t)) - \frac1N \sum_i p(y \mid V(i))`, with
+  :math:`p(\cdot \mid V(i)) = \mathrm{softmax}(\mathrm{HAFED.classify}([V(i)]))` HAFED on patch
+  :math:`i`'s high-res row alone (a bag of one). Each zoom is credited with how much more the evidence
+  it reveals supports the slide label than an average patch of the slide does; the slide mean is a
+  per-slide baseline, so slides whose every patch supports the label (benign ones) give rewards near 0.
+  Not SASHA's; still weakly supervised (HAFED and the reward see only slide labels). It needs ``V`` of
+  every patch, which cached slides hold (SASHA's training precomputes it too), not live ones.
 - ``"terminal"``: :math:`r_t = 0` except at the last step, :math:`r_{T-1} = -\mathrm{CE}_T`.
 - ``"hit"``: :math:`r_t = 1` when the zoomed patch holds tumour (ground truth), else 0. Not
   SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REWARDS = ("ce", "delta_ce", "delta_margin", "patch_ce", "terminal", "hit")
+REWARDS = ("ce", "delta_ce", "delta_margin", "evidence", "terminal", "hit")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -46,6 +47,15 @@ def log_odds(logits: Tensor, labels: Tensor) -> Tensor:
     return true - torch.logsumexp(others, dim=1)
 
 
+@torch.no_grad()
+def patch_evidence(hafed: torch.nn.Module, v: Tensor, chunk: int = 65536) -> Tensor:
+    """HAFED's class probabilities on each row alone: ``v (M, d)`` -> ``(M, C)``,
+    ``softmax(HAFED.classify(v[i : i + 1]))`` for every row (in chunks of ``chunk`` bags of one)."""
+    return torch.cat(
+        [hafed.classify(v[i : i + chunk, None])["logits"].softmax(-1) for i in range(0, len(v), chunk)]
+    )
+
+
 def reward(
     rule: str,
     logits_before: Tensor,
@@ -53,11 +63,12 @@ def reward(
     labels: Tensor,
     done: Tensor,
     hit: Tensor | None = None,
-    patch_logits: Tensor | None = None,
+    evidence: Tensor | None = None,
 ) -> Tensor:
     """Reward ``(B,)`` of one step from HAFED's logits ``(B, C)`` on the state before and after it, the
-    labels, whether the episode ends, and the rule's extra input: for ``"hit"`` whether the zoomed patch
-    holds tumour ``(B,)``, for ``"patch_ce"`` HAFED's logits ``(B, C)`` on the zoomed patch's row alone.
+    labels, whether the episode ends, and the rule's extra input ``(B,)``: for ``"hit"`` whether the
+    zoomed patch holds tumour, for ``"evidence"`` the centred evidence of the zoomed patch
+    (:func:`patch_evidence`, indexed by the label, minus the slide mean).
 
     Raises:
         ValueError: for an unknown rule, or a rule without its extra input.
@@ -66,10 +77,10 @@ def reward(
         if hit is None:
             raise ValueError("reward 'hit' needs the tumour ground truth of the zoomed patches")
         return hit.float()
-    if rule == "patch_ce":
-        if patch_logits is None:
-            raise ValueError("reward 'patch_ce' needs HAFED's logits on the zoomed patches")
-        return -cross_entropy(patch_logits, labels)
+    if rule == "evidence":
+        if evidence is None:
+            raise ValueError("reward 'evidence' needs the centred evidence of the zoomed patches")
+        return evidence.float()
     if rule == "delta_margin":
         return log_odds(logits_after, labels) - log_odds(logits_before, labels)
     ce_after = cross_entropy(logits_after, labels)

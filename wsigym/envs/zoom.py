@@ -70,8 +70,8 @@ class WSIZoomEnv(gym.Env):
     ``CE_t = CE(y, HAFED.classify(S_t))`` on logits. ``reward="ce"`` (SASHA's default):
     ``r = -CE_{t+1}`` every step; ``"delta_ce"``: ``r = CE_t - CE_{t+1}``; ``"delta_margin"``: the gain
     in HAFED's log-odds of the true class (does not saturate once the slide is classified; not SASHA's);
-    ``"patch_ce"``: ``-CE(y, HAFED.classify([V(a)]))``, the label's cross-entropy from the zoomed
-    patch's high-res row alone (the evidence the zoom reveals; not SASHA's);
+    ``"evidence"``: HAFED's probability of the label on the zoomed patch's high-res row alone, minus
+    its mean over the slide's patches (the evidence the zoom reveals; not SASHA's, cached slides only);
     ``"terminal"``: 0 except ``-CE_T`` at the last step; ``"hit"`` (a diagnostic, not from HAFED): 1 when the zoomed patch holds
     tumour by the ground truth, else 0. The classifier is maintained incrementally
     (:mod:`wsigym.envs.classifier`), equal to a full ``classify`` to float tolerance.
@@ -108,7 +108,7 @@ class WSIZoomEnv(gym.Env):
     - ``tau=None``: cosine threshold of the TSU (``None``: the TSU config's ``tau``, 0.95).
     - ``update="tsu"``: ``"tsu"``, ``"global"`` or ``"none"``.
     - ``reward="ce"``: one of :data:`wsigym.envs.reward.REWARDS` (``"ce"``, ``"delta_ce"``,
-      ``"delta_margin"``, ``"patch_ce"``, ``"terminal"``, ``"hit"``).
+      ``"delta_margin"``, ``"evidence"``, ``"terminal"``, ``"hit"``).
     - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the split).
     - ``hafed="hafed-synth-c16"``, ``tsu="tsu-synth-c16"``: pretrained names, Hub repos, folders or
       model instances (moved to ``device``, put in eval mode).

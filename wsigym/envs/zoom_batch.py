@@ -45,7 +45,7 @@ from gymnasium import spaces
 from wsigym.data.dataset import SlideDataset
 from wsigym.envs.classifier import IncrementalAttentionClassifier
 from wsigym.envs.live_source import LiveSlideSource
-from wsigym.envs.reward import REWARDS, cross_entropy, reward
+from wsigym.envs.reward import REWARDS, cross_entropy, patch_evidence, reward
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
 from wsigym.envs.state_update import UPDATE_RULES, ZoomBatchState
 
@@ -216,6 +216,24 @@ class ZoomBatch:
         self.tumour_np = np.full((b, p), np.nan, dtype=np.float32)
         self.ce = torch.zeros(b, dtype=torch.float32, device=dev)
         self.logits = torch.zeros(b, hafed.config.num_classes, device=dev)
+        self.evidence = self._evidence() if config.reward == "evidence" else None
+
+    def _evidence(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``reward="evidence"``: HAFED's probabilities on every oracle row alone ``(sum N, C)`` and
+        their mean per slide ``(slides, C)`` (:func:`~wsigym.envs.reward.patch_evidence`)."""
+        if not isinstance(self.source, SlideSource):
+            raise ValueError(
+                "reward='evidence' needs the oracle rows V of every patch, which live slides do not precompute"
+            )
+        probs = patch_evidence(self.hafed, self.source.v)
+        slide = torch.repeat_interleave(
+            torch.arange(len(self.source), device=self.device),
+            torch.as_tensor(self.source.n_list, device=self.device),
+        )
+        sums = probs.new_zeros(len(self.source), probs.shape[1]).index_add(0, slide, probs)
+        return probs, sums / torch.as_tensor(self.source.n_list, device=self.device, dtype=probs.dtype)[
+            :, None
+        ]
 
     # ------------------------------------------------------------------ episodes
     @torch.no_grad()
@@ -340,14 +358,17 @@ class ZoomBatch:
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
         hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
-        patch_logits = None
-        if self.config.reward == "patch_ce":  # HAFED on each zoomed row alone (a bag of one)
-            patch_logits = torch.zeros_like(logits)
-            patch_logits[torch.as_tensor(act_idx, device=dev)] = self.hafed.classify(v_anchor[:, None])[
-                "logits"
-            ]
+        evidence = None
+        if self.evidence is not None:
+            probs, slide_mean = self.evidence
+            flat = torch.as_tensor(src.offsets_list_np[self.slide[act_idx]] + actions[act_idx], device=dev)
+            y = self.labels[act_idx]
+            evidence = torch.zeros(self.num_envs, device=dev)
+            evidence[torch.as_tensor(act_idx, device=dev)] = (
+                probs[flat, y] - slide_mean[self.slide[act_idx], y]
+            )
         done_t = torch.as_tensor(done, device=dev)
-        r = reward(self.config.reward, self.logits, logits, self.labels, done_t, hit, patch_logits)
+        r = reward(self.config.reward, self.logits, logits, self.labels, done_t, hit, evidence)
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)
