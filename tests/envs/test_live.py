@@ -200,6 +200,8 @@ def test_truth_callable_and_errors(synthetic, encoder, models):
         make(synthetic, encoder, models, labels={"other": 1})
     with pytest.raises(ValueError, match="not both"):
         make(synthetic, encoder, models, dataset="synth-c16")
+    with pytest.raises(ValueError, match="reward='evidence' needs the oracle rows V of every patch"):
+        make(synthetic, encoder, models, reward="evidence")
     with pytest.raises(ValueError, match=r"must give \d+ tumour fractions \(one per low-res patch\)"):
         make(synthetic, encoder, models, truth={synthetic.path.stem: [0.0, 1.0]})
 
