@@ -16,10 +16,13 @@ def pick(mask: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(np.flatnonzero(mask)))
 
 
-@pytest.mark.parametrize("update", ["tsu", "global", "none"])
-def test_vector_equals_independent_envs(env_kwargs, update):
+@pytest.mark.parametrize(
+    ("update", "reward"),
+    [("tsu", "ce"), ("global", "ce"), ("none", "ce"), ("tsu", "evidence"), ("tsu", "delta_margin")],
+)
+def test_vector_equals_independent_envs(env_kwargs, update, reward):
     b, seed, steps = 3, 7, 45
-    kw = {**env_kwargs, "update": update, "budget": 0.25}
+    kw = {**env_kwargs, "update": update, "budget": 0.25, "reward": reward}
     vec = WSIZoomVectorEnv(num_envs=b, **kw)
     singles = [WSIZoomEnv(**kw) for _ in range(b)]
     vobs, vinfo = vec.reset(seed=seed)

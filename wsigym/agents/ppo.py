@@ -24,15 +24,18 @@ critic target A + V_old         SB3's GAE returns                   same as the 
 masks only in rollout           masks in rollout *and* update       fixes SASHA pitfall 1
 ==============================  ==================================  ======================================
 
-**Options beyond SASHA's settings.** On ``synth-c16`` the HAFED reward is rare: about one random zoom
-in 85 changes the cross-entropy by more than 0.05 (``examples/reward_information.py``), mostly the first
-tumour patch of a tumour slide. These options exist to make such rewards count, and the README reports
-what they did: ``reward="delta_ce"`` with ``gamma=0`` (each zoom credited with the change it causes,
-a contextual bandit); ``standardise=True`` (the policy sees patch-to-patch differences, not the
-slide's common offset); ``vf_coef=0`` (with ``gamma=0`` a critic only adds noise to ``A = r - V``);
-a large ``max_grad_norm`` (the joint clip hits the rare reward's minibatch hardest); many
-environments with a small training budget (more slides per timestep: ``examples/policy_gradient_probe.py``
-shows that samples drawn from few slides teach a policy gradient much less).
+**Options beyond SASHA's settings.** On ``synth-c16`` SASHA's reward teaches little per step: only 11.7%
+of random zooms on tumour patches change HAFED's cross-entropy by more than 0.05, because after the first
+tumour zoom the slide is classified and the cross-entropy saturates (``examples/reward_information.py``).
+These options exist to make such rewards count, and the README reports what each did:
+``reward="evidence"`` (the environment's weakly supervised per-zoom evidence, see
+:mod:`wsigym.envs.reward`) or ``"delta_ce"`` / ``"delta_margin"`` with ``gamma=0`` (each zoom credited
+with what it reveals or changes: a contextual bandit); ``standardise=True`` (the policy sees
+patch-to-patch differences, not the slide's common offset); ``vf_coef=0`` (with ``gamma=0`` a critic
+only adds noise to ``A = r - V``); a large ``max_grad_norm`` (the joint clip hits the rare reward's
+minibatch hardest); many environments with a small training budget (more slides per timestep:
+``examples/policy_gradient_probe.py`` shows that samples drawn from few slides teach a policy gradient
+much less).
 
 The actor can be warm-started from HAFED's level-2 attention (``warm_start=True``, default), so
 training starts from "zoom where HAFED attends in the current state"; its score layer is then

@@ -57,14 +57,30 @@ def write_card(
     metrics = {f"{report.split}": headline(report, agent, budget)}
     table = report.to_markdown()
     ppo = config.get("ppo", {})
+    env_kwargs = ppo.get("env_kwargs", {})
     training = {
         "dataset": report.dataset,
-        "total_timesteps": ppo.get("total_timesteps"),
-        "n_envs": ppo.get("n_envs"),
-        "n_steps": ppo.get("n_steps"),
-        "learning_rate": ppo.get("learning_rate"),
-        "warm_start": ppo.get("warm_start"),
-        "seed": ppo.get("seed"),
+        "reward": env_kwargs.get("reward", "ce"),
+        "training budget": env_kwargs.get("budget"),
+        **{
+            key: ppo.get(key)
+            for key in (
+                "total_timesteps",
+                "n_envs",
+                "n_steps",
+                "batch_size",
+                "n_epochs",
+                "learning_rate",
+                "gamma",
+                "gae_lambda",
+                "vf_coef",
+                "max_grad_norm",
+                "hidden",
+                "standardise",
+                "warm_start",
+                "seed",
+            )
+        },
     }
     text = cards.render_card(
         "ppo",

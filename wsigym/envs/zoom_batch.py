@@ -218,22 +218,18 @@ class ZoomBatch:
         self.logits = torch.zeros(b, hafed.config.num_classes, device=dev)
         self.evidence = self._evidence() if config.reward == "evidence" else None
 
-    def _evidence(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For ``reward="evidence"``: HAFED's probabilities on every oracle row alone ``(sum N, C)`` and
-        their mean per slide ``(slides, C)`` (:func:`~wsigym.envs.reward.patch_evidence`)."""
+    def _evidence(self) -> torch.Tensor:
+        """For ``reward="evidence"``: HAFED's probabilities on every oracle row alone minus their mean
+        over the row's slide, ``(sum N, C)`` (:func:`~wsigym.envs.reward.patch_evidence`)."""
         if not isinstance(self.source, SlideSource):
             raise ValueError(
                 "reward='evidence' needs the oracle rows V of every patch, which live slides do not precompute"
             )
+        n = torch.as_tensor(self.source.n_list, device=self.device)
+        slide = torch.repeat_interleave(torch.arange(len(n), device=self.device), n)  # (sum N,)
         probs = patch_evidence(self.hafed, self.source.v)
-        slide = torch.repeat_interleave(
-            torch.arange(len(self.source), device=self.device),
-            torch.as_tensor(self.source.n_list, device=self.device),
-        )
-        sums = probs.new_zeros(len(self.source), probs.shape[1]).index_add(0, slide, probs)
-        return probs, sums / torch.as_tensor(self.source.n_list, device=self.device, dtype=probs.dtype)[
-            :, None
-        ]
+        mean = probs.new_zeros(len(n), probs.shape[1]).index_add(0, slide, probs) / n[:, None]
+        return probs - mean[slide]
 
     # ------------------------------------------------------------------ episodes
     @torch.no_grad()
@@ -359,14 +355,9 @@ class ZoomBatch:
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
         hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
         evidence = None
-        if self.evidence is not None:
-            probs, slide_mean = self.evidence
-            flat = torch.as_tensor(src.offsets_list_np[self.slide[act_idx]] + actions[act_idx], device=dev)
-            y = self.labels[act_idx]
-            evidence = torch.zeros(self.num_envs, device=dev)
-            evidence[torch.as_tensor(act_idx, device=dev)] = (
-                probs[flat, y] - slide_mean[self.slide[act_idx], y]
-            )
+        if self.evidence is not None:  # the zoomed rows' centred evidence for the slide label
+            flat = torch.as_tensor(src.offsets_list_np[self.slide] + anchors_np, device=dev)
+            evidence = self.evidence[flat, self.labels]
         done_t = torch.as_tensor(done, device=dev)
         r = reward(self.config.reward, self.logits, logits, self.labels, done_t, hit, evidence)
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
