@@ -1,4 +1,4 @@
-"""Write examples/learning_curve.png: a PPO run's validation metrics and training return vs timesteps.
+"""Write examples/learning_curve.png: a PPO run's validation metrics, tumour hits and training return.
 
 Reads ``<run>/train.json`` (the validation callback's history: greedy, masked policy on the
 validation split) and the TensorBoard scalar ``rollout/ep_rew_mean`` (training episodes) under
@@ -51,30 +51,35 @@ def main() -> None:
     history = record["validation"]
     t = [h["timesteps"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("accuracy", "auc", "f1", "tumour_hits"):
+    for key in ("accuracy", "auc", "f1"):
         if all(key in h for h in history):
             ax1.plot(t, [h[key] for h in history], marker="o", label=f"val {key.replace('_', ' ')}")
     ax1.set_xlabel("timesteps")
     ax1.set_title(f"validation ({len(history)} evaluations, greedy + masks)")
     ax1.legend()
     ax1.grid(alpha=0.3)
+    reward = record.get("config", {}).get("env_kwargs", {}).get("reward", "ce")
     steps, values = tensorboard_scalar(run / "tb", "rollout/ep_rew_mean")
     if steps:
-        ax2.plot(steps, values, color="tab:blue", label="train ep_rew_mean (-sum CE)")
+        ax2.plot(steps, values, color="tab:blue", label=f"train episode return (reward {reward!r})")
     ax2.set_ylabel("training episode return", color="tab:blue")
-    nll = ax2.twinx()  # its own scale: the return sums ~N/10 per-step CEs, the NLL is one
-    nll.plot(t, [h["nll"] for h in history], color="tab:orange", marker="o", label="val NLL (final state)")
-    nll.set_ylabel("validation NLL", color="tab:orange")
+    hits = ax2.twinx()  # its own scale: a fraction of the zooms
+    if all("tumour_hits" in h for h in history):
+        hits.plot(
+            t, [h["tumour_hits"] for h in history], color="tab:red", marker="o", label="val tumour hits"
+        )
+    hits.set_ylabel("validation tumour hits (fraction of zooms)", color="tab:red")
     ax2.set_xlabel("timesteps")
-    ax2.set_title("training return / validation NLL")
+    ax2.set_title("training return / validation tumour hits")
     lines = ax2.get_legend_handles_labels()
-    more = nll.get_legend_handles_labels()
+    more = hits.get_legend_handles_labels()
     ax2.legend(lines[0] + more[0], lines[1] + more[1])
     ax2.grid(alpha=0.3)
     if "config" in record:
         cfg = record["config"]
         title = (
             f"MaskablePPO on {cfg['env_id']} ({cfg['env_kwargs'].get('dataset', 'synth-c16')}), "
+            f"reward {reward!r}, budget {cfg['env_kwargs'].get('budget')}, "
             f"{record['timesteps']} timesteps in {record['train_seconds'] / 60:.1f} min, "
             f"{record['torch_threads']} thread{'s' if record['torch_threads'] != 1 else ''}"
         )
