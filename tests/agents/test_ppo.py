@@ -197,6 +197,39 @@ def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
     assert (config.vf_coef, config.max_grad_norm) == (0.25, 10.0)
 
 
+def test_cli_recipe_and_overrides(monkeypatch, tmp_path):
+    import wsigym.agents.ppo as ppo
+
+    seen = {}
+
+    def fake_train(config, out, progress=True):
+        seen["config"] = config
+        (Path(out) / "train.json").write_text(json.dumps({"timesteps": 0, "validation": []}))
+
+    monkeypatch.setattr(ppo, "train_ppo", fake_train)
+    out = tmp_path / "run"
+    out.mkdir()
+    base = ["train", "ppo", "--out", str(out), "--recipe", "evidence-bandit"]
+    args = build_parser().parse_args(base)
+    assert args.func(args) == 0
+    assert seen["config"] == ppo.ppo_config("evidence-bandit", env_kwargs={"dataset": "synth-c16", "fold": 0})
+    assert seen["config"].env_kwargs["reward"] == "evidence" and seen["config"].gamma == 0.0
+    args = build_parser().parse_args(
+        [*base, "--budget", "0.1", "--lr", "1e-3", "--no-standardise", "--reward", "ce"]
+    )
+    assert args.func(args) == 0
+    config = seen["config"]
+    assert config.env_kwargs == {"dataset": "synth-c16", "fold": 0, "reward": "ce", "budget": 0.1}
+    assert config.learning_rate == 1e-3 and not config.standardise and config.n_envs == 16
+    args = build_parser().parse_args(["train", "ppo", "--out", str(out)])  # no recipe: SASHA's settings
+    assert args.func(args) == 0
+    assert seen["config"] == ppo.PPOConfig(env_kwargs={"dataset": "synth-c16", "fold": 0})
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        ppo.ppo_config("fast")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ppo.ppo_config("sasha", learning_rat=1.0)
+
+
 def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:
     """``run_protocol`` for the trained tiny policy on the tiny dataset, one seed, into tmp_path/results."""
     from wsigym.agents.benchmark import run_protocol

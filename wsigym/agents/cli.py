@@ -23,6 +23,26 @@ from wsigym.envs.reward import REWARDS
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
 
+#: ``train ppo`` options that map one-to-one onto a :class:`~wsigym.agents.ppo.PPOConfig` field.
+_NUMERIC_FLAGS = {
+    "--timesteps": "total_timesteps",
+    "--n-envs": "n_envs",
+    "--n-steps": "n_steps",
+    "--batch-size": "batch_size",
+    "--epochs": "n_epochs",
+    "--lr": "learning_rate",
+    "--ent-coef": "ent_coef",
+    "--gamma": "gamma",
+    "--gae-lambda": "gae_lambda",
+    "--clip-range": "clip_range",
+    "--vf-coef": "vf_coef",
+    "--max-grad-norm": "max_grad_norm",
+    "--hidden": "hidden",
+    "--eval-freq": "eval_freq",
+    "--eval-slides": "eval_slides",
+    "--checkpoint-freq": "checkpoint_freq",
+}
+
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``train`` command's own subparsers (shared with other areas that add ``train <model>``)."""
@@ -58,48 +78,40 @@ def _common_env(p: argparse.ArgumentParser) -> None:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
-    from wsigym.agents.ppo import PPOConfig
+    from wsigym.agents.ppo import RECIPES, PPOConfig
 
     d = PPOConfig()
-    p = _train_parser(sub).add_parser("ppo", help="train a MaskablePPO zoom policy (sb3-contrib)")
+    p = _train_parser(sub).add_parser(
+        "ppo",
+        help="train a MaskablePPO zoom policy (sb3-contrib)",
+        description="Options left out take the recipe's value, else PPOConfig's default (shown).",
+    )
     _common_env(p)
     p.add_argument("--out", required=True, help="run folder (becomes the publishable policy folder)")
-    p.add_argument("--budget", type=float, default=0.2, help="zoom budget fraction for training")
-    p.add_argument("--timesteps", type=int, default=d.total_timesteps)
-    p.add_argument("--n-envs", type=int, default=d.n_envs)
-    p.add_argument("--n-steps", type=int, default=d.n_steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.n_epochs)
-    p.add_argument("--lr", type=float, default=d.learning_rate)
-    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
-    p.add_argument("--gamma", type=float, default=d.gamma, help="discount (SASHA: 1.0)")
-    p.add_argument("--gae-lambda", type=float, default=d.gae_lambda)
-    p.add_argument("--clip-range", type=float, default=d.clip_range)
-    p.add_argument("--vf-coef", type=float, default=d.vf_coef)
     p.add_argument(
-        "--max-grad-norm",
-        type=float,
-        default=d.max_grad_norm,
-        help="clip of the joint actor+critic gradient norm (SASHA: 0.5)",
+        "--recipe",
+        default="sasha",
+        choices=tuple(RECIPES),
+        help="named settings (wsigym.agents.ppo.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
     )
     p.add_argument(
-        "--hidden", type=int, default=None, help="actor attention width (default HAFED's attn_dim)"
+        "--budget", type=float, default=None, help="zoom budget fraction for training (env default 0.2)"
     )
-    p.add_argument("--eval-freq", type=int, default=d.eval_freq)
+    for flag, name in _NUMERIC_FLAGS.items():
+        kind = float if isinstance(getattr(d, name), float) else int
+        p.add_argument(flag, type=kind, default=None, help=f"PPOConfig.{name} (default {getattr(d, name)})")
     p.add_argument(
-        "--eval-slides", type=int, default=None, help="validation slides per evaluation (default all)"
+        "--normalize-advantage",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SB3's per-minibatch advantage standardisation (default on; with rare rewards it rescales noise)",
     )
-    p.add_argument("--checkpoint-freq", type=int, default=d.checkpoint_freq)
-    p.add_argument(
-        "--no-normalize-advantage",
-        action="store_true",
-        help="keep SB3 from standardising advantages per minibatch (with rare rewards it rescales noise)",
-    )
-    p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None, help="default on")
     p.add_argument(
         "--standardise",
-        action="store_true",
-        help="standardise the state rows per observation in the policy (needs --no-warm-start)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise the state rows per observation in the policy (needs --no-warm-start; default off)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -154,33 +166,28 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import PPOConfig, train_ppo
+    from wsigym.agents.ppo import ppo_config, train_ppo
 
-    config = PPOConfig(
-        env_id=args.env,
-        env_kwargs={**_env_kwargs(args), "budget": args.budget},
-        total_timesteps=args.timesteps,
-        n_envs=args.n_envs,
-        n_steps=args.n_steps,
-        batch_size=args.batch_size,
-        n_epochs=args.epochs,
-        learning_rate=args.lr,
-        ent_coef=args.ent_coef,
-        gamma=args.gamma,
-        gae_lambda=args.gae_lambda,
-        clip_range=args.clip_range,
-        vf_coef=args.vf_coef,
-        max_grad_norm=args.max_grad_norm,
-        hidden=args.hidden,
-        eval_freq=args.eval_freq,
-        eval_slides=args.eval_slides,
-        checkpoint_freq=args.checkpoint_freq,
-        warm_start=not args.no_warm_start,
-        standardise=args.standardise,
-        normalize_advantage=not args.no_normalize_advantage,
-        seed=args.seed,
-        device=args.device,
-    )
+    env_kwargs = _env_kwargs(args)
+    if args.budget is not None:
+        env_kwargs["budget"] = args.budget
+    overrides: dict[str, Any] = {
+        "env_id": args.env,
+        "env_kwargs": env_kwargs,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    for flag, name in _NUMERIC_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[name] = value
+    for name in ("normalize_advantage", "warm_start", "standardise"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    try:
+        config = ppo_config(args.recipe, **overrides)
+    except ValueError as exc:
+        raise SystemExit(f"wsigym train ppo: {exc}") from None
     t0 = time.perf_counter()
     train_ppo(config, args.out, progress=not args.no_progress)
     record = json.loads((Path(args.out) / "train.json").read_text())

@@ -61,7 +61,7 @@ def write_card(
     training = {
         "dataset": report.dataset,
         "reward": env_kwargs.get("reward", "ce"),
-        "training budget": env_kwargs.get("budget"),
+        "training budget": env_kwargs.get("budget", "env default"),
         **{
             key: ppo.get(key)
             for key in (
