@@ -173,7 +173,9 @@ def test_cli_wiring():
     assert parser.parse_args(["demo"]).func.__name__ == "_demo"
 
 
-def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
+@pytest.fixture
+def cli_config(monkeypatch, tmp_path):
+    """``(run folder, dict)``: ``train ppo`` then records the PPOConfig it would train with."""
     import wsigym.agents.ppo as ppo
 
     seen = {}
@@ -185,6 +187,11 @@ def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(ppo, "train_ppo", fake_train)
     out = tmp_path / "run"
     out.mkdir()
+    return out, seen
+
+
+def test_cli_passes_the_ppo_settings(cli_config):
+    out, seen = cli_config
     argv = ["train", "ppo", "--out", str(out), "--reward", "delta_ce", "--gamma", "0", "--gae-lambda", "0.5"]
     argv += ["--clip-range", "0.3", "--hidden", "16", "--budget", "0.1", "--no-warm-start"]
     argv += ["--standardise", "--no-normalize-advantage", "--vf-coef", "0.25", "--max-grad-norm", "10"]
@@ -197,18 +204,10 @@ def test_cli_passes_the_ppo_settings(monkeypatch, tmp_path):
     assert (config.vf_coef, config.max_grad_norm) == (0.25, 10.0)
 
 
-def test_cli_recipe_and_overrides(monkeypatch, tmp_path):
+def test_cli_recipe_and_overrides(cli_config):
     import wsigym.agents.ppo as ppo
 
-    seen = {}
-
-    def fake_train(config, out, progress=True):
-        seen["config"] = config
-        (Path(out) / "train.json").write_text(json.dumps({"timesteps": 0, "validation": []}))
-
-    monkeypatch.setattr(ppo, "train_ppo", fake_train)
-    out = tmp_path / "run"
-    out.mkdir()
+    out, seen = cli_config
     base = ["train", "ppo", "--out", str(out), "--recipe", "evidence-bandit"]
     args = build_parser().parse_args(base)
     assert args.func(args) == 0
