@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import zoo
 from wsigym.agents.ppo import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent, PPOConfig, load_policy, train_ppo
 from wsigym.agents.publish import publish, repo_name
 from wsigym.cli import build_parser
@@ -227,6 +229,17 @@ def test_cli_recipe_and_overrides(cli_config):
         ppo.ppo_config("fast")
     with pytest.raises(ValueError, match="unknown keys"):
         ppo.ppo_config("sasha", learning_rat=1.0)
+
+
+def test_shipped_policy_is_the_evidence_bandit_recipe():
+    """The README's training command for ``ppo-WSIZoom-v0`` is ``--recipe evidence-bandit``."""
+    from wsigym.agents.ppo import ppo_config
+
+    shipped = json.loads(
+        (Path(zoo.__file__).parent / "assets/weights/ppo-WSIZoom-v0/policy.json").read_text()
+    )
+    recipe = asdict(ppo_config("evidence-bandit", env_kwargs={"dataset": "synth-c16", "fold": 0}))
+    assert {k: v for k, v in shipped["ppo"].items() if k in recipe} == recipe
 
 
 def _protocol(run, env_kwargs, tmp_path, **kwargs) -> str:
