@@ -42,6 +42,12 @@ _NUMERIC_FLAGS = {
     "--eval-slides": "eval_slides",
     "--checkpoint-freq": "checkpoint_freq",
 }
+_FLAG_NOTES = {
+    "--gamma": "discount (SASHA: 1.0)",
+    "--max-grad-norm": "clip of the joint actor+critic gradient norm (SASHA: 0.5)",
+    "--hidden": "actor attention width (None: HAFED's attn_dim)",
+    "--eval-slides": "validation slides per evaluation (None: all)",
+}
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -99,7 +105,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     for flag, name in _NUMERIC_FLAGS.items():
         kind = float if isinstance(getattr(d, name), float) else int
-        p.add_argument(flag, type=kind, default=None, help=f"PPOConfig.{name} (default {getattr(d, name)})")
+        note = f"{_FLAG_NOTES[flag]}; " if flag in _FLAG_NOTES else ""
+        p.add_argument(
+            flag, type=kind, default=None, help=f"{note}PPOConfig.{name} (default {getattr(d, name)})"
+        )
     p.add_argument(
         "--normalize-advantage",
         action=argparse.BooleanOptionalAction,
