@@ -14,7 +14,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from wsigym.agents.ppo import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent, PPOConfig, load_policy, train_ppo
+from wsigym.agents.ppo import (
+    POLICY_CONFIG,
+    POLICY_WEIGHTS,
+    PolicyAgent,
+    PPOConfig,
+    load_policy,
+    rollout_buffer_bytes,
+    train_ppo,
+)
 from wsigym.agents.publish import publish, repo_name
 from wsigym.cli import build_parser
 from wsigym.evaluate import evaluate
@@ -61,7 +69,9 @@ def test_train_writes_everything(run):
     history = record["validation"]
     assert history[0]["timesteps"] == 0 and history[-1]["timesteps"] == model.num_timesteps
     assert all(0.0 <= h["accuracy"] <= 1.0 for h in history)
-    assert record["rollout_buffer_bytes"] > 2 * 16 * record["num_patches"] * record["dim"] * 4
+    assert record["path"] == "segments"
+    padded = rollout_buffer_bytes(record["num_patches"], record["dim"], 16, 2)
+    assert 0 < record["rollout_buffer_bytes"] < padded / 2  # rows of real patches, stored once per episode
 
 
 def test_save_load_round_trip_same_actions(run, env_kwargs):
@@ -239,6 +249,8 @@ def test_shipped_policy_is_the_evidence_bandit_recipe():
         (Path(zoo.__file__).parent / "assets/weights/ppo-WSIZoom-v0/policy.json").read_text()
     )
     recipe = asdict(ppo_config("evidence-bandit", env_kwargs={"dataset": "synth-c16", "fold": 0}))
+    # trained before the ``tokens`` option (its tokens are the default) and on SB3's plain buffer
+    assert recipe.pop("tokens") == "state+context" and recipe.pop("path") == "segments"
     assert {k: v for k, v in shipped["ppo"].items() if k in recipe} == recipe
 
 

@@ -84,7 +84,8 @@ def _common_env(p: argparse.ArgumentParser) -> None:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
-    from wsigym.agents.ppo import RECIPES, PPOConfig
+    from wsigym.agents.policy import TOKENS
+    from wsigym.agents.ppo import RECIPES, TRAINING_PATHS, PPOConfig
 
     d = PPOConfig()
     p = _train_parser(sub).add_parser(
@@ -121,6 +122,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="standardise the state rows per observation in the policy (needs --no-warm-start; default off)",
+    )
+    p.add_argument(
+        "--tokens",
+        default=None,
+        choices=TOKENS,
+        help="what the policy reads per patch: the state row and 6 context channels, or the row alone "
+        "(SASHA's actor; no per-step work on unchanged rows) (default state+context)",
+    )
+    p.add_argument(
+        "--path",
+        default=None,
+        choices=TRAINING_PATHS,
+        help="'segments': episodes stored as changed rows, policy evaluated once per row version (fast); "
+        "'plain': SB3's buffer of padded observations (same loss) (default segments)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -190,13 +205,18 @@ def _train_ppo(args: argparse.Namespace) -> int:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides[name] = value
-    for name in ("normalize_advantage", "warm_start", "standardise"):
+    for name in ("normalize_advantage", "warm_start", "standardise", "tokens", "path"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     try:
         config = ppo_config(args.recipe, **overrides)
     except ValueError as exc:
         raise SystemExit(f"wsigym train ppo: {exc}") from None
+    print(
+        f"wsigym train ppo: recipe {args.recipe!r}, {config.path!r} path "
+        f"({'episodes stored as changed rows' if config.path == 'segments' else 'SB3 padded observations'}), "
+        f"tokens {config.tokens!r}, {config.total_timesteps} timesteps"
+    )
     t0 = time.perf_counter()
     train_ppo(config, args.out, progress=not args.no_progress)
     record = json.loads((Path(args.out) / "train.json").read_text())

@@ -1,7 +1,9 @@
 r"""A permutation-equivariant actor-critic for ``WSIZoom`` with sb3-contrib's ``MaskablePPO``.
 
 Each padded patch row becomes a token :math:`x_i = [s_i, \text{visited}_i, \text{updated}_i,
-\text{coords}_i, \text{budget}, \text{valid}_i] \in \mathbb{R}^{d+6}`.
+\text{coords}_i, \text{budget}, \text{valid}_i] \in \mathbb{R}^{d+6}` (``tokens="state+context"``,
+the default) or :math:`x_i = s_i \in \mathbb{R}^d` (``tokens="state"``: SASHA's actor and critic read the
+state rows only).
 
 - **Actor** (SASHA's): a gated-attention scorer shared over patches,
   :math:`\ell_i = w^\top(\tanh(V x_i) \odot \sigma(U x_i))`, used directly as the categorical logits
@@ -25,15 +27,26 @@ from typing import Any, NamedTuple
 
 import torch
 from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
+from wsigym.agents.row_table import RowTable, SegmentBatch, table_outputs, version_terms
 from zoo.nn import GatedAttention, masked_softmax
 
 EXTRA_CHANNELS = 6  # visited, updated, x, y, budget, valid
+#: What a patch token holds: the state row and the six context channels, or the state row alone.
+TOKENS = ("state+context", "state")
 #: Logit of padding rows (never legal; MaskablePPO's masks use the same value).
 PAD_LOGIT = -1e8
+
+
+def token_dim(dim: int, tokens: str) -> int:
+    """Width of a patch token: ``d + 6`` for ``"state+context"``, ``d`` for ``"state"``."""
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be one of {TOKENS}, got {tokens!r}")
+    return dim + EXTRA_CHANNELS if tokens == "state+context" else dim
 
 
 def _patches_and_dim(observation_space: spaces.Dict) -> tuple[int, int]:
@@ -67,25 +80,32 @@ class PatchTokens(BaseFeaturesExtractor):
     the ``mlp_extractor``; ``features_dim`` is nominal (``P*(d+6)``).
     """
 
-    def __init__(self, observation_space: spaces.Dict, standardise: bool = False) -> None:
+    def __init__(
+        self, observation_space: spaces.Dict, standardise: bool = False, tokens: str = "state+context"
+    ) -> None:
         p, d = _patches_and_dim(observation_space)
-        super().__init__(observation_space, features_dim=p * (d + EXTRA_CHANNELS))
-        self.num_patches, self.dim, self.standardise = p, d, standardise
+        super().__init__(observation_space, features_dim=p * token_dim(d, tokens))
+        self.num_patches, self.dim, self.standardise, self.tokens = p, d, standardise, tokens
 
     def forward(self, obs: dict[str, Tensor]) -> PatchRows:  # type: ignore[override]
-        return patch_rows(obs, self.dim, self.standardise)
+        return patch_rows(obs, self.dim, self.standardise, self.tokens == "state+context")
 
 
-def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False) -> PatchRows:
+def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False, context: bool = True) -> PatchRows:
     """Observation tensors (batched, any padded P) -> the tokens of the real patches.
 
-    Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]``; with
-    ``standardise`` the ``S_i`` are standardised per observation (:func:`standardise_state`).
+    Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]`` (``S_i`` alone
+    without ``context``); with ``standardise`` the ``S_i`` are standardised per observation
+    (:func:`standardise_state`).
     """
     mask = obs["patch_mask"]
     b, p = mask.shape[0], mask.shape[-1]
     valid = mask.reshape(b, p) > 0.5
     budget = obs["budget"].float().reshape(b, 1)
+    state = obs["state"].reshape(b, p, dim)[valid].float()
+    if not context:
+        features = PatchRows(state, valid, valid.nonzero()[:, 0], budget)
+        return features._replace(rows=standardise_state(features, dim)) if standardise else features
     extra = torch.cat(
         [
             obs["visited"].float().reshape(b, p, 1),
@@ -96,7 +116,6 @@ def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False) -> P
         ],
         dim=-1,
     )
-    state = obs["state"].reshape(b, p, dim)[valid].float()
     features = PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, valid.nonzero()[:, 0], budget)
     return features._replace(rows=standardise_state(features, dim)) if standardise else features
 
@@ -123,7 +142,7 @@ class PatchActorCritic(nn.Module):
 
     Args:
         num_patches: P of the observation space (``latent_dim_pi``); ``forward`` accepts any P.
-        token_dim: d + 6.
+        token_dim: ``d + 6`` (``tokens="state+context"``) or ``d`` (``"state"``).
         hidden: width of the actor's gated attention (SASHA: 128; HAFED's ``attn_dim`` for a warm start).
         critic_hidden: width of the critic's latent.
         critic_attention: width of the critic's gated attention (default ``hidden``).
@@ -177,13 +196,52 @@ class PatchActorCritic(nn.Module):
     def forward(self, features: PatchRows) -> tuple[Tensor, Tensor]:
         return self.forward_actor(features), self.forward_critic(features)
 
+    def version_terms(self, states: Tensor, flags: Tensor, per_step: bool) -> Tensor:
+        """:func:`~wsigym.agents.row_table.version_terms` of this actor-critic."""
+        return version_terms(
+            self.actor, self.critic_attention, states, flags, self.token_dim > states.shape[1], per_step
+        )
+
+    def table_outputs(self, table: RowTable, terms: Tensor, per_step: bool) -> tuple[Tensor, Tensor]:
+        """Logits ``(L, N)`` and critic latent ``(L, critic_hidden)`` of a :class:`RowTable`
+        (:func:`~wsigym.agents.row_table.table_outputs`): what :meth:`forward` gives on its states."""
+        context = self.token_dim > table.states.shape[1]
+        return table_outputs(
+            self.actor, self.critic_attention, self.critic_mlp, table, terms, context, per_step
+        )
+
+    def forward_segments(self, batch: SegmentBatch, per_step: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """A :class:`SegmentBatch` (``T`` timesteps in all) -> logits ``(T, N_max)`` (padding
+        :data:`PAD_LOGIT`), legal-action masks ``(T, N_max)`` and critic latents ``(T, critic_hidden)``,
+        with ``N_max`` the largest slide of the batch."""
+        width = max(t.index.shape[1] for t in batch.tables)
+        logits, masks, latents = [], [], []
+        flag = 1 if batch.mask_updated else 0  # the legal patches: not zoomed (not updated)
+        for table in batch.tables:
+            terms = self.version_terms(table.states, table.flags, per_step)
+            out, latent = self.table_outputs(table, terms, per_step)
+            pad = width - out.shape[1]
+            logits.append(torch.nn.functional.pad(out, (0, pad), value=PAD_LOGIT))
+            legal = table.flags[table.index, flag] < 0.5
+            masks.append(torch.nn.functional.pad(legal, (0, pad), value=False))
+            latents.append(latent)
+        return torch.cat(logits), torch.cat(masks), torch.cat(latents)
+
+
+def masked_categorical(logits: Tensor, masks: Tensor) -> MaskableCategoricalDistribution:
+    """sb3-contrib's masked categorical over the ``(B, n)`` logits of any width ``n`` (the policy's own
+    ``action_dist`` is fixed to the observation space's ``P``)."""
+    distribution = MaskableCategoricalDistribution(logits.shape[-1]).proba_distribution(action_logits=logits)
+    distribution.apply_masking(masks)
+    return distribution
+
 
 class PatchPolicy(MaskableMultiInputActorCriticPolicy):
     """MaskablePPO policy for ``WSIZoom`` observations (see the module docstring).
 
     Extra keyword arguments: ``hidden`` (actor attention width, default 128), ``critic_hidden``
-    (default 64), ``critic_attention`` (critic attention width, default ``hidden``) and
-    ``standardise`` (default off): standardise the state channels per observation before both heads
+    (default 64), ``critic_attention`` (critic attention width, default ``hidden``), ``tokens``
+    (:data:`TOKENS`, default ``"state+context"``) and ``standardise`` (default off): standardise the state channels per observation before both heads
     (:func:`standardise_state`). Slide features share a large common offset (on synth-c16 the slide
     mean row has norm 11.46 against 11.94 for a row, ``examples/policy_gradient_probe.py``), so
     without it the patch-to-patch differences a scorer must learn are a small part of its input. It must stay off for a HAFED warm start (HAFED's attention
@@ -200,20 +258,39 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
         critic_hidden: int = 64,
         critic_attention: int | None = None,
         standardise: bool = False,
+        tokens: str = "state+context",
         **kwargs: Any,
     ) -> None:
+        token_dim(1, tokens)  # checks the name
         self.hidden, self.critic_hidden, self.critic_attention = hidden, critic_hidden, critic_attention
-        self.standardise = standardise
+        self.standardise, self.tokens = standardise, tokens
         kwargs.setdefault("features_extractor_class", PatchTokens)
-        kwargs.setdefault("features_extractor_kwargs", {"standardise": standardise})
+        kwargs.setdefault("features_extractor_kwargs", {"standardise": standardise, "tokens": tokens})
         kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
         p, d = _patches_and_dim(self.observation_space)
         self.mlp_extractor = PatchActorCritic(
-            p, d + EXTRA_CHANNELS, self.hidden, self.critic_hidden, self.critic_attention
+            p, token_dim(d, self.tokens), self.hidden, self.critic_hidden, self.critic_attention
         )
+
+    @property
+    def per_step(self) -> bool:
+        """Whether a row's gates depend on the timestep (a budget channel or standardisation), not only
+        on its version (:mod:`wsigym.agents.row_table`)."""
+        return self.standardise or self.tokens == "state+context"
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: Any, actions: Tensor, action_masks: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """SB3's ``evaluate_actions``; also takes a :class:`SegmentBatch` (the structured rollout
+        buffer's observations, :mod:`wsigym.agents.segments`), whose masks it reads itself."""
+        if not isinstance(obs, SegmentBatch):
+            return super().evaluate_actions(obs, actions, action_masks=action_masks)
+        logits, masks, latent_vf = self.mlp_extractor.forward_segments(obs, self.per_step)
+        distribution = masked_categorical(logits, masks)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
@@ -227,6 +304,7 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
             critic_hidden=self.critic_hidden,
             critic_attention=self.critic_attention,
             standardise=self.standardise,
+            tokens=self.tokens,
         )
         return data
 
@@ -251,9 +329,9 @@ def warm_start_from_hafed(policy: PatchPolicy, hafed: nn.Module) -> None:
     extractor: PatchActorCritic = policy.mlp_extractor
     if policy.standardise:
         raise ValueError("warm start needs standardise=False: HAFED's attention reads the raw state rows")
-    if extractor.token_dim != d + EXTRA_CHANNELS:
+    if extractor.token_dim != token_dim(d, policy.tokens):
         raise ValueError(
-            f"warm start: HAFED's state width is {d}, the policy's tokens are {extractor.token_dim} = d + 6 wide"
+            f"warm start: HAFED's state width is {d}, the policy's tokens are {extractor.token_dim} wide"
         )
     width = src.tanh_branch.out_features
     if extractor.actor.tanh_branch.out_features != width:

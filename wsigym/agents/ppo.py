@@ -75,13 +75,20 @@ import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.policy import (
     EXTRA_CHANNELS,
     PAD_LOGIT,
+    TOKENS,
     PatchPolicy,
     patch_rows,
     scale_actor_logits,
     warm_start_from_hafed,
 )
 from wsigym.agents.sb3_vec import make_sb3_vec_env
+from wsigym.agents.segment_ppo import SegmentMaskablePPO
 from wsigym.data.folder import atomic_write_text
+
+#: How :func:`train_ppo` stores and evaluates rollouts: ``"segments"`` (episodes as changed rows,
+#: :mod:`wsigym.agents.segment_ppo`, the default) or ``"plain"`` (SB3's buffer of padded observations).
+#: Same loss; the minibatches of ``"segments"`` are whole segments of episodes.
+TRAINING_PATHS = ("segments", "plain")
 
 POLICY_WEIGHTS = "policy.safetensors"
 POLICY_CONFIG = "policy.json"  # not config.json: a zoo model folder is recognised by config.json
@@ -117,6 +124,7 @@ class PPOConfig:
     critic_hidden: int = 64
     critic_attention: int | None = 32
     standardise: bool = False
+    tokens: str = "state+context"
     warm_start: bool = True
     warm_start_logit_std: float | None = 2.0
     eval_freq: int = 5_000
@@ -125,6 +133,7 @@ class PPOConfig:
     keep: str = "best"
     seed: int = 0
     device: str = "cpu"
+    path: str = "segments"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
@@ -138,6 +147,10 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
             raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
+        if self.path not in TRAINING_PATHS:
+            raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
+        if self.tokens not in TOKENS:
+            raise ValueError(f"PPOConfig.tokens must be one of {TOKENS}, got {self.tokens!r}")
         if self.standardise and self.warm_start:
             raise ValueError(
                 "PPOConfig: standardise=True needs warm_start=False (HAFED reads raw state rows)"
@@ -209,7 +222,8 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
     """Build a MaskablePPO with the per-patch policy for ``env`` (an SB3 VecEnv), warm-started if asked."""
     hafed = env.get_attr("hafed")[0]
     hidden = config.hidden if config.hidden is not None else int(hafed.config.attn_dim)
-    model = MaskablePPO(
+    algorithm = SegmentMaskablePPO if config.path == "segments" else MaskablePPO
+    model = algorithm(
         PatchPolicy,
         env,
         learning_rate=config.learning_rate,
@@ -228,6 +242,7 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
             "critic_hidden": config.critic_hidden,
             "critic_attention": config.critic_attention,
             "standardise": config.standardise,
+            "tokens": config.tokens,
         },
         tensorboard_log=tensorboard_log,
         seed=config.seed,
@@ -372,7 +387,10 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
             "torch_threads": torch.get_num_threads(),
             "num_patches": int(p),
             "dim": int(d),
-            "rollout_buffer_bytes": rollout_buffer_bytes(p, d, config.n_steps, config.n_envs),
+            "path": config.path,
+            "rollout_buffer_bytes": rollout_buffer_bytes(p, d, config.n_steps, config.n_envs)
+            if config.path == "plain"
+            else model.rollout_buffer.stored_bytes(),  # the last rollout's rows
             "validation": validation.history,
         },
     )
@@ -411,7 +429,8 @@ def save_policy(
             "algorithm": "MaskablePPO",
             "policy": "wsigym.agents.policy.PatchPolicy",
             "num_patches": p,
-            "dim": int(extractor.token_dim - EXTRA_CHANNELS),
+            "dim": int(model.policy.features_extractor.dim),
+            "tokens": model.policy.tokens,
             "hidden": int(extractor.actor.tanh_branch.out_features),
             "critic_hidden": int(extractor.latent_dim_vf),
             "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
@@ -432,6 +451,7 @@ def _policy_for(
     critic_hidden: int,
     critic_attention: int,
     standardise: bool = False,
+    tokens: str = "state+context",
 ) -> PatchPolicy:
     from wsigym.envs.zoom_batch import observation_space
 
@@ -443,6 +463,7 @@ def _policy_for(
         critic_hidden=critic_hidden,
         critic_attention=critic_attention,
         standardise=standardise,
+        tokens=tokens,
     )
 
 
@@ -466,8 +487,8 @@ class PolicyAgent:
         self.policy = policy
         self.config = config or {}
         self.incremental = incremental
-        extractor = policy.mlp_extractor
-        self.dim = extractor.token_dim - EXTRA_CHANNELS
+        self.dim = policy.features_extractor.dim
+        self.context = policy.mlp_extractor.token_dim - self.dim  # 6 context channels, or 0
         self._cache: dict[str, Any] | None = None
 
     def reset(
@@ -485,7 +506,7 @@ class PolicyAgent:
         p, d = int(np.asarray(obs["patch_mask"]).shape[-1]), self.dim
         if not self.incremental:
             tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
-            features = patch_rows(tensors, d, self.policy.standardise)
+            features = patch_rows(tensors, d, self.policy.standardise, self.context > 0)
             return self.policy.mlp_extractor.forward_actor(features)[0].cpu().numpy()
         cache = self._cache
         if cache is None or cache["state"].shape != state.shape:
@@ -513,7 +534,7 @@ class PolicyAgent:
         extra[:, 2:4] = np.asarray(obs["coords"], dtype=np.float32).reshape(p, 2)
         extra[:, 4] = float(np.asarray(obs["budget"]).reshape(-1)[0])
         extra[:, 5] = np.asarray(obs["patch_mask"]).reshape(p)
-        x = torch.from_numpy(extra).to(device)
+        x = torch.from_numpy(extra[:, : self.context]).to(device)
         pre_tanh, pre_gate = cache["tanh"], cache["gate"]
         if self.policy.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
             real = cache["state"].reshape(p, d)[extra[:, 5] > 0.5]
@@ -563,6 +584,7 @@ def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
             int(config["critic_hidden"]),
             int(config["critic_attention"]),
             bool(config.get("standardise", False)),  # absent in policies saved before the option
+            str(config.get("tokens", "state+context")),  # likewise
         ).to(device)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a policy config ({type(e).__name__}: {e})") from None

@@ -97,8 +97,9 @@ class WSIZoomSB3VecEnv(VecEnv):
         for e in range(self.num_envs):
             infos[e]["TimeLimit.truncated"] = bool(truncated[e] and not terminated[e])
         if dones.any():
-            for e in np.flatnonzero(dones):
-                infos[e]["terminal_observation"] = {k: v[e].copy() for k, v in obs.items()}
+            if obs:  # {} while the vector env does not observe (``observe=False``)
+                for e in np.flatnonzero(dones):
+                    infos[e]["terminal_observation"] = {k: v[e].copy() for k, v in obs.items()}
             obs, reset_info = self.venv.reset(options={"reset_mask": dones})
             for e in np.flatnonzero(dones):
                 self.reset_infos[e] = self._split_info(reset_info, e)

@@ -115,6 +115,9 @@ class WSIZoomVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(self.num_envs)]
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._started = False
+        #: ``False``: ``reset``/``step`` return ``{}`` instead of the observation, for a learner that
+        #: reads the engine directly (``batch``, ``batch.last_change``) and never the padded state.
+        self.observe = True
 
     @property
     def slide_ids(self) -> list[str]:
@@ -170,7 +173,7 @@ class WSIZoomVectorEnv(VectorEnv):
         self.batch.load(envs, slides)
         self._autoreset[envs] = False
         self._started = True
-        return self.batch.observation(copy=self.copy), self._info()
+        return self._observation(), self._info()
 
     def step(
         self, actions: np.ndarray
@@ -198,8 +201,10 @@ class WSIZoomVectorEnv(VectorEnv):
             info["hit_tumour"], info["_hit_tumour"] = out["hit_tumour"], hit.copy()
             info["tumour_fraction"] = np.where(hit, np.nan_to_num(tumour), 0.0)
             info["_tumour_fraction"] = hit.copy()
-        obs = self.batch.observation(copy=self.copy)
-        return obs, out["reward"], out["terminated"], out["truncated"], info
+        return self._observation(), out["reward"], out["terminated"], out["truncated"], info
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return self.batch.observation(copy=self.copy) if self.observe else {}
 
     def action_masks(self) -> np.ndarray:
         """Legal actions ``(B, max_patches)`` bool (for an autoresetting sub-environment: its old episode's)."""

@@ -47,7 +47,7 @@ from wsigym.envs.classifier import IncrementalAttentionClassifier
 from wsigym.envs.live_source import LiveSlideSource
 from wsigym.envs.reward import REWARDS, cross_entropy, patch_evidence, reward
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
-from wsigym.envs.state_update import UPDATE_RULES, ZoomBatchState
+from wsigym.envs.state_update import UPDATE_RULES, StateChange, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 BUDGET_ENDS = ("terminate", "truncate")
@@ -217,6 +217,9 @@ class ZoomBatch:
         self.ce = torch.zeros(b, dtype=torch.float32, device=dev)
         self.logits = torch.zeros(b, hafed.config.num_classes, device=dev)
         self.evidence = self._evidence() if config.reward == "evidence" else None
+        #: The rows the last :meth:`step` wrote (torch, on the engine's device): what a learner that
+        #: stores episodes as their changed rows reads (:mod:`wsigym.agents.segments`).
+        self.last_change: StateChange | None = None
 
     def _evidence(self) -> torch.Tensor:
         """For ``reward="evidence"``: HAFED's probabilities on every oracle row alone minus their mean
@@ -334,6 +337,7 @@ class ZoomBatch:
             tau=self.config.tau,
             absolute_cosine=self.config.absolute_cosine,
         )
+        self.last_change = change
         self.classifier.update(change, t.state, t.valid)
         logits = self.classifier.logits()
         ce_after = cross_entropy(logits, self.labels)

@@ -1,0 +1,163 @@
+r"""The per-patch actor-critic evaluated on *row versions*, without building any padded state.
+
+A zoom episode changes few rows per step (the zoomed row and its TSU-updated neighbours), so the
+states :math:`S_0, \dots, S_{L-1}` of ``L`` consecutive timesteps of one slide hold only
+``V = N + E`` distinct rows: the slide's ``N`` low-res rows ``Z`` and the ``E`` rows the episode wrote
+(each row changes at most twice under the TSU). A :class:`RowTable` stores those versions once and,
+for every timestep, which version each row holds (``index (L, N)``); the state at timestep ``t`` is
+``states[index[t]]``.
+
+:class:`~wsigym.agents.policy.PatchActorCritic` scores every row with gated attention on its token
+``x_i = [s_i, visited_i, updated_i, x_i, y_i, b, 1]`` (``tokens="state+context"``) or ``x_i = s_i``
+(``tokens="state"``). The first layers are linear, so split by channel,
+
+.. math::
+    W x_i(t) = \underbrace{W_s s_{v}}_{\text{per version}} + \underbrace{W_f f_{v} + w_1 + c}_{\text{per version}}
+               + \underbrace{w_b\, b_t}_{\text{per timestep}}, \qquad v = \text{index}[t, i],
+
+and with per-observation standardisation :math:`\hat s = (s - \mu_t)/\sigma_t` the state term becomes
+:math:`(W_s s_v - W_s \mu_t)/\sigma_t`. :func:`version_terms` computes the per-version parts once
+(one ``V x d`` product per head instead of ``L x N x d``); :func:`table_outputs` adds the per-timestep
+parts, applies the gates and pools. When neither a budget channel nor standardisation is present the
+gates themselves are per version, so a timestep costs one gather of ``N`` scores.
+
+The critic's pooled token :math:`\sum_i w_i(t) x_i(t)` is a ``(L, V) @ (V, d)`` product of the
+attention weights scattered onto the versions. Everything equals
+:meth:`~wsigym.agents.policy.PatchActorCritic.forward` on the padded observations to float rounding
+(``tests/agents/test_segments.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from zoo.nn import GatedAttention
+
+#: Channels of a version's flags: visited, updated, x, y.
+FLAG_CHANNELS = 4
+STANDARDISE_EPS = 1e-6  # as wsigym.agents.policy.standardise_state
+
+
+class RowTable(NamedTuple):
+    """``L`` timesteps of one slide as row versions (module docstring).
+
+    ``mean``/``scale`` are the per-timestep standardisation statistics (:func:`table_statistics`),
+    ``None`` for a policy that does not standardise.
+    """
+
+    states: Tensor  #: ``(V, d)`` the row values, the slide's ``N`` low-res rows first
+    flags: Tensor  #: ``(V, 4)`` visited, updated, x, y of each version
+    index: Tensor  #: ``(L, N)`` long, the version each row holds at each timestep
+    budget: Tensor  #: ``(L,)`` remaining budget fraction
+    mean: Tensor | None = None  #: ``(L, d)`` mean row of each state
+    scale: Tensor | None = None  #: ``(L,)`` RMS spread of each state (+ eps)
+
+
+class SegmentBatch(NamedTuple):
+    """The observations of a minibatch of the structured rollout buffer: its timesteps are those of
+    ``tables`` in order. ``mask_updated``: the legal patches are the not-updated ones (else not zoomed)."""
+
+    tables: list[RowTable]
+    mask_updated: bool = False
+
+
+def table_statistics(states: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Per-timestep mean row and spread of the states of a table, as
+    :func:`~wsigym.agents.policy.standardise_state`: ``mean (L, d)``, ``scale (L,)`` =
+    :math:`\sqrt{\overline{(s - \bar s)^2}} + \epsilon` over rows and channels (float64 sums)."""
+    steps, n = index.shape
+    counts = states.new_zeros(steps, states.shape[0], dtype=torch.float64)
+    counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
+    s64 = states.double()
+    mean = counts @ s64 / n  # (L, d)
+    square = counts @ s64.square().sum(-1) / n  # (L,) mean squared norm
+    var = (square - mean.square().sum(-1)).clamp_min(0.0) / states.shape[1]
+    return mean.to(states.dtype), (var.sqrt() + STANDARDISE_EPS).to(states.dtype)
+
+
+def _heads(actor: GatedAttention, critic: GatedAttention) -> list[torch.nn.Linear]:
+    return [actor.tanh_branch, actor.gate_branch, critic.tanh_branch, critic.gate_branch]
+
+
+def _widths(actor: GatedAttention, critic: GatedAttention) -> list[int]:
+    return [layer.out_features for layer in _heads(actor, critic)]
+
+
+def version_terms(
+    actor: GatedAttention, critic: GatedAttention, states: Tensor, flags: Tensor, context: bool, per_step: bool
+) -> Tensor:
+    """The per-version part of the four gate pre-activations (actor tanh/gate, critic tanh/gate).
+
+    Returns ``(V, 2K)`` = ``[W_s s_v | W_f f_v + w_1 + c]`` when ``per_step`` (the timestep adds to it),
+    else the two gated-attention scores of every version ``(V, 2)`` (actor logit, critic score).
+    """
+    d = states.shape[1]
+    layers = _heads(actor, critic)
+    w_state = torch.cat([layer.weight[:, :d] for layer in layers])  # (K, d)
+    bias = torch.cat([layer.bias for layer in layers])
+    fixed = bias.expand(states.shape[0], -1)
+    if context:  # flags (4 channels) and the valid channel (always 1 on a real row)
+        w_flags = torch.cat([layer.weight[:, d : d + FLAG_CHANNELS] for layer in layers])
+        w_valid = torch.cat([layer.weight[:, d + FLAG_CHANNELS + 1] for layer in layers])
+        fixed = torch.addmm(bias + w_valid, flags, w_flags.T)
+    state_part = states @ w_state.T
+    if per_step:
+        return torch.cat([state_part, fixed], dim=-1)
+    return _scores(actor, critic, state_part + fixed)
+
+
+def _scores(actor: GatedAttention, critic: GatedAttention, pre: Tensor) -> Tensor:
+    """Gate pre-activations ``(..., K)`` -> the actor logit and critic score ``(..., 2)``."""
+    ha, ga, hc, gc = pre.split(_widths(actor, critic), dim=-1)
+    logit = actor.score(torch.tanh(ha) * torch.sigmoid(ga))
+    score = critic.score(torch.tanh(hc) * torch.sigmoid(gc))
+    return torch.cat([logit, score], dim=-1)
+
+
+def table_outputs(
+    actor: GatedAttention,
+    critic: GatedAttention,
+    critic_mlp: torch.nn.Module,
+    table: RowTable,
+    terms: Tensor,
+    context: bool,
+    per_step: bool,
+) -> tuple[Tensor, Tensor]:
+    """Actor logits ``(L, N)`` and critic latent ``(L, critic_hidden)`` of every timestep of ``table``.
+
+    ``terms`` is :func:`version_terms` of ``table.states`` (computed with gradients in training,
+    cached between steps in a rollout).
+    """
+    index, budget = table.index, table.budget
+    steps, n = index.shape
+    d = table.states.shape[1]
+    if per_step:
+        k = terms.shape[1] // 2
+        state_part, fixed = terms[index, :k], terms[index, k:]  # (L, N, K)
+        if table.mean is not None:
+            w_state = torch.cat([layer.weight[:, :d] for layer in _heads(actor, critic)])
+            shift = table.mean @ w_state.T  # (L, K)
+            state_part = (state_part - shift[:, None]) / table.scale[:, None, None]
+        pre = state_part + fixed
+        if context:
+            w_budget = torch.cat([layer.weight[:, d + FLAG_CHANNELS] for layer in _heads(actor, critic)])
+            pre = pre + budget[:, None, None] * w_budget
+        scores = _scores(actor, critic, pre)  # (L, N, 2)
+    else:
+        scores = terms[index]  # (L, N, 2)
+    logits, critic_scores = scores[..., 0], scores[..., 1]
+    weights = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
+    on_versions = weights.new_zeros(steps, table.states.shape[0]).scatter(1, index, weights)  # (L, V)
+    pooled = on_versions @ table.states  # (L, d)
+    if table.mean is not None:
+        pooled = (pooled - table.mean) / table.scale[:, None]
+    size = weights.new_full((steps, 1), n / 1000.0)
+    b = budget[:, None]
+    if context:
+        ones = weights.new_ones(steps, 1)
+        pooled = torch.cat([pooled, on_versions @ table.flags, b, ones], dim=-1)
+    latent = critic_mlp(torch.cat([pooled, b, size, b * size], dim=-1))
+    return logits, latent

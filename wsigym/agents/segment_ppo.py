@@ -1,0 +1,219 @@
+r"""``SegmentMaskablePPO``: sb3-contrib's ``MaskablePPO`` on zoom episodes stored as changed rows.
+
+The same algorithm, loss and hyperparameters as ``MaskablePPO`` with
+:class:`~wsigym.agents.policy.PatchPolicy`; only where states live changes:
+
+- **Rollout.** The learner reads the vector env's engine directly (``WSIZoomVectorEnv.batch``, whose
+  ``last_change`` lists the rows each step wrote) and never asks for the padded observation
+  (``observe=False``). Each environment's episode is an :class:`~wsigym.agents.segments.EpisodeRows`;
+  the policy's per-version terms (:func:`~wsigym.agents.row_table.version_terms`) are computed once
+  per version and kept until the next update, so a step costs the changed rows' ``d``-wide products
+  plus, for a policy with a budget channel or standardisation, ``O(N x h)`` gates.
+- **Storage.** :class:`~wsigym.agents.segments.SegmentRolloutBuffer`: slide references plus the rows
+  that changed, no padded observation.
+- **Update.** ``MaskablePPO.train`` unchanged; its minibatches are whole segments and the policy
+  evaluates them as row tables (:meth:`PatchPolicy.evaluate_actions` on a
+  :class:`~wsigym.agents.row_table.SegmentBatch`). The loss equals the plain path's on the same
+  timesteps to float rounding (``tests/agents/test_segments.py``).
+
+Rewards go through the same VecEnv wrappers as the plain path (``VecMonitor``, ``VecNormalize``).
+Everything stays on the engine's device (CPU or CUDA); only the ``B`` chosen actions cross to the
+host, as the VecEnv API needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from wsigym.agents.policy import PAD_LOGIT, PatchPolicy, masked_categorical
+from wsigym.agents.row_table import RowTable, table_statistics
+from wsigym.agents.segments import EpisodeRows, SegmentRolloutBuffer
+from wsigym.envs.vector import WSIZoomVectorEnv
+from wsigym.envs.zoom_batch import ZoomBatch
+
+
+def vector_env_of(env: Any) -> WSIZoomVectorEnv:
+    """The :class:`WSIZoomVectorEnv` under a stack of SB3 VecEnv wrappers (``.venv`` links).
+
+    Raises:
+        TypeError: when there is none.
+    """
+    inner = env
+    while not isinstance(inner, WSIZoomVectorEnv):
+        if not hasattr(inner, "venv"):
+            raise TypeError(
+                f"the structured PPO path needs a WSIZoomVectorEnv under the VecEnv, got {type(env).__name__}"
+            )
+        inner = inner.venv
+    return inner
+
+
+class EpisodeRunner:
+    """The ``B`` running episodes of a vector env as :class:`EpisodeRows`, and the policy on them."""
+
+    def __init__(self, engine: ZoomBatch, policy: PatchPolicy) -> None:
+        self.engine, self.policy = engine, policy
+        self.episodes: list[EpisodeRows] = [self._episode(e) for e in range(engine.num_envs)]
+
+    def _episode(self, env: int) -> EpisodeRows:
+        engine = self.engine
+        k = int(engine.slide[env])
+        z, coords, _ = engine.source.episode_arrays(k)
+        coords_t = torch.as_tensor(coords, dtype=z.dtype, device=z.device)
+        episode = EpisodeRows(z, coords_t, int(engine.steps_budget[env]), k)
+        episode.terms = self._terms(episode.states, episode.flags)
+        return episode
+
+    def _terms(self, states: Tensor, flags: Tensor) -> Tensor:
+        device = self.policy.device
+        return self.policy.mlp_extractor.version_terms(states.to(device), flags.to(device), self.policy.per_step)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute every episode's cached terms (after the policy's weights changed)."""
+        for episode in self.episodes:
+            episode.terms = self._terms(episode.states, episode.flags)
+
+    @torch.no_grad()
+    def new_episode(self, env: int) -> EpisodeRows:
+        """Follow the engine's new episode in ``env`` (after a reset)."""
+        self.episodes[env] = self._episode(env)
+        return self.episodes[env]
+
+    @torch.no_grad()
+    def record(self, actions: np.ndarray) -> None:
+        """Append the rows the engine's last step wrote to each episode (and their cached terms)."""
+        change = self.engine.last_change
+        assert change is not None, "record() before any engine step"
+        for e, episode in enumerate(self.episodes):
+            mine = change.env == e
+            rows = change.row[mine]
+            new = episode.step(rows, change.new[mine], int(actions[e]))
+            terms = self._terms(episode.states[new], episode.flags[new])
+            assert episode.terms is not None
+            episode.terms = torch.cat([episode.terms, terms])
+
+    def _table(self, episode: EpisodeRows) -> RowTable:
+        device = self.policy.device
+        index = episode.current[None].to(device)
+        states = episode.states.to(device)
+        mean = scale = None
+        if self.policy.standardise:
+            mean, scale = table_statistics(states, index)
+        return RowTable(
+            states, episode.flags.to(device), index, episode.budget_left(episode.steps)[None].to(device), mean, scale
+        )
+
+    @torch.no_grad()
+    def outputs(self, envs: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """For the current states of ``envs``: logits ``(b, N_max)`` (padding :data:`PAD_LOGIT`),
+        legal-action masks ``(b, N_max)`` and values ``(b, 1)``."""
+        ac, per_step = self.policy.mlp_extractor, self.policy.per_step
+        flag = 1 if self.engine.config.mask_updated else 0
+        width = max(self.episodes[e].n for e in envs)
+        logits, masks, latents = [], [], []
+        for e in envs:
+            episode = self.episodes[e]
+            table = self._table(episode)
+            out, latent = ac.table_outputs(table, episode.terms, per_step)
+            pad = width - episode.n
+            logits.append(torch.nn.functional.pad(out[0], (0, pad), value=PAD_LOGIT))
+            legal = table.flags[table.index[0], flag] < 0.5
+            masks.append(torch.nn.functional.pad(legal, (0, pad), value=False))
+            latents.append(latent)
+        return torch.stack(logits), torch.stack(masks), self.policy.value_net(torch.cat(latents))
+
+    @torch.no_grad()
+    def act(self, deterministic: bool = False) -> tuple[np.ndarray, Tensor, Tensor]:
+        """Actions ``(B,)`` (numpy), values ``(B, 1)`` and log-probabilities ``(B,)`` of every env."""
+        logits, masks, values = self.outputs(list(range(len(self.episodes))))
+        distribution = masked_categorical(logits, masks)
+        actions = distribution.get_actions(deterministic=deterministic)
+        return actions.cpu().numpy(), values, distribution.log_prob(actions)
+
+
+class SegmentMaskablePPO(MaskablePPO):
+    """``MaskablePPO`` with episodes stored as changed rows (module docstring).
+
+    Takes ``MaskablePPO``'s arguments; the policy must be a :class:`PatchPolicy` and the env a
+    :class:`WSIZoomVectorEnv` under SB3 VecEnv wrappers (``make_sb3_vec_env``), whose observations it
+    switches off while learning. ``batch_size=None`` updates on the whole rollout at once.
+    """
+
+    def __init__(self, policy: Any, env: VecEnv, **kwargs: Any) -> None:
+        engine = vector_env_of(env).batch
+        standardise = bool(kwargs.get("policy_kwargs", {}).get("standardise", False))
+        kwargs["rollout_buffer_class"] = SegmentRolloutBuffer
+        kwargs["rollout_buffer_kwargs"] = {"standardise": standardise, "mask_updated": engine.config.mask_updated}
+        self._runner: EpisodeRunner | None = None
+        super().__init__(policy, env, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_runner"]
+
+    def learn(self, *args: Any, **kwargs: Any) -> SegmentMaskablePPO:
+        vector = vector_env_of(self.env)
+        vector.observe = False
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            vector.observe = True
+            self._runner = None
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        self._last_obs = None  # the env is reset (no observation is built) and followed from the engine
+        out = super()._setup_learn(*args, **kwargs)
+        self._runner = EpisodeRunner(vector_env_of(self.env).batch, self.policy)  # type: ignore[arg-type]
+        return out
+
+    def collect_rollouts(  # type: ignore[override]
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: SegmentRolloutBuffer,
+        n_rollout_steps: int,
+        use_masking: bool = True,
+    ) -> bool:
+        """Fill the buffer with ``n_rollout_steps`` steps of every environment (SB3's loop, on rows)."""
+        runner = self._runner
+        assert runner is not None, "collect_rollouts() outside learn()"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        runner.refresh()
+        for e, episode in enumerate(runner.episodes):
+            rollout_buffer.open(e, episode)
+        callback.on_rollout_start()
+        n_steps = 0
+        dones = np.zeros(env.num_envs, dtype=bool)
+        while n_steps < n_rollout_steps:
+            actions, values, log_probs = runner.act()
+            _, rewards, dones, infos = env.step(actions)
+            runner.record(actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            truncated = [e for e in np.flatnonzero(dones) if infos[e].get("TimeLimit.truncated", False)]
+            if truncated:  # bootstrap the cut episode with the value of its last state
+                rewards = rewards + 0.0
+                rewards[truncated] += self.gamma * runner.outputs(truncated)[2][:, 0].cpu().numpy()
+            rollout_buffer.add(actions.reshape(-1, 1), rewards, self._last_episode_starts, values, log_probs)
+            self._last_episode_starts = dones
+            for e in np.flatnonzero(dones):
+                rollout_buffer.close(int(e))
+                rollout_buffer.open(int(e), runner.new_episode(int(e)))
+        values = runner.outputs(list(range(env.num_envs)))[2]
+        for e in range(env.num_envs):
+            rollout_buffer.close(e)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.on_rollout_end()
+        return True
