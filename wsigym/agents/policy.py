@@ -91,7 +91,9 @@ class PatchTokens(BaseFeaturesExtractor):
         return patch_rows(obs, self.dim, self.standardise, self.tokens == "state+context")
 
 
-def patch_rows(obs: dict[str, Tensor], dim: int, standardise: bool = False, context: bool = True) -> PatchRows:
+def patch_rows(
+    obs: dict[str, Tensor], dim: int, standardise: bool = False, context: bool = True
+) -> PatchRows:
     """Observation tensors (batched, any padded P) -> the tokens of the real patches.
 
     Token ``i`` is ``[S_i (d), visited_i, updated_i, x_i, y_i, budget, valid_i]`` (``S_i`` alone
@@ -198,8 +200,9 @@ class PatchActorCritic(nn.Module):
 
     def version_terms(self, states: Tensor, flags: Tensor, per_step: bool) -> Tensor:
         """:func:`~wsigym.agents.row_table.version_terms` of this actor-critic."""
+        context = self.token_dim > states.shape[1]
         return version_terms(
-            self.actor, self.critic_attention, states, flags, self.token_dim > states.shape[1], per_step
+            self.actor, self.critic_attention, self.critic_mlp, states, flags, context, per_step
         )
 
     def table_outputs(self, table: RowTable, terms: Tensor, per_step: bool) -> tuple[Tensor, Tensor]:

@@ -21,8 +21,9 @@ and with per-observation standardisation :math:`\hat s = (s - \mu_t)/\sigma_t` t
 parts, applies the gates and pools. When neither a budget channel nor standardisation is present the
 gates themselves are per version, so a timestep costs one gather of ``N`` scores.
 
-The critic's pooled token :math:`\sum_i w_i(t) x_i(t)` is a ``(L, V) @ (V, d)`` product of the
-attention weights scattered onto the versions. Everything equals
+The critic's pooled token :math:`\sum_i w_i(t) x_i(t)` enters the critic MLP's first layer ``P``
+linearly, so the critic pools the versions' projections :math:`P_s s_v` (``critic_hidden`` wide, cached
+with the gates' terms): a ``(L, V) @ (V, c)`` product of the attention weights scattered onto the versions. Everything equals
 :meth:`~wsigym.agents.policy.PatchActorCritic.forward` on the padded observations to float rounding
 (``tests/agents/test_segments.py``).
 """
@@ -87,12 +88,21 @@ def _widths(actor: GatedAttention, critic: GatedAttention) -> list[int]:
 
 
 def version_terms(
-    actor: GatedAttention, critic: GatedAttention, states: Tensor, flags: Tensor, context: bool, per_step: bool
+    actor: GatedAttention,
+    critic: GatedAttention,
+    critic_mlp: torch.nn.Sequential,
+    states: Tensor,
+    flags: Tensor,
+    context: bool,
+    per_step: bool,
 ) -> Tensor:
-    """The per-version part of the four gate pre-activations (actor tanh/gate, critic tanh/gate).
+    """Everything the policy computes from a version alone: ``(V, g + c)``.
 
-    Returns ``(V, 2K)`` = ``[W_s s_v | W_f f_v + w_1 + c]`` when ``per_step`` (the timestep adds to it),
-    else the two gated-attention scores of every version ``(V, 2)`` (actor logit, critic score).
+    The first ``g`` columns are the gates' part: ``[W_s s_v | W_f f_v + w_1 + c]`` ``(2K)`` when
+    ``per_step`` (the timestep adds to it), else the two gated-attention scores of the version
+    (actor logit, critic score). The last ``c`` are the state's projection by the critic MLP's first
+    layer, ``P_s s_v`` (``critic_hidden``): the pooled token enters that layer linearly, so the critic
+    pools ``c``-wide projections instead of ``d``-wide rows.
     """
     d = states.shape[1]
     layers = _heads(actor, critic)
@@ -103,10 +113,11 @@ def version_terms(
         w_flags = torch.cat([layer.weight[:, d : d + FLAG_CHANNELS] for layer in layers])
         w_valid = torch.cat([layer.weight[:, d + FLAG_CHANNELS + 1] for layer in layers])
         fixed = torch.addmm(bias + w_valid, flags, w_flags.T)
+    first = critic_mlp[0]
+    projection = states @ first.weight[:, :d].T  # (V, c)
     state_part = states @ w_state.T
-    if per_step:
-        return torch.cat([state_part, fixed], dim=-1)
-    return _scores(actor, critic, state_part + fixed)
+    gates = torch.cat([state_part, fixed], dim=-1) if per_step else _scores(actor, critic, state_part + fixed)
+    return torch.cat([gates, projection], dim=-1)
 
 
 def _scores(actor: GatedAttention, critic: GatedAttention, pre: Tensor) -> Tensor:
@@ -120,7 +131,7 @@ def _scores(actor: GatedAttention, critic: GatedAttention, pre: Tensor) -> Tenso
 def table_outputs(
     actor: GatedAttention,
     critic: GatedAttention,
-    critic_mlp: torch.nn.Module,
+    critic_mlp: torch.nn.Sequential,
     table: RowTable,
     terms: Tensor,
     context: bool,
@@ -134,9 +145,12 @@ def table_outputs(
     index, budget = table.index, table.budget
     steps, n = index.shape
     d = table.states.shape[1]
+    first = critic_mlp[0]
+    c = first.out_features
+    gates, projection = terms[:, :-c], terms[:, -c:]
     if per_step:
-        k = terms.shape[1] // 2
-        state_part, fixed = terms[index, :k], terms[index, k:]  # (L, N, K)
+        k = gates.shape[1] // 2
+        state_part, fixed = gates[index, :k], gates[index, k:]  # (L, N, K)
         if table.mean is not None:
             w_state = torch.cat([layer.weight[:, :d] for layer in _heads(actor, critic)])
             shift = table.mean @ w_state.T  # (L, K)
@@ -147,17 +161,19 @@ def table_outputs(
             pre = pre + budget[:, None, None] * w_budget
         scores = _scores(actor, critic, pre)  # (L, N, 2)
     else:
-        scores = terms[index]  # (L, N, 2)
+        scores = gates[index]  # (L, N, 2)
     logits, critic_scores = scores[..., 0], scores[..., 1]
     weights = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
     on_versions = weights.new_zeros(steps, table.states.shape[0]).scatter(1, index, weights)  # (L, V)
-    pooled = on_versions @ table.states  # (L, d)
-    if table.mean is not None:
-        pooled = (pooled - table.mean) / table.scale[:, None]
+    hidden = on_versions @ projection  # P_s (sum_i w_i s_i): (L, c)
+    if table.mean is not None:  # P_s (pooled - mean) / scale
+        hidden = (hidden - table.mean @ first.weight[:, :d].T) / table.scale[:, None]
     size = weights.new_full((steps, 1), n / 1000.0)
     b = budget[:, None]
+    width = first.in_features - 3  # the token
     if context:
-        ones = weights.new_ones(steps, 1)
-        pooled = torch.cat([pooled, on_versions @ table.flags, b, ones], dim=-1)
-    latent = critic_mlp(torch.cat([pooled, b, size, b * size], dim=-1))
-    return logits, latent
+        pooled_flags = on_versions @ table.flags  # (L, 4)
+        hidden = hidden + pooled_flags @ first.weight[:, d : d + FLAG_CHANNELS].T
+        hidden = hidden + b * first.weight[:, d + FLAG_CHANNELS] + first.weight[:, d + FLAG_CHANNELS + 1]
+    hidden = hidden + torch.cat([b, size, b * size], dim=-1) @ first.weight[:, width:].T + first.bias
+    return logits, critic_mlp[1:](hidden)

@@ -68,18 +68,20 @@ class EpisodeRunner:
         z, coords, _ = engine.source.episode_arrays(k)
         coords_t = torch.as_tensor(coords, dtype=z.dtype, device=z.device)
         episode = EpisodeRows(z, coords_t, int(engine.steps_budget[env]), k)
-        episode.terms = self._terms(episode.states, episode.flags)
+        episode.set_terms(self._terms(episode.states, episode.flags))
         return episode
 
     def _terms(self, states: Tensor, flags: Tensor) -> Tensor:
         device = self.policy.device
-        return self.policy.mlp_extractor.version_terms(states.to(device), flags.to(device), self.policy.per_step)
+        return self.policy.mlp_extractor.version_terms(
+            states.to(device), flags.to(device), self.policy.per_step
+        )
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute every episode's cached terms (after the policy's weights changed)."""
         for episode in self.episodes:
-            episode.terms = self._terms(episode.states, episode.flags)
+            episode.set_terms(self._terms(episode.states, episode.flags))
 
     @torch.no_grad()
     def new_episode(self, env: int) -> EpisodeRows:
@@ -95,10 +97,9 @@ class EpisodeRunner:
         for e, episode in enumerate(self.episodes):
             mine = change.env == e
             rows = change.row[mine]
+            first = episode.size
             new = episode.step(rows, change.new[mine], int(actions[e]))
-            terms = self._terms(episode.states[new], episode.flags[new])
-            assert episode.terms is not None
-            episode.terms = torch.cat([episode.terms, terms])
+            episode.add_terms(first, self._terms(episode.states[new], episode.flags[new]))
 
     def _table(self, episode: EpisodeRows) -> RowTable:
         device = self.policy.device
@@ -108,7 +109,12 @@ class EpisodeRunner:
         if self.policy.standardise:
             mean, scale = table_statistics(states, index)
         return RowTable(
-            states, episode.flags.to(device), index, episode.budget_left(episode.steps)[None].to(device), mean, scale
+            states,
+            episode.flags.to(device),
+            index,
+            episode.budget_left(episode.steps)[None].to(device),
+            mean,
+            scale,
         )
 
     @torch.no_grad()
@@ -151,7 +157,10 @@ class SegmentMaskablePPO(MaskablePPO):
         engine = vector_env_of(env).batch
         standardise = bool(kwargs.get("policy_kwargs", {}).get("standardise", False))
         kwargs["rollout_buffer_class"] = SegmentRolloutBuffer
-        kwargs["rollout_buffer_kwargs"] = {"standardise": standardise, "mask_updated": engine.config.mask_updated}
+        kwargs["rollout_buffer_kwargs"] = {
+            "standardise": standardise,
+            "mask_updated": engine.config.mask_updated,
+        }
         self._runner: EpisodeRunner | None = None
         super().__init__(policy, env, **kwargs)
 

@@ -56,7 +56,22 @@ class EpisodeRows:
         self.count = 0  # E
         self.steps = 0  # zooms so far: the timestep of the current state
         self.current = torch.arange(n, device=z.device)
-        self.terms: Tensor | None = None  # a rollout's cached version_terms (rows N + E)
+        self._terms: Tensor | None = None  # a rollout's cached version_terms, rows N + E
+
+    @property
+    def terms(self) -> Tensor | None:
+        """The cached per-version terms of a rollout's policy (``set_terms``/``add_terms``)."""
+        return None if self._terms is None else self._terms[: self.size]
+
+    def set_terms(self, terms: Tensor) -> None:
+        """Cache the policy's terms of every version ``(V, w)`` (room is kept for later versions)."""
+        self._terms = terms.new_empty(self._states.shape[0], terms.shape[1])
+        self._terms[: self.size] = terms
+
+    def add_terms(self, first: int, terms: Tensor) -> None:
+        """Cache the terms of versions ``first ..`` (after :meth:`step`)."""
+        assert self._terms is not None, "set_terms() first"
+        self._terms[first : first + terms.shape[0]] = terms
 
     @property
     def size(self) -> int:
@@ -81,11 +96,12 @@ class EpisodeRows:
         if need <= self._states.shape[0]:
             return
         capacity = max(need, 2 * self._states.shape[0])
-        for name, width in (("_states", self._states.shape[1]), ("_flags", FLAG_CHANNELS)):
+        for name in ("_states", "_flags", "_terms"):
             old = getattr(self, name)
-            new = old.new_zeros(capacity, width)
-            new[: self.size] = old[: self.size]
-            setattr(self, name, new)
+            if old is not None:
+                new = old.new_zeros(capacity, old.shape[1])
+                new[: self.size] = old[: self.size]
+                setattr(self, name, new)
         for name in ("_rows", "_start"):
             old = getattr(self, name)
             new = old.new_empty(capacity - self.n)

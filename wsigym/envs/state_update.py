@@ -76,17 +76,21 @@ class ZoomBatchState:
     updated: Tensor
 
 
-def cosine_to_anchor(z: Tensor, z_norm: Tensor, anchors: Tensor) -> Tensor:
+def cosine_to_anchor(z: Tensor, z_norm: Tensor, anchors: Tensor, valid: Tensor | None = None) -> Tensor:
     """``cos(Z_i, Z_a)`` for every row: ``z (B, P, d)``, ``z_norm (B, P)``, ``anchors (B,)`` -> ``(B, P)``.
 
-    One ``P x d`` scan per environment (the per-step floor of any TSU environment). On CUDA one
-    ``bmm``; on CPU one GEMV per environment, which measured ~2.5x faster than CPU ``bmm`` here
-    (``benchmarks/env_speed.py``).
+    One ``N x d`` scan per environment (the per-step floor of any TSU environment). On CUDA one
+    ``bmm`` over the padded rows; on CPU one GEMV per environment over its real rows only (the first
+    ``valid[b].sum()`` rows; padding rows get 0), which measured ~2.5x faster than CPU ``bmm`` here
+    (``benchmarks/env_speed.py``) and skips the padding to the dataset's largest slide.
     """
     b = torch.arange(z.shape[0], device=z.device)
     za = z[b, anchors]  # (B, d)
     if z.device.type == "cpu":
-        dots = torch.stack([torch.mv(z[i], za[i]) for i in range(z.shape[0])])  # (B, P)
+        counts = [z.shape[1]] * z.shape[0] if valid is None else valid.sum(-1).tolist()
+        dots = z.new_zeros(z.shape[:2])
+        for i, n in enumerate(counts):
+            dots[i, :n] = torch.mv(z[i, :n], za[i])
     else:
         dots = torch.bmm(z, za.unsqueeze(-1)).squeeze(-1)  # (B, P)
     return dots / (z_norm * z_norm[b, anchors].unsqueeze(-1))
@@ -153,7 +157,7 @@ def tsu_update(
     ``anchors (B,)`` zoomed rows (ignored where inactive), ``v_anchor (B_active, d)`` their oracle rows.
     """
     env_a, row_a = _active(anchors, active)
-    cos = cosine_to_anchor(st.z, st.z_norm, anchors)
+    cos = cosine_to_anchor(st.z, st.z_norm, anchors, st.valid)
     if absolute_cosine:
         cos = cos.abs()
     similar = (cos >= tau) & st.valid & active.unsqueeze(-1)
