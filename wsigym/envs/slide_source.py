@@ -29,9 +29,16 @@ implements the same interface with ``V(a)`` computed from the slide's pixels at 
 ``extent = max(x_max - x_min, y_max - y_min)`` (both axes share one scale, so the aspect ratio is
 kept), ``coords = (corner - min) / extent`` (0 for a one-patch slide).
 
-**Cache.** Sources are cached in memory per (dataset, split, fold, HAFED, device), so every
-environment built on the same data (e.g. the sub-environments of a vector env) shares one copy and
-``V`` is computed once per process (with a progress bar).
+**Cache.** ``V`` is cached on disk (:mod:`wsigym.envs.precompute_cache`, under ``$WSIGYM_CACHE``,
+default ``~/.cache/wsigym``), one file per slide keyed by content digests of the slide's data and of
+the HAFED weights: it is computed once (with a progress bar), and every later process (env, train,
+evaluate, demo, tests) only reads ``Z`` and the cached rows; other weights or other data give other
+keys. Concurrent first builders cooperate (one computes, the others wait and reuse). A dataset without
+a :meth:`~wsigym.data.dataset.SlideDataset.content_digest` (in-memory datasets), or
+``disk_cache=False``, computes ``V`` in memory. :attr:`SlideSource.content_key` identifies the split's
+``V`` for caches derived from it (the evidence table). Sources are also cached in memory per
+(dataset, split, fold, HAFED, device), so every environment built on the same data (e.g. the
+sub-environments of a vector env) shares one copy.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
 from wsigym.data.dataset import SlideDataset, open_dataset
+from wsigym.envs.precompute_cache import OracleCache
 from wsigym.errors import DataError
 
 #: Name of the bag view that holds precomputed oracle rows ``V (N, d)``.
@@ -117,10 +125,17 @@ class SlideSource:
         hafed: the HAFED whose level 1 computes ``V`` (eval mode, no gradients).
         device: where the tensors live.
         progress: show a progress bar while reading slides and computing ``V``.
+        disk_cache: read and publish ``V`` in the disk cache (module docstring) when the dataset
+            gives content digests; False computes it in memory.
+
+    Attributes:
+        content_key: digest of the split's ``V`` (HAFED weights, device type, slide digests in
+            order), or None when ``V`` is not disk-cached.
 
     Raises:
         DataError: for an empty split, a slide without high-res features or an oracle view, or
             features whose width differs from HAFED's ``in_dim``.
+        CacheError: when ``V`` must be built and the cache folder cannot be written.
     """
 
     def __init__(
@@ -131,6 +146,7 @@ class SlideSource:
         hafed: torch.nn.Module,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        disk_cache: bool = True,
     ) -> None:
         self.dataset = dataset
         self.split, self.fold = split, fold
@@ -139,12 +155,8 @@ class SlideSource:
         self.class_names: tuple[str, ...] = tuple(dataset.class_names)
         if not self.slide_ids:
             raise DataError(f"dataset {dataset.name!r}", f"split {split!r} of fold {fold} has no slides")
-        slides = [
-            self._read(dataset.load(sid, hr=True), hafed)
-            for sid in tqdm(
-                self.slide_ids, desc=f"WSIZoom: V for {dataset.name}/{split}", disable=not progress
-            )
-        ]
+        self.content_key: str | None = None
+        slides = self._read_split(hafed, disk_cache, progress)
         self.dim = int(slides[0].z.shape[1])
         n = np.array([s.z.shape[0] for s in slides], dtype=np.int64)
         self.n = torch.as_tensor(n, device=self.device)
@@ -166,12 +178,56 @@ class SlideSource:
         self.labels = torch.as_tensor([s.label for s in slides], dtype=torch.long, device=self.device)
         self.has_truth: list[bool] = [bool(np.isfinite(s.tumour).all()) for s in slides]
 
-    def _read(self, bag: SlideBag, hafed: torch.nn.Module) -> _Slide:
-        source = f"{self.dataset.name}/{bag.slide_id}"
+    def _read_split(self, hafed: torch.nn.Module, disk_cache: bool, progress: bool) -> list[_Slide]:
+        """Every slide of the split, ``V`` from the disk cache where it is there (module docstring)."""
+        ds, where = self.dataset, f"{self.dataset.name}/{self.split}"
+        digests = [ds.content_digest(sid) for sid in self.slide_ids] if disk_cache else None
+        if digests is None or any(dg is None for dg in digests):
+            return [
+                self._read(ds.load(sid, hr=True), hafed)
+                for sid in tqdm(self.slide_ids, desc=f"WSIZoom: V for {where}", disable=not progress)
+            ]
+        param = next(hafed.parameters())
+        cache = OracleCache(hafed, param.device.type)
+        self.content_key = cache.split_key(digests)
+        slides: list[_Slide | None] = [None] * len(self.slide_ids)
+        missing: list[int] = []
+        for j, sid in enumerate(tqdm(self.slide_ids, desc=f"WSIZoom: reading {where}", disable=not progress)):
+            bag = ds.load(sid, hr=False)
+            self._check_width(bag, hafed)
+            if ORACLE_VIEW in bag.views:  # V comes with the data
+                slides[j] = self._read(bag, hafed)
+            elif (v := cache.read(digests[j], bag.n, bag.dim)) is not None:
+                slides[j] = self._read(bag, hafed, v)
+            else:
+                missing.append(j)
+        if missing:
+            with cache.building(f"V of {where} in {cache.folder}"):
+                for j in tqdm(
+                    missing, desc=f"WSIZoom: V for {where} (first use; cached)", disable=not progress
+                ):
+                    bag = ds.load(self.slide_ids[j], hr=True)
+                    v = cache.read(digests[j], bag.n, bag.dim)  # published by another process meanwhile
+                    slides[j] = self._read(bag, hafed, v)
+                    if v is None:
+                        cache.write(digests[j], slides[j].v)
+        return slides  # type: ignore[return-value]
+
+    def _check_width(self, bag: SlideBag, hafed: torch.nn.Module) -> None:
         d = int(getattr(hafed.config, "in_dim", bag.dim))
         if bag.dim != d:
-            raise DataError(source, f"features have width {bag.dim}, but HAFED expects in_dim={d}")
-        if ORACLE_VIEW in bag.views:
+            raise DataError(
+                f"{self.dataset.name}/{bag.slide_id}",
+                f"features have width {bag.dim}, but HAFED expects in_dim={d}",
+            )
+
+    def _read(self, bag: SlideBag, hafed: torch.nn.Module, v: np.ndarray | None = None) -> _Slide:
+        """One slide; ``v`` (cached ``V``) or the bag's oracle view or HAFED on its high-res features."""
+        source = f"{self.dataset.name}/{bag.slide_id}"
+        self._check_width(bag, hafed)
+        if v is not None:
+            pass
+        elif ORACLE_VIEW in bag.views:
             v = np.asarray(bag.views[ORACLE_VIEW], dtype=np.float32)
             if v.shape != bag.features.shape:
                 raise DataError(
