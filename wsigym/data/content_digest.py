@@ -17,6 +17,7 @@ different keys.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wsigym.cachedir import build_lock, cache_root, publish_file
+from wsigym.cachedir import CacheError, build_lock, cache_root, publish_file, remove_stale_temps
 
 MEMO_FILE = "files.json"
 _CHUNK = 1 << 22
@@ -101,6 +102,7 @@ class _Memo:
         if not self.dirty:
             return
         with build_lock(self.path, "the file digest memo"):
+            remove_stale_temps(self.path.parent, self.path.name)
             merged = {**self._load(), **self.entries}
             text = json.dumps(merged, sort_keys=True)
             publish_file(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -109,13 +111,11 @@ class _Memo:
 
 def tree_digest(roots: Iterable[str | Path]) -> str:
     """Digest of the names and contents of every regular file under ``roots`` (files or folders).
-
-    Raises:
-        CacheError: when the memo cannot be written to the cache root.
-    """
+    The memo is saved when the cache root is writable (else the hashes are recomputed next time)."""
     memo = _Memo()
     parts = [f"{name}\0{memo.digest(path)}" for name, path in _files(Path(r) for r in roots)]
-    memo.save()
+    with contextlib.suppress(CacheError):  # an unwritable cache only loses the memo (a cold start next time)
+        memo.save()
     return sha256_hex("tree", *parts)
 
 

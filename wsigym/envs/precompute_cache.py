@@ -6,20 +6,22 @@ and ``reward="evidence"`` needs HAFED's probabilities on every row of ``V``. Bot
 the slide features and the HAFED weights, so they are computed once and kept under
 ``<cache root>/precompute/`` (:func:`wsigym.cachedir.cache_root`, ``$WSIGYM_CACHE``):
 
-=======================================================  ======================================
-file                                                     holds
-=======================================================  ======================================
-``oracle-<hafed>-<device>/<slide>.safetensors``           ``v (N, d)`` float32 of one slide
-``evidence/<split key>.safetensors``                     ``evidence (sum N, C)`` of one split
-=======================================================  ======================================
+===============================================  ===========================================
+file                                             holds
+===============================================  ===========================================
+``oracle-<hafed>-<device>/<slide>.safetensors``  ``v (N, d)`` float32 of one slide
+``evidence/<split>.safetensors``                 ``evidence (sum N, C)`` float32 of one split
+===============================================  ===========================================
 
 **Keys are content digests.** ``<hafed>`` is :func:`module_digest` of the HAFED weights (class,
-parameter and buffer names, dtypes, shapes and bytes), ``<slide>`` is
-:meth:`SlideDataset.content_digest <wsigym.data.dataset.SlideDataset.content_digest>` (synth-c16: its
-config, seed and the slide's manifest checksum; folder datasets: the hashes of their files).
-``<device>`` is the device type that computed the rows (``cpu``, ``cuda``), so a cached row is
-bit-identical to what the same device computes fresh. Changing the weights or the data changes the
-key, so a stale entry is never read (old entries stay on disk until the folder is deleted).
+parameter and buffer names, dtypes, shapes and bytes); ``<slide>`` digests the format version, the
+HAFED digest and :meth:`SlideDataset.content_digest <wsigym.data.dataset.SlideDataset.content_digest>`
+(synth-c16: its config, seed and the slide's manifest checksum; folder datasets: the hashes of their
+files); ``<split>`` digests the split's slide digests in order, the device type and the digest of the
+HAFED that classifies the rows. ``<device>`` is the device type that computed the rows (``cpu``,
+``cuda``), so a cached row is bit-identical to what the same device computes fresh. Changing the
+weights or the data changes the key, so a stale entry is never read (old entries stay on disk until
+the folder is deleted).
 A dataset whose :meth:`content_digest` is None (e.g. an in-memory dataset) is not cached on disk.
 
 **Safe concurrency** (:mod:`wsigym.cachedir`): readers read complete files without locking; a builder
