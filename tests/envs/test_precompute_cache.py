@@ -21,7 +21,7 @@ from wsigym.cachedir import CacheError, build_lock, publish_file
 from wsigym.data import content_digest
 from wsigym.data.native import NativeDataset, slide_path, write_bag, write_dataset_index
 from wsigym.data.synth import SynthC16
-from wsigym.envs.precompute_cache import OracleCache, module_digest, precompute_root
+from wsigym.envs.precompute_cache import RECORD, SlideRecordCache, module_digest, precompute_root
 from wsigym.envs.slide_source import SlideSource
 from wsigym.envs.zoom_batch import ZoomBatch, ZoomConfig
 
@@ -60,32 +60,35 @@ class Counting:
         return self.inner(*args, **kwargs)
 
 
-def oracle_files(root: Path) -> list[Path]:
-    return sorted((root / "precompute").glob("oracle-*/*.safetensors"))
+def record_files(root: Path) -> list[Path]:
+    return sorted((root / "precompute").glob("slides-*/*.safetensors"))
 
 
 def temps(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if p.name.endswith(".tmp")]
 
 
-def test_cached_v_is_exactly_the_fresh_v(cache, native, models):
+def test_cached_v_is_exactly_the_fresh_v(cache, native, models, monkeypatch):
     hafed = copy.deepcopy(models[0])
     ds = NativeDataset(native)
     fresh = SlideSource(ds, "train", 0, hafed, progress=False, disk_cache=False)
     assert fresh.content_key is None and not cache.exists()
     counter = Counting(hafed)
     first = SlideSource(ds, "train", 0, hafed, progress=False)
-    assert counter.calls == len(first) and len(oracle_files(cache)) == len(first)
-    second = SlideSource(NativeDataset(native), "train", 0, hafed, progress=False)  # a new process's view
-    assert counter.calls == len(first)  # read back, not recomputed
+    assert counter.calls == len(first) and len(record_files(cache)) == len(first)
+    loads, load = [], NativeDataset.load
+    monkeypatch.setattr(NativeDataset, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
+    second = SlideSource(NativeDataset(native), "train", 0, hafed, progress=False)  # as a new process
+    assert counter.calls == len(first) and loads == []  # read back: no slide read, no V recomputed
     assert second.content_key == first.content_key is not None
     for src in (first, second):
         assert torch.equal(src.v, fresh.v) and torch.equal(src.z, fresh.z)
         assert torch.equal(src.coords, fresh.coords) and torch.equal(src.labels, fresh.labels)
     # another split reuses nothing it does not share, and only computes its own slides
+    monkeypatch.setattr(NativeDataset, "load", load)
     SlideSource(ds, "val", 0, hafed, progress=False)
     assert counter.calls == len(first) + len(ds.split("val", 0))
-    for f in oracle_files(cache):
+    for f in record_files(cache):
         assert f.stat().st_mode & 0o777 == 0o644 & ~_umask()
     assert not temps(cache)
 
@@ -101,7 +104,7 @@ def test_corrupt_cached_file_is_rebuilt(cache, native, models):
     ds = NativeDataset(native)
     fresh = SlideSource(ds, "train", 0, hafed, progress=False, disk_cache=False)
     SlideSource(ds, "train", 0, hafed, progress=False)
-    victim = oracle_files(cache)[0]
+    victim = record_files(cache)[0]
     victim.write_bytes(victim.read_bytes()[:100])
     counter = Counting(hafed)
     again = SlideSource(ds, "train", 0, hafed, progress=False)
@@ -160,7 +163,7 @@ def test_new_hafed_weights_invalidate_v(cache, native, models):
     fresh = SlideSource(ds, "train", 0, other, progress=False, disk_cache=False)
     assert torch.equal(new.v, fresh.v) and not torch.equal(new.v, old.v)
     assert new.content_key != old.content_key
-    assert OracleCache(other, "cpu").folder != OracleCache(hafed, "cpu").folder
+    assert SlideRecordCache(other, "cpu").folder != SlideRecordCache(hafed, "cpu").folder
 
 
 def test_changed_data_invalidates_v_and_warm_digest_reads_no_file(cache, native, models, monkeypatch):
@@ -208,9 +211,9 @@ def _run_worker(mode: str, cache: Path, dataset_dir: Path, *extra: Path) -> subp
 def _check_visible_files(cache: Path, dataset_dir: Path) -> int:
     """Read every published file a reader can see now; returns how many were read."""
     seen = 0
-    for f in oracle_files(cache):
+    for f in record_files(cache):
         if f.exists():
-            assert set(load_file(str(f))) == {"v"}  # complete: safetensors checks sizes
+            assert set(load_file(str(f))) == set(RECORD)  # complete: safetensors checks sizes
             seen += 1
     manifest = dataset_dir / "manifest.json"
     if manifest.exists():
@@ -245,7 +248,7 @@ def test_two_processes_build_the_same_caches_at_once(tmp_path, cache):
     assert sum(o["synth_builds"] for o in outs) == 1
     ds = SynthC16.tiny(cache_dir=dataset_dir, progress=False)
     n_test = len(ds.split("test", 0))
-    assert sum(o["v_computed"] for o in outs) == n_test and len(oracle_files(cache)) == n_test
+    assert sum(o["v_computed"] for o in outs) == n_test and len(record_files(cache)) == n_test
     assert outs[0]["v_sha256"] == outs[1]["v_sha256"]
     assert seen > 0 and not temps(cache)
 
@@ -276,7 +279,7 @@ def test_kill_9_mid_build_then_rerun(tmp_path, cache, models):
             "the synth temp folder",
         )
         _wait_for(
-            lambda: any(p.suffix == ".tmp" and p.parent.name.startswith("oracle-") for p in temps(cache)),
+            lambda: any(p.suffix == ".tmp" and p.parent.name.startswith("slides-") for p in temps(cache)),
             procs["v"],
             "a V temp file",
         )

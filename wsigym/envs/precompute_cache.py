@@ -9,7 +9,7 @@ the slide features and the HAFED weights, so they are computed once and kept und
 ===============================================  ===========================================
 file                                             holds
 ===============================================  ===========================================
-``oracle-<hafed>-<device>/<slide>.safetensors``  ``v (N, d)`` float32 of one slide
+``slides-<hafed>-<device>/<slide>.safetensors``  one slide's ``z``, ``v``, ``coords``, ``grid``, ``tumour``
 ``evidence/<split>.safetensors``                 ``evidence (sum N, C)`` float32 of one split
 ===============================================  ===========================================
 
@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,8 +90,49 @@ def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     publish_file(path, lambda tmp: save_file(data, str(tmp)))
 
 
-class OracleCache:
-    """The cached oracle rows ``V (N, d)`` of slides for one HAFED on one device type.
+#: The arrays of one slide's record: name -> (dtype, trailing shape; ``None`` = the feature width d).
+RECORD: dict[str, tuple[type, tuple[int | None, ...]]] = {
+    "z": (np.float32, (None,)),
+    "v": (np.float32, (None,)),
+    "coords": (np.float32, (2,)),
+    "grid": (np.int64, (2,)),
+    "tumour": (np.float32, ()),
+}
+_SAFETENSORS_DTYPES = {"F32": np.float32, "I64": np.int64}
+
+
+def _header(path: Path) -> tuple[int, dict[str, dict]] | None:
+    """``(data start, {name: entry})`` of a safetensors file whose entries are consistent with its size;
+    None when it is missing or malformed."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            length = int.from_bytes(fh.read(8), "little")
+            if not 0 < length <= min(1 << 20, size - 8):
+                return None
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    for entry in header.values():
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            start, stop = (int(x) for x in entry["data_offsets"])
+            count = math.prod(int(x) for x in entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if stop - start != count * dtype.itemsize or start < 0 or 8 + length + stop > size:
+            return None
+    return 8 + length, header
+
+
+class SlideRecordCache:
+    """The cached per-slide records for one HAFED on one device type: ``Z (N, d)``, ``V (N, d)``,
+    normalised ``coords (N, 2)``, grid cells ``(N, 2)`` int64 and ``tumour (N,)`` (the arrays a
+    :class:`~wsigym.envs.slide_source.SlideSource` holds), so a warm start neither regenerates nor
+    reads the slide's features.
 
     Args:
         hafed: the HAFED whose level 1 computes ``V`` (only its weights are read, for the key).
@@ -98,19 +142,58 @@ class OracleCache:
     def __init__(self, hafed: torch.nn.Module, device_type: str) -> None:
         self.hafed_digest = module_digest(hafed)
         self.device_type = str(device_type)
-        self.folder = precompute_root() / f"oracle-{self.hafed_digest[:24]}-{self.device_type}"
+        self.dim: int | None = getattr(getattr(hafed, "config", None), "in_dim", None)
+        self.folder = precompute_root() / f"slides-{self.hafed_digest[:24]}-{self.device_type}"
 
     def path(self, slide_digest: str) -> Path:
         return self.folder / f"{sha256_hex(str(FORMAT_VERSION), self.hafed_digest, slide_digest)}.safetensors"
 
-    def read(self, slide_digest: str, n: int, d: int) -> np.ndarray | None:
-        """``V (n, d)`` float32 of a slide, or None when not cached (or unreadable)."""
-        arrays = _read_arrays(self.path(slide_digest), {"v": (n, d)})
-        return None if arrays is None else arrays["v"]
+    def shape(self, slide_digest: str) -> tuple[int, int] | None:
+        """``(N, d)`` of a cached record whose arrays have the expected names, dtypes and shapes, else None."""
+        found = _header(self.path(slide_digest))
+        if found is None or set(found[1]) != set(RECORD):
+            return None
+        header = found[1]
+        z_shape = header["z"]["shape"]
+        if len(z_shape) != 2:
+            return None
+        n, d = int(z_shape[0]), int(self.dim if self.dim is not None else z_shape[1])
+        for name, (dtype, trailing) in RECORD.items():
+            expected = (n, *(d if t is None else t for t in trailing))
+            if (
+                tuple(header[name]["shape"]) != expected
+                or _SAFETENSORS_DTYPES[header[name]["dtype"]] != dtype
+            ):
+                return None
+        return n, d
 
-    def write(self, slide_digest: str, v: np.ndarray) -> None:
-        """Publish ``V (N, d)`` of a slide atomically."""
-        _write_arrays(self.path(slide_digest), {"v": v})
+    def write(self, slide_digest: str, arrays: dict[str, np.ndarray]) -> None:
+        """Publish one slide's record atomically (``arrays`` holds every name of :data:`RECORD`)."""
+        data = {k: np.ascontiguousarray(arrays[k], dtype=RECORD[k][0]) for k in RECORD}
+        publish_file(self.path(slide_digest), lambda tmp: save_file(data, str(tmp)))
+
+    def read_into(self, slide_digest: str, out: dict[str, np.ndarray]) -> bool:
+        """Read a record into the C-contiguous arrays ``out`` (its rows of the flat arrays); False when
+        the file is missing or does not match them."""
+        found = _header(path := self.path(slide_digest))
+        if found is None or set(found[1]) != set(out):
+            return False
+        base, header = found
+        try:
+            with open(path, "rb") as fh:
+                for name, dest in out.items():
+                    entry = header[name]
+                    if (
+                        tuple(entry["shape"]) != dest.shape
+                        or _SAFETENSORS_DTYPES[entry["dtype"]] != dest.dtype
+                    ):
+                        return False
+                    fh.seek(base + int(entry["data_offsets"][0]))
+                    if fh.readinto(memoryview(dest).cast("B")) != dest.nbytes:
+                        return False
+        except OSError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def building(self, what: str) -> Iterator[None]:
@@ -120,10 +203,8 @@ class OracleCache:
             yield
 
     def split_key(self, slide_digests: list[str]) -> str:
-        """Digest of the ``V`` of a split: this HAFED, this device type and the slides in order."""
-        return sha256_hex(
-            "oracle-split", str(FORMAT_VERSION), self.hafed_digest, self.device_type, *slide_digests
-        )
+        """Digest of a split's records: this HAFED, this device type and the slides in order."""
+        return sha256_hex("split", str(FORMAT_VERSION), self.hafed_digest, self.device_type, *slide_digests)
 
 
 def cached_array(

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
 from wsigym.data.dataset import SlideDataset, open_dataset
-from wsigym.envs.precompute_cache import OracleCache
+from wsigym.envs.precompute_cache import RECORD, SlideRecordCache
 from wsigym.errors import DataError
 
 #: Name of the bag view that holds precomputed oracle rows ``V (N, d)``.
@@ -107,7 +107,6 @@ def grid_cells(coords: np.ndarray, patch_size: int) -> np.ndarray:
 @dataclass
 class _Slide:
     slide_id: str
-    label: int
     z: np.ndarray
     v: np.ndarray
     coords: np.ndarray
@@ -156,62 +155,70 @@ class SlideSource:
         if not self.slide_ids:
             raise DataError(f"dataset {dataset.name!r}", f"split {split!r} of fold {fold} has no slides")
         self.content_key: str | None = None
-        slides = self._read_split(hafed, disk_cache, progress)
-        self.dim = int(slides[0].z.shape[1])
-        n = np.array([s.z.shape[0] for s in slides], dtype=np.int64)
+        flat, n_list = self._read_split(hafed, disk_cache, progress)
+        n = np.asarray(n_list, dtype=np.int64)
+        self.dim = int(flat["z"].shape[1])
         self.n = torch.as_tensor(n, device=self.device)
         self.n_list: list[int] = n.tolist()
         self.offsets_list: list[int] = np.concatenate([[0], np.cumsum(n)[:-1]]).tolist()
         self.offsets_list_np = np.asarray(self.offsets_list, dtype=np.int64)
         self.offsets = torch.as_tensor(self.offsets_list, dtype=torch.long, device=self.device)
         self.max_n = int(n.max())
+        self.z = torch.as_tensor(flat["z"], dtype=torch.float32, device=self.device)
+        self.v = torch.as_tensor(flat["v"], dtype=torch.float32, device=self.device)
+        self.coords = torch.as_tensor(flat["coords"], dtype=torch.float32, device=self.device)
+        self.tumour = torch.as_tensor(flat["tumour"], dtype=torch.float32, device=self.device)
+        self.grid = flat["grid"]
+        labels = [dataset.label(sid) for sid in self.slide_ids]
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        self.has_truth: list[bool] = [
+            bool(np.isfinite(flat["tumour"][self.rows(j)]).all()) for j in range(len(self.slide_ids))
+        ]
 
-        def cat(name: str, dtype: torch.dtype) -> Tensor:
-            arr = np.concatenate([getattr(s, name) for s in slides])
-            return torch.as_tensor(arr, dtype=dtype, device=self.device)
-
-        self.z = cat("z", torch.float32)
-        self.v = cat("v", torch.float32)
-        self.coords = cat("coords", torch.float32)
-        self.tumour = cat("tumour", torch.float32)
-        self.grid = np.concatenate([s.grid for s in slides])
-        self.labels = torch.as_tensor([s.label for s in slides], dtype=torch.long, device=self.device)
-        self.has_truth: list[bool] = [bool(np.isfinite(s.tumour).all()) for s in slides]
-
-    def _read_split(self, hafed: torch.nn.Module, disk_cache: bool, progress: bool) -> list[_Slide]:
-        """Every slide of the split, ``V`` from the disk cache where it is there (module docstring)."""
+    def _read_split(
+        self, hafed: torch.nn.Module, disk_cache: bool, progress: bool
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The flat arrays of :data:`~wsigym.envs.precompute_cache.RECORD` and ``N`` of every slide,
+        from the disk cache where possible (module docstring)."""
         ds, where = self.dataset, f"{self.dataset.name}/{self.split}"
         digests = [ds.content_digest(sid) for sid in self.slide_ids] if disk_cache else None
         if digests is None or any(dg is None for dg in digests):
-            return [
+            slides = [
                 self._read(ds.load(sid, hr=True), hafed)
                 for sid in tqdm(self.slide_ids, desc=f"WSIZoom: V for {where}", disable=not progress)
             ]
-        param = next(hafed.parameters())
-        cache = OracleCache(hafed, param.device.type)
+            flat = {name: np.concatenate([getattr(sl, name) for sl in slides]) for name in RECORD}
+            return flat, [sl.z.shape[0] for sl in slides]
+        cache = SlideRecordCache(hafed, next(hafed.parameters()).device.type)
         self.content_key = cache.split_key(digests)
-        slides: list[_Slide | None] = [None] * len(self.slide_ids)
-        missing: list[int] = []
-        for j, sid in enumerate(tqdm(self.slide_ids, desc=f"WSIZoom: reading {where}", disable=not progress)):
-            bag = ds.load(sid, hr=False)
-            self._check_width(bag, hafed)
-            if ORACLE_VIEW in bag.views:  # V comes with the data
-                slides[j] = self._read(bag, hafed)
-            elif (v := cache.read(digests[j], bag.n, bag.dim)) is not None:
-                slides[j] = self._read(bag, hafed, v)
-            else:
-                missing.append(j)
+        shapes = [cache.shape(dg) for dg in digests]
+        missing = [j for j, shape in enumerate(shapes) if shape is None]
         if missing:
             with cache.building(f"V of {where} in {cache.folder}"):
                 for j in tqdm(
                     missing, desc=f"WSIZoom: V for {where} (first use; cached)", disable=not progress
                 ):
-                    bag = ds.load(self.slide_ids[j], hr=True)
-                    v = cache.read(digests[j], bag.n, bag.dim)  # published by another process meanwhile
-                    slides[j] = self._read(bag, hafed, v)
-                    if v is None:
-                        cache.write(digests[j], slides[j].v)
-        return slides  # type: ignore[return-value]
+                    shapes[j] = cache.shape(digests[j])  # published by another process while we waited
+                    if shapes[j] is None:
+                        slide = self._read(ds.load(self.slide_ids[j], hr=True), hafed)
+                        cache.write(digests[j], {name: getattr(slide, name) for name in RECORD})
+                        shapes[j] = cache.shape(digests[j])
+        n_list = [shape[0] for shape in shapes]  # type: ignore[index]
+        d = shapes[0][1]  # type: ignore[index]
+        flat = {
+            name: np.empty((sum(n_list), *(d if t is None else t for t in trailing)), dtype=dtype)
+            for name, (dtype, trailing) in RECORD.items()
+        }
+        start = 0
+        for sid, dg, n in tqdm(
+            list(zip(self.slide_ids, digests, n_list)), desc=f"WSIZoom: reading {where}", disable=not progress
+        ):
+            if not cache.read_into(dg, {name: a[start : start + n] for name, a in flat.items()}):
+                raise DataError(
+                    cache.path(dg), f"cached record of slide {sid!r} is unreadable; delete it and run again"
+                )
+            start += n
+        return flat, n_list
 
     def _check_width(self, bag: SlideBag, hafed: torch.nn.Module) -> None:
         d = int(getattr(hafed.config, "in_dim", bag.dim))
@@ -255,7 +262,6 @@ class SlideSource:
         )
         return _Slide(
             slide_id=bag.slide_id,
-            label=int(bag.label),
             z=np.asarray(bag.features, dtype=np.float32),
             v=v,
             coords=normalised_coords(bag.coords),
