@@ -29,16 +29,17 @@ implements the same interface with ``V(a)`` computed from the slide's pixels at 
 ``extent = max(x_max - x_min, y_max - y_min)`` (both axes share one scale, so the aspect ratio is
 kept), ``coords = (corner - min) / extent`` (0 for a one-patch slide).
 
-**Cache.** ``V`` is cached on disk (:mod:`wsigym.envs.precompute_cache`, under ``$WSIGYM_CACHE``,
-default ``~/.cache/wsigym``), one file per slide keyed by content digests of the slide's data and of
-the HAFED weights: it is computed once (with a progress bar), and every later process (env, train,
-evaluate, demo, tests) only reads ``Z`` and the cached rows; other weights or other data give other
-keys. Concurrent first builders cooperate (one computes, the others wait and reuse). A dataset without
-a :meth:`~wsigym.data.dataset.SlideDataset.content_digest` (in-memory datasets), or
-``disk_cache=False``, computes ``V`` in memory. :attr:`SlideSource.content_key` identifies the split's
-``V`` for caches derived from it (the evidence table). Sources are also cached in memory per
-(dataset, split, fold, HAFED, device), so every environment built on the same data (e.g. the
-sub-environments of a vector env) shares one copy.
+**Cache.** What a source holds per slide (``Z``, ``V``, coordinates, grid cells, ground truth) is
+cached on disk (:mod:`wsigym.envs.precompute_cache`, under ``$WSIGYM_CACHE``, default
+``~/.cache/wsigym``), one file per slide keyed by content digests of the slide's data and of the HAFED
+weights: ``V`` is computed once (with a progress bar), and every later process (env, train, evaluate,
+demo, tests) reads these files instead of the slides; other weights or other data give other keys.
+Concurrent first builders cooperate (one computes, the others wait and reuse). A dataset without a
+:meth:`~wsigym.data.dataset.SlideDataset.content_digest` (in-memory datasets), or ``disk_cache=False``,
+computes everything in memory. :attr:`SlideSource.content_key` identifies the split's ``V`` for caches
+derived from it (the evidence table). Sources are also cached in memory per (dataset, split, fold,
+HAFED, device), so every environment built on the same data (e.g. the sub-environments of a vector
+env) shares one copy.
 """
 
 from __future__ import annotations
@@ -220,21 +221,13 @@ class SlideSource:
             start += n
         return flat, n_list
 
-    def _check_width(self, bag: SlideBag, hafed: torch.nn.Module) -> None:
+    def _read(self, bag: SlideBag, hafed: torch.nn.Module) -> _Slide:
+        """One slide; ``V`` from the bag's oracle view or HAFED level 1 on its high-res features."""
+        source = f"{self.dataset.name}/{bag.slide_id}"
         d = int(getattr(hafed.config, "in_dim", bag.dim))
         if bag.dim != d:
-            raise DataError(
-                f"{self.dataset.name}/{bag.slide_id}",
-                f"features have width {bag.dim}, but HAFED expects in_dim={d}",
-            )
-
-    def _read(self, bag: SlideBag, hafed: torch.nn.Module, v: np.ndarray | None = None) -> _Slide:
-        """One slide; ``v`` (cached ``V``) or the bag's oracle view or HAFED on its high-res features."""
-        source = f"{self.dataset.name}/{bag.slide_id}"
-        self._check_width(bag, hafed)
-        if v is not None:
-            pass
-        elif ORACLE_VIEW in bag.views:
+            raise DataError(source, f"features have width {bag.dim}, but HAFED expects in_dim={d}")
+        if ORACLE_VIEW in bag.views:
             v = np.asarray(bag.views[ORACLE_VIEW], dtype=np.float32)
             if v.shape != bag.features.shape:
                 raise DataError(
