@@ -360,3 +360,23 @@ def test_build_lock_excludes_other_processes(tmp_path):
 
 def test_precompute_root_follows_the_env(cache):
     assert precompute_root() == cache / "precompute"
+
+
+def test_in_memory_dataset_is_not_cached_on_disk(cache, tiny_dataset, models):
+    source = SlideSource(tiny_dataset, "train", 0, models[0], progress=False)
+    assert source.content_key is None and not (cache / "precompute").exists()
+
+
+def test_options_digest_tells_reader_options_apart():
+    class Reader:
+        pass
+
+    a, b = Reader(), Reader()
+    a.root = b.root = Path("data")
+    a.encoder, b.encoder = "uni", "conch"
+    (da, paths), (db, _) = content_digest.options_digest(a), content_digest.options_digest(b)
+    assert da != db and paths == [Path("data")]
+    b.encoder = "uni"
+    assert content_digest.options_digest(b)[0] == da
+    b.handle = object()  # not plain data: no digest, so nothing is cached
+    assert content_digest.options_digest(b) is None
