@@ -1,8 +1,9 @@
 """Seconds from process start to the first step of ``WSIZoom-v0``: cold vs warm precompute cache.
 
 Each measurement is a fresh Python process (imports, dataset, HAFED/TSU, ``V`` of the split, the
-evidence table for ``reward="evidence"``, ``reset``, one ``step``), timed from ``Popen`` to the line the
-child prints after its first step:
+evidence table for ``reward="evidence"``, ``reset``, one ``step``), timed from ``Popen`` to the child's
+exit after its first step, in wall seconds and in the child's CPU seconds (user + system, which other
+load on a shared machine changes less):
 
 - ``cold``: an empty precompute cache (:mod:`wsigym.envs.precompute_cache`): ``V`` of every slide of
   the split is computed (HAFED level 1 on the regenerated high-res children) and the evidence table too;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,9 +42,11 @@ print("FIRST_STEP", flush=True)
 """
 
 
-def time_first_step(args: argparse.Namespace, cache: Path) -> float:
-    """Seconds from starting a child process to its first step, with ``WSIGYM_CACHE=cache``."""
+def time_first_step(args: argparse.Namespace, cache: Path) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds from starting a child process to its first step, with
+    ``WSIGYM_CACHE=cache``; ``cpu`` is the child's user + system time (less sensitive to other load)."""
     env = {**os.environ, "WSIGYM_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-c", CHILD, str(args.threads), args.dataset, args.split, args.reward],
@@ -51,9 +55,10 @@ def time_first_step(args: argparse.Namespace, cache: Path) -> float:
         text=True,
     )
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0 or "FIRST_STEP" not in run.stdout:
         raise SystemExit(f"the child process failed:\n{run.stderr[-3000:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def link_datasets(real: Path, cache: Path) -> list[str]:
@@ -84,9 +89,9 @@ def main() -> None:
         linked = link_datasets(cache_root(), cache)
         print(f"cache root {cache} (datasets linked from {cache_root()}: {linked or 'none, built cold'})")
         cold = time_first_step(args, cache)
-        print(f"cold: {cold:.1f} s", flush=True)
+        print(f"cold: {cold[0]:.1f} s ({cold[1]:.1f} s CPU)", flush=True)
         warm = [time_first_step(args, cache) for _ in range(args.warm_runs)]
-        print(f"warm: {', '.join(f'{w:.1f}' for w in warm)} s", flush=True)
+        print(f"warm: {', '.join(f'{w:.1f} s ({c:.1f} s CPU)' for w, c in warm)}", flush=True)
         disk = sum(f.stat().st_size for f in (cache / "precompute").rglob("*") if f.is_file())
     finally:
         if args.keep:
@@ -94,24 +99,24 @@ def main() -> None:
         else:
             shutil.rmtree(cache, ignore_errors=True)
     best = min(warm)
-    rows = [
-        ("seconds to first step, cold cache", f"{cold:.1f}"),
-        ("seconds to first step, warm cache (best)", f"{best:.1f}"),
-        ("cold / warm", f"{cold / best:.1f}x"),
-        ("precompute cache on disk", f"{disk / 2**20:.0f} MiB"),
-    ]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     title = f"{args.dataset} {args.split}, WSIZoom-v0 reward={args.reward}, {args.threads} thread(s)"
-    print(f"\n| {title} | |\n|---|---:|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    print(f"\n| {title} | cold cache | warm cache (best) | cold / warm |\n|---|---:|---:|---:|")
+    print(f"| seconds to first step (wall) | {cold[0]:.1f} | {best[0]:.1f} | {cold[0] / best[0]:.1f}x |")
+    print(f"| CPU seconds to first step | {cold[1]:.1f} | {best[1]:.1f} | {cold[1] / best[1]:.1f}x |")
+    print(
+        f"\nprecompute cache on disk: {disk / 2**20:.0f} MiB; load average at the end: {load:.1f} on {os.cpu_count()} CPUs"
+    )
     if args.json is not None:
         payload = {
             "dataset": args.dataset,
             "split": args.split,
             "reward": args.reward,
             "threads": args.threads,
-            "cold_seconds": cold,
-            "warm_seconds": warm,
+            "cold_seconds": cold[0],
+            "cold_cpu_seconds": cold[1],
+            "warm_seconds": [w for w, _ in warm],
+            "warm_cpu_seconds": [c for _, c in warm],
             "precompute_bytes": disk,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
