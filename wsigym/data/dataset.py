@@ -42,6 +42,12 @@ class SlideDataset(abc.ABC):
     def load(self, slide_id: str, hr: bool = True) -> SlideBag:
         """Read one slide. ``hr=False`` may skip the high-res features (faster, less memory)."""
 
+    def content_digest(self, slide_id: str) -> str | None:
+        """A digest (hex string) that changes whenever :meth:`load` of ``slide_id`` could return other
+        arrays, for disk caches of data derived from the slide (:mod:`wsigym.envs.precompute_cache`);
+        None (this default) when unknown, so nothing derived from the slide is cached on disk."""
+        return None
+
     @property
     def num_folds(self) -> int:
         return len(self.splits)

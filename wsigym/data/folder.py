@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from wsigym.data.content_digest import options_digest, sha256_hex, tree_digest
 from wsigym.data.dataset import SPLITS, SlideDataset
 from wsigym.errors import DataError
 
@@ -311,6 +312,25 @@ class FolderDataset(SlideDataset):
         if slide_id not in self.labels:
             raise DataError(self.root, f"unknown slide id {slide_id!r}")
         return self.labels[slide_id]
+
+    def content_digest(self, slide_id: str) -> str | None:
+        """Digest of every file under the dataset folder and the other folders among the reader's
+        options (e.g. CLAM's ``hr_root``), of those options and of ``slide_id``
+        (:func:`~wsigym.data.content_digest.tree_digest`; computed once per instance, file hashes
+        memoised across processes). None when an option is not plain data."""
+        if not hasattr(self, "_folder_digest"):
+            options = options_digest(self)
+            if options is None:
+                self._folder_digest = None
+            else:
+                key, paths = options
+                found = {p.resolve() for p in (self.root, *paths) if p.exists()}
+                roots = [p for p in found if not any(q != p and p.is_relative_to(q) for q in found)]
+                self._folder_digest = sha256_hex(key, tree_digest(roots))
+        if self._folder_digest is None:
+            return None
+        self.label(slide_id)  # unknown ids raise
+        return sha256_hex(self._folder_digest, slide_id)
 
 
 def resolve_splits(

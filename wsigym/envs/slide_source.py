@@ -29,9 +29,17 @@ implements the same interface with ``V(a)`` computed from the slide's pixels at 
 ``extent = max(x_max - x_min, y_max - y_min)`` (both axes share one scale, so the aspect ratio is
 kept), ``coords = (corner - min) / extent`` (0 for a one-patch slide).
 
-**Cache.** Sources are cached in memory per (dataset, split, fold, HAFED, device), so every
-environment built on the same data (e.g. the sub-environments of a vector env) shares one copy and
-``V`` is computed once per process (with a progress bar).
+**Cache.** What a source holds per slide (``Z``, ``V``, coordinates, grid cells, ground truth) is
+cached on disk (:mod:`wsigym.envs.precompute_cache`, under ``$WSIGYM_CACHE``, default
+``~/.cache/wsigym``), one file per slide keyed by content digests of the slide's data and of the HAFED
+weights: ``V`` is computed once (with a progress bar), and every later process (env, train, evaluate,
+demo, tests) reads these files instead of the slides; other weights or other data give other keys.
+Concurrent first builders cooperate (one computes, the others wait and reuse). A dataset without a
+:meth:`~wsigym.data.dataset.SlideDataset.content_digest` (in-memory datasets), or ``disk_cache=False``,
+computes everything in memory. :attr:`SlideSource.content_key` identifies the split's ``V`` for caches
+derived from it (the evidence table). Sources are also cached in memory per (dataset, split, fold,
+HAFED, device), so every environment built on the same data (e.g. the sub-environments of a vector
+env) shares one copy.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
 from wsigym.data.dataset import SlideDataset, open_dataset
+from wsigym.envs.precompute_cache import RECORD, SlideRecordCache
 from wsigym.errors import DataError
 
 #: Name of the bag view that holds precomputed oracle rows ``V (N, d)``.
@@ -99,7 +108,6 @@ def grid_cells(coords: np.ndarray, patch_size: int) -> np.ndarray:
 @dataclass
 class _Slide:
     slide_id: str
-    label: int
     z: np.ndarray
     v: np.ndarray
     coords: np.ndarray
@@ -117,10 +125,17 @@ class SlideSource:
         hafed: the HAFED whose level 1 computes ``V`` (eval mode, no gradients).
         device: where the tensors live.
         progress: show a progress bar while reading slides and computing ``V``.
+        disk_cache: read and publish ``V`` in the disk cache (module docstring) when the dataset
+            gives content digests; False computes it in memory.
+
+    Attributes:
+        content_key: digest of the split's ``V`` (HAFED weights, device type, slide digests in
+            order), or None when ``V`` is not disk-cached.
 
     Raises:
         DataError: for an empty split, a slide without high-res features or an oracle view, or
             features whose width differs from HAFED's ``in_dim``.
+        CacheError: when ``V`` must be built and the cache folder cannot be written.
     """
 
     def __init__(
@@ -131,6 +146,7 @@ class SlideSource:
         hafed: torch.nn.Module,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        disk_cache: bool = True,
     ) -> None:
         self.dataset = dataset
         self.split, self.fold = split, fold
@@ -139,34 +155,74 @@ class SlideSource:
         self.class_names: tuple[str, ...] = tuple(dataset.class_names)
         if not self.slide_ids:
             raise DataError(f"dataset {dataset.name!r}", f"split {split!r} of fold {fold} has no slides")
-        slides = [
-            self._read(dataset.load(sid, hr=True), hafed)
-            for sid in tqdm(
-                self.slide_ids, desc=f"WSIZoom: V for {dataset.name}/{split}", disable=not progress
-            )
-        ]
-        self.dim = int(slides[0].z.shape[1])
-        n = np.array([s.z.shape[0] for s in slides], dtype=np.int64)
+        self.content_key: str | None = None
+        flat, n_list = self._read_split(hafed, disk_cache, progress)
+        n = np.asarray(n_list, dtype=np.int64)
+        self.dim = int(flat["z"].shape[1])
         self.n = torch.as_tensor(n, device=self.device)
         self.n_list: list[int] = n.tolist()
         self.offsets_list: list[int] = np.concatenate([[0], np.cumsum(n)[:-1]]).tolist()
         self.offsets_list_np = np.asarray(self.offsets_list, dtype=np.int64)
         self.offsets = torch.as_tensor(self.offsets_list, dtype=torch.long, device=self.device)
         self.max_n = int(n.max())
+        self.z = torch.as_tensor(flat["z"], dtype=torch.float32, device=self.device)
+        self.v = torch.as_tensor(flat["v"], dtype=torch.float32, device=self.device)
+        self.coords = torch.as_tensor(flat["coords"], dtype=torch.float32, device=self.device)
+        self.tumour = torch.as_tensor(flat["tumour"], dtype=torch.float32, device=self.device)
+        self.grid = flat["grid"]
+        labels = [dataset.label(sid) for sid in self.slide_ids]
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        self.has_truth: list[bool] = [
+            bool(np.isfinite(flat["tumour"][self.rows(j)]).all()) for j in range(len(self.slide_ids))
+        ]
 
-        def cat(name: str, dtype: torch.dtype) -> Tensor:
-            arr = np.concatenate([getattr(s, name) for s in slides])
-            return torch.as_tensor(arr, dtype=dtype, device=self.device)
-
-        self.z = cat("z", torch.float32)
-        self.v = cat("v", torch.float32)
-        self.coords = cat("coords", torch.float32)
-        self.tumour = cat("tumour", torch.float32)
-        self.grid = np.concatenate([s.grid for s in slides])
-        self.labels = torch.as_tensor([s.label for s in slides], dtype=torch.long, device=self.device)
-        self.has_truth: list[bool] = [bool(np.isfinite(s.tumour).all()) for s in slides]
+    def _read_split(
+        self, hafed: torch.nn.Module, disk_cache: bool, progress: bool
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The flat arrays of :data:`~wsigym.envs.precompute_cache.RECORD` and ``N`` of every slide,
+        from the disk cache where possible (module docstring)."""
+        ds, where = self.dataset, f"{self.dataset.name}/{self.split}"
+        digests = [ds.content_digest(sid) for sid in self.slide_ids] if disk_cache else None
+        if digests is None or any(dg is None for dg in digests):
+            slides = [
+                self._read(ds.load(sid, hr=True), hafed)
+                for sid in tqdm(self.slide_ids, desc=f"WSIZoom: V for {where}", disable=not progress)
+            ]
+            flat = {name: np.concatenate([getattr(sl, name) for sl in slides]) for name in RECORD}
+            return flat, [sl.z.shape[0] for sl in slides]
+        cache = SlideRecordCache(hafed, next(hafed.parameters()).device.type)
+        self.content_key = cache.split_key(digests)
+        shapes = [cache.shape(dg) for dg in digests]
+        missing = [j for j, shape in enumerate(shapes) if shape is None]
+        if missing:
+            with cache.building(f"V of {where} in {cache.folder}"):
+                for j in tqdm(
+                    missing, desc=f"WSIZoom: V for {where} (first use; cached)", disable=not progress
+                ):
+                    shapes[j] = cache.shape(digests[j])  # published by another process while we waited
+                    if shapes[j] is None:
+                        slide = self._read(ds.load(self.slide_ids[j], hr=True), hafed)
+                        cache.write(digests[j], {name: getattr(slide, name) for name in RECORD})
+                        shapes[j] = cache.shape(digests[j])
+        n_list = [shape[0] for shape in shapes]  # type: ignore[index]
+        d = shapes[0][1]  # type: ignore[index]
+        flat = {
+            name: np.empty((sum(n_list), *(d if t is None else t for t in trailing)), dtype=dtype)
+            for name, (dtype, trailing) in RECORD.items()
+        }
+        start = 0
+        for sid, dg, n in tqdm(
+            list(zip(self.slide_ids, digests, n_list)), desc=f"WSIZoom: reading {where}", disable=not progress
+        ):
+            if not cache.read_into(dg, {name: a[start : start + n] for name, a in flat.items()}):
+                raise DataError(
+                    cache.path(dg), f"cached record of slide {sid!r} is unreadable; delete it and run again"
+                )
+            start += n
+        return flat, n_list
 
     def _read(self, bag: SlideBag, hafed: torch.nn.Module) -> _Slide:
+        """One slide; ``V`` from the bag's oracle view or HAFED level 1 on its high-res features."""
         source = f"{self.dataset.name}/{bag.slide_id}"
         d = int(getattr(hafed.config, "in_dim", bag.dim))
         if bag.dim != d:
@@ -199,7 +255,6 @@ class SlideSource:
         )
         return _Slide(
             slide_id=bag.slide_id,
-            label=int(bag.label),
             z=np.asarray(bag.features, dtype=np.float32),
             v=v,
             coords=normalised_coords(bag.coords),

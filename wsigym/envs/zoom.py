@@ -121,7 +121,8 @@ class WSIZoomEnv(gym.Env):
     - ``copy_obs=True``: return fresh arrays; ``False`` shares ``state`` with the CPU buffer the
       next step overwrites (faster; as ``SyncVectorEnv(copy=False)``).
     - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`.
-    - ``progress=True``: progress bar while ``V`` is computed for the split (once per process).
+    - ``progress=True``: progress bars while ``V`` of the split is computed (on first use, then read from
+      the disk cache, :mod:`wsigym.envs.precompute_cache`) and read.
 
     ## Live slides
 

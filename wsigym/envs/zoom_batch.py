@@ -230,9 +230,26 @@ class ZoomBatch:
             )
         n = torch.as_tensor(self.source.n_list, device=self.device)
         slide = torch.repeat_interleave(torch.arange(len(n), device=self.device), n)  # (sum N,)
-        probs = patch_evidence(self.hafed, self.source.v)
-        mean = probs.new_zeros(len(n), probs.shape[1]).index_add(0, slide, probs) / n[:, None]
-        return probs - mean[slide]
+
+        def compute() -> torch.Tensor:
+            probs = patch_evidence(self.hafed, self.source.v)
+            mean = probs.new_zeros(len(n), probs.shape[1]).index_add(0, slide, probs) / n[:, None]
+            return probs - mean[slide]
+
+        if getattr(self.source, "content_key", None) is None:  # V not disk-cached: neither is this
+            return compute()
+        from wsigym.data.content_digest import sha256_hex  # deferred: only the disk-cached path needs it
+        from wsigym.envs.precompute_cache import cached_array, module_digest
+
+        key = sha256_hex("evidence", self.source.content_key, module_digest(self.hafed))
+        table = cached_array(
+            "evidence",
+            key,
+            (int(n.sum()), int(self.hafed.config.num_classes)),
+            lambda: compute().cpu().numpy(),
+            f"the evidence table of {self.source.dataset.name}/{self.source.split}",
+        )
+        return torch.as_tensor(table, device=self.device)
 
     # ------------------------------------------------------------------ episodes
     @torch.no_grad()

@@ -6,7 +6,9 @@ patch grid, child tissue mask, tumour counts, phenotype and mimic maps) and a ``
 CRC32 checksums. The features ``Z``, ``U`` and the VLM view are regenerated exactly on every
 :meth:`SynthC16.load` from the slide's own seed (:mod:`wsigym.data.synth.generator`), so the cache stays
 small and ``load(id, hr=False)`` never draws ``U``. The folder is written to a temporary sibling and
-renamed into place; a cache whose manifest, config or checksums do not match is rebuilt.
+renamed into place; a cache whose manifest, config or checksums do not match is rebuilt. Builders take
+the folder's lock (:func:`wsigym.cachedir.build_lock`), so processes that open a missing cache at once
+build it once (the others wait and reuse it), and a build removes the temp folders of killed builders.
 
 Splits: ``n_train`` train slides (``n_train_tumour`` positive) and ``n_test`` test slides
 (``n_test_tumour`` positive). Positive train slides take their tumour geometry from one group of the
@@ -28,7 +30,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from wsigym.cachedir import build_lock, cache_root, remove_stale_temps, temp_name
 from wsigym.data.bag import SlideBag, SlideMeta
+from wsigym.data.content_digest import sha256_hex
 from wsigym.data.dataset import SlideDataset
 from wsigym.data.folder import atomic_write_text
 from wsigym.data.synth.config import FORMAT_VERSION, SynthConfig
@@ -47,9 +51,8 @@ _ARRAYS = ("grid", "hr_mask", "tumour_counts", "phenotype", "mimic", "origin")
 
 
 def default_cache_root() -> Path:
-    """``$WSIGYM_CACHE`` if set, else ``~/.cache/wsigym``."""
-    env = os.environ.get("WSIGYM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "wsigym"
+    """``$WSIGYM_CACHE`` if set, else ``~/.cache/wsigym`` (:func:`wsigym.cachedir.cache_root`)."""
+    return cache_root()
 
 
 def _crc32(path: Path) -> int:
@@ -196,13 +199,18 @@ class SynthC16(SlideDataset):
         manifest = self._valid_manifest()
         if manifest is not None:
             return manifest
-        return self._build(progress)
+        with build_lock(self.cache_dir, f"{self.name} in {self.cache_dir}"):
+            manifest = self._valid_manifest()  # built by another process while we waited
+            if manifest is not None:
+                return manifest
+            remove_stale_temps(self.cache_dir.parent, self.cache_dir.name)  # left by killed builders
+            return self._build(progress)
 
     def _build(self, progress: bool) -> dict[str, Any]:
+        """Build the cache folder (the caller holds its lock)."""
         start = time.perf_counter()
         type(self).build_count += 1
-        self.cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir.with_name(f".{self.cache_dir.name}.{os.getpid()}.{time.time_ns()}.tmp")
+        tmp = self.cache_dir.with_name(temp_name(self.cache_dir.name))
         (tmp / "slides").mkdir(parents=True)
         try:
             slides = plan_slides(self.config, self.seed, self.geometry)
@@ -228,19 +236,27 @@ class SynthC16(SlideDataset):
                 "disk_bytes": disk,
             }
             _write_json_atomic(tmp / MANIFEST, manifest)
-            if self.cache_dir.exists():  # stale or corrupt: move aside, then remove
-                trash = self.cache_dir.with_name(f".{self.cache_dir.name}.{os.getpid()}.old")
+            if self.cache_dir.exists():  # stale or corrupt: move aside (a temp name), then remove
+                trash = self.cache_dir.with_name(temp_name(self.cache_dir.name))
                 os.replace(self.cache_dir, trash)
                 shutil.rmtree(trash, ignore_errors=True)
-            try:
-                os.replace(tmp, self.cache_dir)
-            except OSError:  # another process finished the same build first
-                if self._valid_manifest() is None:
-                    raise
-                manifest = json.loads((self.cache_dir / MANIFEST).read_text())
+            os.replace(tmp, self.cache_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return manifest
+
+    def content_digest(self, slide_id: str) -> str:
+        """Digest of everything :meth:`load` of ``slide_id`` depends on: the format version, the config,
+        the seed and the slide's manifest entry (its layout file's CRC32 and its seed key)."""
+        entry = self._entry(slide_id)
+        fields = {k: entry.get(k) for k in ("id", "key", "label", "source", "crc32", "bytes", "n")}
+        return sha256_hex(
+            "synth-c16",
+            str(FORMAT_VERSION),
+            json.dumps(self.config.to_dict(), sort_keys=True),
+            str(self.seed),
+            json.dumps(fields, sort_keys=True),
+        )
 
     # ---- SlideDataset ------------------------------------------------------------------------
     def slide_ids(self) -> list[str]:
