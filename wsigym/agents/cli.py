@@ -171,6 +171,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--max-slides", type=int, default=None, help="only the first N slides of the split")
+    e.add_argument(
+        "--slides", default=None, help="comma-separated slide ids of the split to evaluate (in that order)"
+    )
+    e.add_argument("--sample", type=int, default=None, metavar="K", help="K slides drawn at random (--seed)")
+    e.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     e.add_argument("--out", default="results", help="folder for results.md / results.json")
     e.add_argument("--readme", default=None, help="replace the results section of this README")
     e.add_argument("--card", action="store_true", help="write the policy folder's Hub card")
@@ -252,6 +257,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in _env_kwargs(args).items() if k != "dataset" and k != "fold"}
     if (args.card or args.push) and not args.policy:
         raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
+    if args.all and (args.slides or args.sample):
+        raise SystemExit(
+            "wsigym evaluate: --slides/--sample select slides without --all (--all takes --max-slides)"
+        )
     if args.all:
         protocol = run_protocol(
             policy=args.policy,
@@ -285,6 +294,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         env_kwargs=kwargs,
         max_slides=args.max_slides,
+        slides=[s for s in args.slides.split(",") if s] if args.slides else None,
+        sample=args.sample,
+        sample_seed=args.seed,
         names=names,
         progress=progress,
     )
