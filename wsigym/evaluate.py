@@ -107,6 +107,20 @@ class EvalReport:
         """Write the report as JSON atomically."""
         return atomic_write_text(path, json.dumps(asdict(self), indent=2, allow_nan=True))
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvalReport:
+        """Read a report written by :meth:`to_json`.
+
+        Raises:
+            ValueError: naming the file, when it is not such a report.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            rows = [EvalRow(**row) for row in data.pop("rows")]
+            return cls(**data, rows=rows)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not an evaluation report ({type(e).__name__}: {e})") from None
+
 
 def _model_agent(model: Any) -> Callable[[dict, dict], int]:
     from wsigym.agents.policy import PatchPolicy

@@ -183,6 +183,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_evaluate)
 
+    x = sub.add_parser(
+        "sb3-export",
+        help="write a policy folder's slim SB3 zip, rl-zoo3 config.yml/env_kwargs.yml, mean_reward and replay",
+    )
+    x.add_argument("folder", help="policy folder (policy.json + policy.safetensors)")
+    x.add_argument("--split", default="test", help="split of the mean_reward episodes and the replay")
+    x.add_argument("--episodes", type=int, default=10, help="episodes of mean_reward (rl-zoo3: 10)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--no-replay", action="store_true", help="skip replay.gif")
+    x.add_argument("--card", action="store_true", help="re-render README.md from results.json + sb3.json")
+    x.add_argument("--no-progress", action="store_true")
+    x.set_defaults(func=_sb3_export)
+
     m = sub.add_parser("demo", help="short PPO run on synth-c16, then the evaluation table")
     m.add_argument("--dataset", default="synth-c16")
     m.add_argument("--timesteps", type=int, default=DEMO_TIMESTEPS)
@@ -306,6 +319,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.md", text)
     print(text)
     _card_and_push(args, report)
+    return 0
+
+
+def _sb3_export(args: argparse.Namespace) -> int:
+    from wsigym.agents.publish import RESULTS_NAME, write_card
+    from wsigym.agents.sb3_export import export_sb3
+    from wsigym.evaluate import EvalReport
+
+    summary = export_sb3(
+        args.folder,
+        split=args.split,
+        n_eval_episodes=args.episodes,
+        seed=args.seed,
+        replay=not args.no_replay,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {Path(args.folder) / summary['zip']}, config.yml, env_kwargs.yml"
+        + (", replay.gif" if not args.no_replay else "")
+        + f"; mean_reward {summary['mean_reward']:.2f} +/- {summary['std_reward']:.2f} "
+        f"over {summary['n_eval_episodes']} {summary['split']} episodes"
+    )
+    if args.card:
+        report = EvalReport.from_json(Path(args.folder) / RESULTS_NAME)
+        print(f"wrote {write_card(args.folder, report)}")
     return 0
 
 
