@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,31 @@ def write_zip(folder: str | Path) -> Path:
     config = json.loads((folder / POLICY_CONFIG).read_text())
     model = sb3_model(folder)
     path = folder / zip_name(config)
-    _atomic_bytes(path, lambda tmp: model.save(tmp))  # tmp ends in .zip: SB3 keeps the name
+
+    def save(tmp: str) -> None:
+        model.save(tmp)  # tmp ends in .zip, so SB3 keeps the name
+        deflate_zip(tmp)
+
+    _atomic_bytes(path, save)
     return path
+
+
+def deflate_zip(path: str | Path) -> None:
+    """Rewrite a zip with every member deflated, in place.
+
+    SB3 stores its members uncompressed; the pickled observation space holds the ``Box`` bounds of
+    the ``P*d`` state (13 MB of one repeated float on synth-c16), which deflate shrinks to kilobytes.
+    ``zipfile`` (and so ``MaskablePPO.load``) reads both forms.
+    """
+    path = Path(path)
+    with zipfile.ZipFile(path) as src:
+        members = [(info, src.read(info)) for info in src.infolist()]
+    tmp = path.with_name(path.name + ".deflate")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info, data in members:
+            info.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(info, data)
+    os.replace(tmp, path)
 
 
 def env_kwargs_for(config: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +185,7 @@ def _atomic_bytes(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
