@@ -47,6 +47,7 @@ def test_files_and_slim_zip(exported):
         assert (folder / name).is_file(), name
     assert zip_path.stat().st_size < 2 * (folder / POLICY_WEIGHTS).stat().st_size + 200_000
     with zipfile.ZipFile(zip_path) as z:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
         optimiser = torch.load(z.open("policy.optimizer.pth"), weights_only=True)
     assert optimiser["state"] == {}  # never stepped: no Adam moments
     config = yaml.load((folder / "config.yml").read_text(), Loader=yaml.UnsafeLoader)  # rl-zoo3 reads it so
@@ -116,3 +117,26 @@ def test_load_from_hub_and_card(exported, hub_server, tmp_path):
 def test_bad_folder(tmp_path):
     with pytest.raises(ValueError, match="not a policy folder"):
         export_sb3(tmp_path)
+
+
+def test_shipped_policy_zip_matches_the_safetensors():
+    """The shipped zip (``wsigym sb3-export zoo/assets/weights/ppo-WSIZoom-v0``) holds the shipped weights."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from sb3_contrib import MaskablePPO
+
+    import zoo
+
+    folder = Path(zoo.__file__).parent / "assets" / "weights" / "ppo-WSIZoom-v0"
+    model = MaskablePPO.load(folder / "ppo-WSIZoom-v0.zip", device="cpu")
+    weights = load_file(str(folder / POLICY_WEIGHTS))
+    state = model.policy.state_dict()
+    assert set(state) == set(weights) and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert (folder / "ppo-WSIZoom-v0.zip").stat().st_size < 5_000_000
+    summary = json.loads((folder / "sb3.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert cards.card_metrics(card)["mean_reward"] == (
+        f"{summary['mean_reward']:.2f} +/- {summary['std_reward']:.2f}"
+    )
+    assert yaml.safe_load((folder / "env_kwargs.yml").read_text())["max_patches"] == model.action_space.n

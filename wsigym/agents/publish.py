@@ -51,6 +51,7 @@ def write_card(
     (every agent and budget, mean ± std over seeds) is in the card body.
     """
     from zoo import cards
+    from zoo.pretrained import hub_org
 
     folder = Path(folder)
     config = json.loads((folder / "policy.json").read_text())
@@ -102,6 +103,7 @@ def write_card(
         evaluation_caption=report.caption(),
         headline_budget=f"{budget:.0%}",
         sb3=sb3,
+        hub_repo=repo_id or f"{hub_org()}/{name}",
     )
     atomic_write_text(folder / TABLE_NAME, report.caption() + "\n\n" + table + "\n")
     report.to_json(folder / RESULTS_NAME)
