@@ -30,7 +30,11 @@ def exported(tmp_path_factory, tiny_dataset, models):
     hafed, tsu = models
     kw = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False}
     config = PPOConfig(
-        env_kwargs={**kw, "budget": 0.2, "reward": "delta_ce"}, n_envs=1, n_steps=8, batch_size=8
+        env_kwargs={**kw, "budget": 0.2, "reward": "delta_ce"},
+        n_envs=1,
+        n_steps=8,
+        batch_size=8,
+        path="plain",
     )
     model = make_model(config, DummyVecEnv([lambda: WSIZoomEnv(**kw)]))
     folder = tmp_path_factory.mktemp("policy")

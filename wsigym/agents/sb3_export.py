@@ -111,6 +111,7 @@ def sb3_model(folder: str | Path, device: str = "cpu") -> Any:
             "critic_hidden": int(config["critic_hidden"]),
             "critic_attention": int(config["critic_attention"]),
             "standardise": bool(config.get("standardise", False)),
+            "tokens": str(config.get("tokens", "state+context")),
         },
         seed=int(ppo.get("seed", 0)),
         device=device,
@@ -175,7 +176,8 @@ def zoo_config(config: dict[str, Any]) -> OrderedDict:
     params["policy"] = "wsigym.agents.policy.PatchPolicy"
     params["policy_kwargs"] = (
         f"dict(hidden={int(config['hidden'])}, critic_hidden={int(config['critic_hidden'])}, "
-        f"critic_attention={int(config['critic_attention'])}, standardise={bool(config.get('standardise'))})"
+        f"critic_attention={int(config['critic_attention'])}, standardise={bool(config.get('standardise'))}, "
+        f"tokens={str(config.get('tokens', 'state+context'))!r})"
     )
     return OrderedDict((k, params[k]) for k in sorted(params))
 
