@@ -126,7 +126,7 @@ def test_ppo_card_follows_sb3_conventions():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (("license: apache-2.0", "license: apache-2.0\ndatasets: [\"synth-c16\"]"), "not Hub dataset ids"),
+        (("license: apache-2.0", 'license: apache-2.0\ndatasets: ["synth-c16"]'), "not Hub dataset ids"),
         (("license: apache-2.0", "license: apache-2.0\npipeline_tag: image-classification"), "pipeline_tag"),
         (("model-index:", "model-index: 3\nbroken:"), "model-index|cannot parse"),
         (("library_name: wsigym-zoo\n", ""), "library_name"),
