@@ -15,7 +15,16 @@ An agent is one of:
 ``full-hafed`` is scored with one HAFED forward pass on ``V`` per slide: after every patch is zoomed
 the state is ``V`` whatever the order, so stepping ``N`` times would give the same prediction.
 
-Every slide of the split is visited once per (budget, seed) in split order (an agent whose
+**Environments.** By default the protocol builds one ``gym.make(env_id, budget=b, ...)`` per budget,
+with ``illegal_action="raise"`` (an agent that sends an illegal action is a bug the protocol must
+show, not remap). ``env=`` takes an existing environment instead (evaluated at its own budget; it is
+not closed) or a factory ``env(budget) -> gym.Env`` (called once per budget; those are closed).
+
+**Slides.** Every slide of the split, or ``slides=[id, ...]`` (in the given order), or
+``sample=K`` slides drawn without replacement with ``numpy.random.default_rng(sample_seed)`` (in
+split order), or the first ``max_slides``.
+
+Every slide is visited once per (budget, seed) in order (an agent whose
 ``deterministic`` attribute is True, e.g. the greedy policy and the ranked baselines, is run for the
 first seed only and its result repeated: with the slide fixed, its episode does not depend on the seed)
 (``reset(options={"slide_id": ...})``). The prediction of an episode is HAFED's class probability
@@ -97,6 +106,20 @@ class EvalReport:
     def to_json(self, path: str | Path) -> Path:
         """Write the report as JSON atomically."""
         return atomic_write_text(path, json.dumps(asdict(self), indent=2, allow_nan=True))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvalReport:
+        """Read a report written by :meth:`to_json`.
+
+        Raises:
+            ValueError: naming the file, when it is not such a report.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            rows = [EvalRow(**row) for row in data.pop("rows")]
+            return cls(**data, rows=rows)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not an evaluation report ({type(e).__name__}: {e})") from None
 
 
 def _model_agent(model: Any) -> Callable[[dict, dict], int]:
@@ -220,9 +243,43 @@ def full_hafed(env: gym.Env, slide_ids: Sequence[str], progress: bool = False) -
     return out
 
 
+def select_slides(
+    ids: Sequence[str],
+    *,
+    slides: Sequence[str] | None = None,
+    sample: int | None = None,
+    sample_seed: int = 0,
+    max_slides: int | None = None,
+) -> list[str]:
+    """The slides an evaluation visits (module docstring, Slides).
+
+    Raises:
+        ValueError: for unknown ids, a sample larger than the split, or more than one selection.
+    """
+    ids = [str(i) for i in ids]
+    given = [name for name, v in (("slides", slides), ("sample", sample), ("max_slides", max_slides)) if v]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of slides=, sample=, max_slides=; got {', '.join(given)}")
+    if slides:
+        unknown = [str(s) for s in slides if str(s) not in set(ids)]
+        if unknown:
+            raise ValueError(f"slides: {unknown[:5]} not in the split ({len(ids)} slides, e.g. {ids[:3]})")
+        return [str(s) for s in slides]
+    if sample:
+        if isinstance(sample, bool) or not 0 < int(sample) <= len(ids):
+            raise ValueError(f"sample must be in [1, {len(ids)}] (the split's slides), got {sample!r}")
+        picked = np.random.default_rng(sample_seed).choice(len(ids), size=int(sample), replace=False)
+        return [ids[i] for i in sorted(picked)]
+    return list(ids[:max_slides]) if max_slides else list(ids)
+
+
 def evaluate(
     agents: Sequence[Any] | Any,
     *,
+    env: gym.Env | Callable[[float], gym.Env] | None = None,
+    slides: Sequence[str] | None = None,
+    sample: int | None = None,
+    sample_seed: int = 0,
     env_id: str = "WSIZoom-v0",
     dataset: Any = "synth-c16",
     split: str = "test",
@@ -245,6 +302,10 @@ def evaluate(
         env_kwargs: further environment arguments (``hafed``, ``tsu``, ``reward``...).
         max_slides: only the first ``max_slides`` slides of the split (quick runs; say so when reporting).
         names: row labels, one per agent (default: the agent's name).
+        env: an environment (its budget, split and dataset are used; ``budgets``, ``dataset``,
+            ``split``, ``fold``, ``env_id`` and ``env_kwargs`` are ignored) or a factory
+            ``env(budget) -> gym.Env``.
+        slides, sample, sample_seed: which slides (module docstring, Slides).
 
     ``no-zoom`` and ``full-hafed`` are evaluated once, at budget 0% and 100%.
     """
@@ -253,11 +314,27 @@ def evaluate(
         raise ValueError(f"names: expected {len(agents)} labels, got {len(names)}")
     rows: list[EvalRow] = []
     envs: dict[float, gym.Env] = {}
-    kwargs = {"progress": progress, **(env_kwargs or {})}
+    owned: list[gym.Env] = []
+    kwargs = {"progress": progress, "illegal_action": "raise", **(env_kwargs or {})}
+    if isinstance(env, gym.Env):
+        base = env.unwrapped
+        budgets = (float(base.config.budget),)
+        envs[budgets[0]] = env
+        dataset, split = base.source.dataset, base.source.split
+        env_id = env.spec.id if env.spec is not None else type(base).__name__
+    elif env is not None and not callable(env):
+        raise TypeError(f"env must be a gym.Env or a factory env(budget) -> gym.Env, got {env!r}")
 
     def env_for(budget: float) -> gym.Env:
         if budget not in envs:
-            envs[budget] = gym.make(env_id, dataset=dataset, split=split, fold=fold, budget=budget, **kwargs)
+            if env is not None:
+                made = env(budget)
+                if not isinstance(made, gym.Env):
+                    raise TypeError(f"the env factory returned {made!r} for budget {budget}, not a gym.Env")
+            else:
+                made = gym.make(env_id, dataset=dataset, split=split, fold=fold, budget=budget, **kwargs)
+            envs[budget] = made
+            owned.append(made)
         return envs[budget]
 
     try:
@@ -267,13 +344,18 @@ def evaluate(
             label = names[i] if names is not None else label
             agent_budgets = [BUDGET_FREE[name]] if name else list(budgets)
             for budget in agent_budgets:
-                env = env_for(min(budgets) if name else budget)
-                ids = env.unwrapped.slide_ids
-                slide_ids = ids[:max_slides] if max_slides else ids
+                env_b = env_for(min(budgets) if name else budget)
+                slide_ids = select_slides(
+                    env_b.unwrapped.slide_ids,
+                    slides=slides,
+                    sample=sample,
+                    sample_seed=sample_seed,
+                    max_slides=max_slides,
+                )
                 per_seed = []
                 for seed in seeds:
                     if name == "full-hafed":
-                        per_seed.append(full_hafed(env, slide_ids, progress=progress))
+                        per_seed.append(full_hafed(env_b, slide_ids, progress=progress))
                         continue
                     if per_seed and getattr(built, "deterministic", False):
                         per_seed.append(dict(per_seed[0]))  # same slides, same actions: identical
@@ -282,7 +364,7 @@ def evaluate(
                     per_seed.append(
                         run_split(
                             agent,
-                            env,
+                            env_b,
                             slide_ids,
                             seed=seed,
                             zero_steps=name == "no-zoom",
@@ -295,8 +377,12 @@ def evaluate(
                 std = {k: _nanstd([s[k] for s in per_seed]) for k in keys}
                 rows.append(EvalRow(label, float(budget), mean, std, per_seed))
     finally:
-        for env in envs.values():
-            env.close()
+        for made in owned:
+            made.close()
+    if env is not None and not isinstance(env, gym.Env) and envs:
+        first = next(iter(envs.values()))
+        dataset, split = first.unwrapped.source.dataset, first.unwrapped.source.split
+        env_id = first.spec.id if first.spec is not None else type(first.unwrapped).__name__
     return EvalReport(
         dataset=str(getattr(dataset, "name", dataset)),
         split=split,

@@ -3,7 +3,14 @@
 Each family has a Jinja2 template in ``hub_cards/`` (MIL families extend ``hub_cards/_base.md``; SB3
 agents use ``hub_cards/ppo.md``). The YAML front matter carries the Hub metadata (``library_name``,
 ``license``, ``tags``, ``datasets``, ``pipeline_tag``) and a ``model-index`` built here from the metrics
-passed in, so every number in a card is a measured value. Without metrics the card says
+passed in, so every number in a card is a measured value.
+
+Hub metadata rules (:func:`validate_hub_metadata`, offline): ``datasets`` lists only Hub dataset ids
+(:data:`HUB_DATASETS`; ``synth-c16`` is generated locally and CAMELYON16 is not a Hub dataset, so
+their cards list none and name the data in the body and the ``model-index``); MIL models over patch
+feature bags have no ``pipeline_tag`` (none of the Hub's tasks takes a bag of feature vectors; in
+particular they are not ``image-classification`` models), agents have ``reinforcement-learning``;
+``model-index`` parses with ``huggingface_hub``. Without metrics the card says
 "not evaluated" and has no ``model-index``.
 
 Metrics are a flat ``{name: value}`` dict of test-split values (keys of
@@ -54,6 +61,11 @@ ENCODER_WIDTHS: dict[int, str] = {
 }
 
 DATASET_TITLES: dict[str, str] = {"camelyon16": "CAMELYON16", "synth-c16": "synth-c16 (synthetic)"}
+#: Dataset name -> its Hub dataset id, for data that is on the Hub (none of this project's yet).
+HUB_DATASETS: dict[str, str] = {}
+#: The ``pipeline_tag`` of each card kind (None: no tag).
+PIPELINE_TAGS: dict[str, str | None] = {"mil": None, "agent": "reinforcement-learning"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class CardError(ValueError):
@@ -250,7 +262,7 @@ def render_card(
         "library_name": LIBRARY_NAME,
         "license": LICENSE,
         "tags": [*BASE_TAGS, family],
-        "datasets": [dataset] if dataset != "unknown" else [],
+        "datasets": [HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else [],
         "dataset_name": dataset,
         "dataset_title": DATASET_TITLES.get(dataset, dataset),
         "model_index_yaml": yaml.safe_dump({"model-index": index}, sort_keys=False) if index else "",
@@ -273,6 +285,7 @@ def render_card(
     }
     text = template.render(**context)
     check_card(text, metrics)
+    validate_hub_metadata(text, kind="agent" if is_agent else "mil")
     return text
 
 
@@ -318,6 +331,49 @@ def card_metrics(text: str) -> dict[str, Any]:
                     "value"
                 )
     return out
+
+
+def validate_hub_metadata(text: str, kind: str | None = None) -> dict[str, Any]:
+    """Check a card's metadata against the Hub's rules, offline (module docstring); returns it.
+
+    ``huggingface_hub.ModelCard`` parses the card and its ``model-index`` (as ``metadata_update``
+    and the Hub do); ``datasets`` must be known Hub dataset ids; ``pipeline_tag`` must be the
+    one of ``kind`` (``"mil"`` or ``"agent"``; any Hub-shaped tag when None); ``license``,
+    ``library_name`` and ``tags`` must be present.
+
+    Raises:
+        CardError: naming the key that breaks a rule.
+    """
+    from huggingface_hub import ModelCard
+
+    meta = card_metadata(text)
+    try:
+        card = ModelCard(text, ignore_metadata_errors=False)
+    except Exception as e:  # huggingface_hub raises ValueError / its own errors for a bad model-index
+        raise CardError(f"huggingface_hub cannot parse the card metadata: {e}") from None
+    if meta.get("model-index") and not card.data.eval_results:
+        raise CardError("model-index has no result huggingface_hub can read")
+    for key in ("library_name", "license", "tags"):
+        if not meta.get(key):
+            raise CardError(f"card metadata has no {key!r}")
+    datasets = meta.get("datasets") or []
+    if not isinstance(datasets, list):
+        raise CardError(f"datasets must be a list of Hub dataset ids, got {datasets!r}")
+    unknown = [d for d in datasets if d not in HUB_DATASETS.values() or not _HUB_ID.match(str(d))]
+    if unknown:
+        raise CardError(
+            f"datasets {unknown} are not Hub dataset ids (known: {sorted(HUB_DATASETS.values())}); "
+            "name local data in the card body and the model-index instead"
+        )
+    tag = meta.get("pipeline_tag")
+    if kind is not None:
+        if kind not in PIPELINE_TAGS:
+            raise CardError(f"kind must be one of {sorted(PIPELINE_TAGS)}, got {kind!r}")
+        if tag != PIPELINE_TAGS[kind]:
+            raise CardError(f"pipeline_tag of a {kind} card must be {PIPELINE_TAGS[kind]!r}, got {tag!r}")
+    elif tag is not None and not re.fullmatch(r"[a-z0-9-]+", str(tag)):
+        raise CardError(f"pipeline_tag {tag!r} is not a Hub task id")
+    return meta
 
 
 def check_card(text: str, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:

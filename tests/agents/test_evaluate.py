@@ -10,6 +10,7 @@ import pytest
 
 from wsigym.agents.baselines import RandomAgent, make_baseline
 from wsigym.agents.benchmark import published_table
+from wsigym.envs.zoom import WSIZoomEnv
 from wsigym.evaluate import METRICS, as_agent, evaluate
 from wsigym.readme_sections import replace_section
 
@@ -149,3 +150,51 @@ def test_readme_section_replacement(tmp_path):
     with pytest.raises(ValueError, match="markers"):
         replace_section(readme, "camelyon16", "x")
     assert "different dataset" not in published_table() and "CAMELYON16" in published_table()
+
+
+def test_evaluate_env_instance_factory_and_slide_selection(env_kwargs):
+    import gymnasium as gym
+
+    from wsigym.evaluate import select_slides
+
+    kw = _kw(env_kwargs)
+    ds = env_kwargs["dataset"]
+    env = gym.make("WSIZoom-v0", dataset=ds, split="train", budget=0.2, **kw)
+    ids = env.unwrapped.slide_ids
+    seen = []
+
+    def spy(obs, info):
+        seen.append(info["slide_id"])
+        return int(np.flatnonzero(obs["action_mask"])[0])
+
+    report = evaluate([spy], env=env, slides=[ids[2], ids[0]], seeds=(0,), progress=False)
+    assert [(r.agent, r.budget) for r in report.rows] == [("spy", 0.2)]
+    assert report.slides == 2 and list(dict.fromkeys(seen)) == [ids[2], ids[0]]
+    assert report.split == "train" and report.env_id == "WSIZoom-v0"
+    env.reset(seed=0)  # the caller's env is not closed
+    made = []
+
+    def factory(budget):
+        made.append(budget)
+        return WSIZoomEnv(dataset=ds, split="train", budget=budget, **kw)
+
+    report = evaluate(["random"], env=factory, budgets=(0.1, 0.2), sample=3, sample_seed=1, progress=False)
+    assert made == [0.1, 0.2] and report.slides == 3
+    a = select_slides(ids, sample=3, sample_seed=1)
+    assert a == select_slides(ids, sample=3, sample_seed=1) and len(set(a)) == 3
+    assert a == [i for i in ids if i in a]  # split order
+    with pytest.raises(ValueError, match="not in the split"):
+        select_slides(ids, slides=["nope"])
+    with pytest.raises(ValueError, match=r"sample must be in \[1, 6\]"):
+        select_slides(ids, sample=7)
+    with pytest.raises(ValueError, match="at most one"):
+        select_slides(ids, sample=2, max_slides=3)
+    with pytest.raises(TypeError, match=r"env must be a gym\.Env"):
+        evaluate(["random"], env=42, progress=False)
+
+
+def test_evaluate_cli_slides_and_sample(tmp_path, monkeypatch):
+    from wsigym.cli import main
+
+    with pytest.raises(SystemExit, match="--slides/--sample"):
+        main(["evaluate", "--all", "--sample", "3", "--out", str(tmp_path)])

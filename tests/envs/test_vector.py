@@ -78,7 +78,7 @@ def test_make_vec_entry_point(env_kwargs):
 
 
 def test_vector_invalid_action_and_partial_reset(env_kwargs):
-    vec = WSIZoomVectorEnv(num_envs=2, **env_kwargs)
+    vec = WSIZoomVectorEnv(num_envs=2, **env_kwargs, illegal_action="raise")
     obs, _info = vec.reset(seed=1)
     vec.step(np.array([0, 0]))
     with pytest.raises(

@@ -47,8 +47,9 @@ def test_family_card_metadata_and_values(family):
     assert meta["license"] == "apache-2.0"
     assert {"pathology", "multiple-instance-learning", "whole-slide-image", family} <= set(meta["tags"])
     assert len(meta["tags"]) == len(set(meta["tags"]))
-    assert meta["datasets"] == ["camelyon16"]
-    assert meta["pipeline_tag"] == "image-classification"
+    assert "datasets" not in meta  # CAMELYON16 is not a Hub dataset id
+    assert "pipeline_tag" not in meta  # feature bags: none of the Hub's tasks
+    assert cards.validate_hub_metadata(text, kind="mil") == meta
     headline = {k: v for k, v in METRICS.items() if k != "slides_per_s"}
     assert cards.card_metrics(text) == headline  # exact values, parsed back from YAML
     # huggingface_hub's own parser reads the same numbers
@@ -120,3 +121,40 @@ def test_ppo_card_follows_sb3_conventions():
     assert "trusted" in text and "16 episodes" in text
     parsed = {r.metric_type: r.metric_value for r in ModelCard(text).data.eval_results}
     assert parsed == {"mean_reward": "0.81 +/- 0.12", "accuracy": 0.875}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (("license: apache-2.0", 'license: apache-2.0\ndatasets: ["synth-c16"]'), "not Hub dataset ids"),
+        (("license: apache-2.0", "license: apache-2.0\npipeline_tag: image-classification"), "pipeline_tag"),
+        (("model-index:", "model-index: 3\nbroken:"), "model-index|cannot parse"),
+        (("library_name: wsigym-zoo\n", ""), "library_name"),
+    ],
+)
+def test_hub_metadata_rules_refuse(change, match):
+    text = _render("abmil").replace(*change, 1)
+    with pytest.raises(cards.CardError, match=match):
+        cards.validate_hub_metadata(text, kind="mil")
+
+
+def test_shipped_cards_follow_the_hub_rules_and_push_targets():
+    import json
+    from pathlib import Path
+
+    import zoo
+
+    root = Path(zoo.__file__).parent / "assets" / "weights"
+    folders = [f for f in sorted(root.iterdir()) if (f / "README.md").is_file()]
+    assert len(folders) >= 10
+    for folder in folders:
+        text = (folder / "README.md").read_text()
+        kind = "agent" if (folder / "policy.json").is_file() else "mil"
+        cards.validate_hub_metadata(text, kind=kind)
+        for line in text.splitlines():
+            if "zoo push " in line:
+                target = line.split("zoo push ")[1].split()[1]
+                assert target == f"wsigym/{folder.name}", (folder.name, line)
+        if kind == "mil":
+            inputs = json.loads((folder / "card.json").read_text())
+            cards.check_card(text, inputs["metrics"])

@@ -171,12 +171,30 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2])
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--max-slides", type=int, default=None, help="only the first N slides of the split")
+    e.add_argument(
+        "--slides", default=None, help="comma-separated slide ids of the split to evaluate (in that order)"
+    )
+    e.add_argument("--sample", type=int, default=None, metavar="K", help="K slides drawn at random (--seed)")
+    e.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     e.add_argument("--out", default="results", help="folder for results.md / results.json")
     e.add_argument("--readme", default=None, help="replace the results section of this README")
     e.add_argument("--card", action="store_true", help="write the policy folder's Hub card")
     e.add_argument("--push", default=None, metavar="REPO", help="publish the policy folder to this Hub repo")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_evaluate)
+
+    x = sub.add_parser(
+        "sb3-export",
+        help="write a policy folder's slim SB3 zip, rl-zoo3 config.yml/env_kwargs.yml, mean_reward and replay",
+    )
+    x.add_argument("folder", help="policy folder (policy.json + policy.safetensors)")
+    x.add_argument("--split", default="test", help="split of the mean_reward episodes and the replay")
+    x.add_argument("--episodes", type=int, default=10, help="episodes of mean_reward (rl-zoo3: 10)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--no-replay", action="store_true", help="skip replay.gif")
+    x.add_argument("--card", action="store_true", help="re-render README.md from results.json + sb3.json")
+    x.add_argument("--no-progress", action="store_true")
+    x.set_defaults(func=_sb3_export)
 
     m = sub.add_parser("demo", help="short PPO run on synth-c16, then the evaluation table")
     m.add_argument("--dataset", default="synth-c16")
@@ -252,6 +270,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in _env_kwargs(args).items() if k != "dataset" and k != "fold"}
     if (args.card or args.push) and not args.policy:
         raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
+    if args.all and (args.slides or args.sample):
+        raise SystemExit(
+            "wsigym evaluate: --slides/--sample select slides without --all (--all takes --max-slides)"
+        )
     if args.all:
         protocol = run_protocol(
             policy=args.policy,
@@ -285,6 +307,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         env_kwargs=kwargs,
         max_slides=args.max_slides,
+        slides=[s for s in args.slides.split(",") if s] if args.slides else None,
+        sample=args.sample,
+        sample_seed=args.seed,
         names=names,
         progress=progress,
     )
@@ -294,6 +319,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.md", text)
     print(text)
     _card_and_push(args, report)
+    return 0
+
+
+def _sb3_export(args: argparse.Namespace) -> int:
+    from wsigym.agents.publish import RESULTS_NAME, write_card
+    from wsigym.agents.sb3_export import export_sb3
+    from wsigym.evaluate import EvalReport
+
+    summary = export_sb3(
+        args.folder,
+        split=args.split,
+        n_eval_episodes=args.episodes,
+        seed=args.seed,
+        replay=not args.no_replay,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {Path(args.folder) / summary['zip']}, config.yml, env_kwargs.yml"
+        + (", replay.gif" if not args.no_replay else "")
+        + f"; mean_reward {summary['mean_reward']:.2f} +/- {summary['std_reward']:.2f} "
+        f"over {summary['n_eval_episodes']} {summary['split']} episodes"
+    )
+    if args.card:
+        report = EvalReport.from_json(Path(args.folder) / RESULTS_NAME)
+        print(f"wrote {write_card(args.folder, report)}")
     return 0
 
 

@@ -409,7 +409,7 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
 def save_policy(
     model: MaskablePPO, directory: str | Path, config: PPOConfig, *, sb3_zip: bool = True
 ) -> Path:
-    """Write ``policy.safetensors`` + ``policy.json`` (no pickle), plus SB3's zip ``ppo-<env>.zip``.
+    """Write ``policy.safetensors`` + ``policy.json`` (no pickle), plus a slim SB3 zip ``ppo-<env>.zip``.
 
     :func:`load_policy` reads only the safetensors and JSON files.
     """
@@ -439,8 +439,10 @@ def save_policy(
             "ppo": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
         },
     )
-    if sb3_zip:
-        model.save(directory / f"ppo-{config.env_id}.zip")
+    if sb3_zip:  # slim: the weights just written and a fresh optimiser (wsigym.agents.sb3_export)
+        from wsigym.agents.sb3_export import write_zip
+
+        write_zip(directory)
     return directory
 
 

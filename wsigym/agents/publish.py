@@ -3,7 +3,9 @@
 The folder written by :func:`wsigym.agents.ppo.train_ppo` (``policy.safetensors``, ``policy.json``,
 ``ppo-<env>.zip``) gets ``README.md`` (rendered from ``hub_cards/ppo.md`` by :func:`zoo.cards.render_card`),
 ``results.json`` (the :class:`~wsigym.evaluate.EvalReport`, evaluated with action masks) and
-``evaluation.md``. Repos are named as rl-zoo3 / huggingface_sb3 do: ``{org}/{algo}-{env_id}``,
+``evaluation.md``. When the folder has the SB3-native files of :mod:`wsigym.agents.sb3_export`
+(``sb3.json``), the card's ``model-index`` also holds their ``mean_reward`` (as ``"mean +/- std"``,
+rl-zoo3's convention) and the card lists the zip, ``config.yml``, ``env_kwargs.yml`` and the replay. Repos are named as rl-zoo3 / huggingface_sb3 do: ``{org}/{algo}-{env_id}``,
 e.g. ``wsigym/ppo-WSIZoom-v0``.
 """
 
@@ -49,12 +51,17 @@ def write_card(
     (every agent and budget, mean ± std over seeds) is in the card body.
     """
     from zoo import cards
+    from zoo.pretrained import hub_org
 
     folder = Path(folder)
     config = json.loads((folder / "policy.json").read_text())
     env_id = config.get("env_id", report.env_id)
     name = repo_name("ppo", env_id)
     metrics = {f"{report.split}": headline(report, agent, budget)}
+    sb3 = _sb3_summary(folder)
+    if sb3 is not None and report.split in metrics:
+        metrics[report.split]["mean_reward"] = sb3["mean_reward"]
+        metrics[report.split]["std_reward"] = sb3["std_reward"]
     table = report.to_markdown()
     ppo = config.get("ppo", {})
     env_kwargs = ppo.get("env_kwargs", {})
@@ -95,11 +102,30 @@ def write_card(
         evaluation_table=table,
         evaluation_caption=report.caption(),
         headline_budget=f"{budget:.0%}",
+        sb3=sb3,
+        hub_repo=repo_id or f"{hub_org()}/{name}",
     )
     atomic_write_text(folder / TABLE_NAME, report.caption() + "\n\n" + table + "\n")
     report.to_json(folder / RESULTS_NAME)
     atomic_write_text(folder / "README.md", text)
     return folder / "README.md"
+
+
+def _sb3_summary(folder: Path) -> dict[str, Any] | None:
+    """``sb3.json`` of :func:`wsigym.agents.sb3_export.export_sb3`, or None when absent."""
+    from wsigym.agents.sb3_export import SB3_SUMMARY
+
+    path = folder / SB3_SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        float(data["mean_reward"]), float(data["std_reward"]), str(data["zip"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: not an sb3 summary ({type(e).__name__}: {e}); rerun wsigym sb3-export"
+        ) from None
+    return data
 
 
 def publish(folder: str | Path, repo_id: str, report: EvalReport | None = None, **card: Any) -> str:

@@ -20,6 +20,9 @@ Semantics (Gymnasium 1.x):
   the stepped sub-environments; ``hit_tumour``/``tumour_fraction`` where a patch was zoomed on a slide
   with ground truth.
 - :meth:`action_masks` returns ``(B, P)`` bool.
+- Actions must be an integer array of ``B`` elements (a float array raises ``TypeError``; nothing is
+  truncated); illegal ones follow ``illegal_action`` as in ``WSIZoom-v0``, and ``info["zoomed"]`` /
+  ``info["illegal_action"]`` say what each stepped sub-environment did.
 
 Observations are numpy (``copy=True`` returns fresh arrays, ``copy=False`` shares the CPU state as
 ``SyncVectorEnv(copy=False)`` does).
@@ -39,7 +42,7 @@ from gymnasium.vector.utils import batch_space
 
 from wsigym.data.dataset import SlideDataset
 from wsigym.envs.render import render_episode
-from wsigym.envs.zoom import choose_slide
+from wsigym.envs.zoom import EpisodeEnded, check_render_mode, choose_slide
 from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_arguments
 
 
@@ -77,13 +80,11 @@ class WSIZoomVectorEnv(VectorEnv):
         copy: bool = True,
         render_mode: str | None = None,
         progress: bool = True,
+        illegal_action: str = "remap",
     ) -> None:
-        if int(num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
-            )
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        check_render_mode(render_mode, self.metadata["render_modes"])
         source, hafed_model, tsu_model, config = resolve_arguments(
             dataset=dataset,
             split=split,
@@ -100,6 +101,7 @@ class WSIZoomVectorEnv(VectorEnv):
             budget_end=budget_end,
             device=device,
             progress=progress,
+            illegal_action=illegal_action,
         )
         self.num_envs = int(num_envs)
         self.config = config
@@ -181,23 +183,26 @@ class WSIZoomVectorEnv(VectorEnv):
         """Step every sub-environment; those that ended on the previous step are reset instead.
 
         Raises:
-            ValueError: for an illegal action of a stepped sub-environment (names its index).
+            TypeError: for actions that are not integers.
+            ValueError: for an action outside the action space, or an illegal one with
+                ``illegal_action="raise"`` (names the sub-environment).
         """
         if not self._started:
-            raise RuntimeError("WSIZoomVectorEnv.step() called before reset()")
-        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+            raise EpisodeEnded("Cannot call WSIZoomVectorEnv.step() before calling reset()")
         resetting = self._autoreset.copy()
         active = ~resetting
-        out = self.batch.step(actions, active)
+        out, zoomed, illegal = self.batch.act(actions, active)
         if resetting.any():
             envs = [int(e) for e in np.flatnonzero(resetting)]
             self.batch.load(envs, [int(self._rngs[e].integers(len(self.source))) for e in envs])
         self._autoreset = out["terminated"] | out["truncated"]
         info = self._info()
         info["tsu_updates"], info["_tsu_updates"] = out["tsu_updates"], active.copy()
+        info["zoomed"], info["_zoomed"] = zoomed, active.copy()
+        info["illegal_action"], info["_illegal_action"] = illegal, active.copy()
         hit = out["has_truth"]
         if hit.any():
-            tumour = self.batch.tumour_np[np.arange(self.num_envs), np.where(active, actions, 0)]
+            tumour = self.batch.tumour_np[np.arange(self.num_envs), np.maximum(zoomed, 0)]
             info["hit_tumour"], info["_hit_tumour"] = out["hit_tumour"], hit.copy()
             info["tumour_fraction"] = np.where(hit, np.nan_to_num(tumour), 0.0)
             info["_tumour_fraction"] = hit.copy()

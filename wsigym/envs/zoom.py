@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,10 +11,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.error import ResetNeeded
 
 from wsigym.data.dataset import SlideDataset
 from wsigym.envs.render import render_episode
-from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_arguments
+from wsigym.envs.zoom_batch import ZoomBatch, coerce_action, observation_space, resolve_arguments
 
 
 class WSIZoomEnv(gym.Env):
@@ -26,8 +29,10 @@ class WSIZoomEnv(gym.Env):
     ``k`` high-res children) and, with the Targeted State Update (TSU), updates the not-yet-updated
     patches that look like ``a`` at low resolution. A frozen HAFED classifies the state at every
     step; the agent is rewarded for making it confident in the true label. This is SASHA's MDP
-    (Tarun G et al., NeurIPS 2025) as a Gymnasium environment, with SASHA's public-code pitfalls fixed
-    (see ``/work/shared/reference/sasha.md``).
+    (Tarun G et al., "SASHA: Sequential Attention-based Sampling for Histopathological Analysis",
+    NeurIPS 2025, arXiv:2507.05077; official code github.com/coglabiisc/SASHA) as a Gymnasium
+    environment, with the pitfalls of that public code fixed (one budget rule, the same masks in
+    rollout and update, no bootstrapping past the budget).
 
     ## Action Space
 
@@ -35,16 +40,41 @@ class WSIZoomEnv(gym.Env):
     padded. The legal actions are exposed in all three conventions: :meth:`action_masks` (bool, for
     sb3-contrib's ``MaskablePPO``), ``info["action_mask"]`` (int8, Gymnasium style) and the
     observation key ``"action_mask"``. A patch is legal when it is real and not zoomed yet (and, with
-    ``mask_updated=True``, not TSU-updated either). **An illegal action raises** ``ValueError``:
-    a padding index (``>= N``), an index outside ``[0, max_patches)``, or an already zoomed patch.
+    ``mask_updated=True``, not TSU-updated either).
+
+    An action must be an integer: a Python or numpy integer, or a 0-d / 1-element integer array;
+    floats, strings and bools raise ``TypeError`` (nothing is rounded). An index outside
+    ``[0, max_patches)`` raises ``ValueError``. What an *illegal* index of the space (a padding index
+    ``>= N``, an already zoomed patch) does is ``illegal_action``:
+
+    - ``"remap"`` (**the default**): the first legal patch in the cyclic order ``c, c+1, ..., N-1, 0,
+      ..., c-1`` from ``c = a mod N`` is zoomed instead (:meth:`ZoomBatch.legalise
+      <wsigym.envs.zoom_batch.ZoomBatch.legalise>`);
+    - ``"noop"``: nothing is zoomed, one budget step is spent, and the reward is the rule's reward
+      for an unchanged state minus :data:`~wsigym.envs.zoom_batch.ILLEGAL_ACTION_PENALTY` (1.0);
+    - ``"raise"``: ``ValueError`` naming the patch (the strict mode for debugging masked agents).
+
+    Why ``"remap"`` by default: the action space is all of ``Discrete(P)``, and mask-unaware tools
+    sample it uniformly (Gymnasium's and SB3's ``check_env``, plain SB3 ``PPO`` / ``A2C`` / ``DQN``);
+    on synth-c16 ~74% of those samples are illegal. Remapped, every step zooms a real patch, so such
+    agents see the environment's real dynamics and an episode always lasts its ``T`` zooms; masked
+    agents never send an illegal action and behave exactly as with ``"raise"``. ``info`` tells
+    what happened: ``zoomed`` (the patch zoomed, -1 for a no-op) and ``illegal_action`` (bool).
 
     ## Observation Space
 
     A ``Dict`` (``P = max_patches``, ``d`` = feature width):
 
     - ``"state"``: ``Box(-F, F, (P*d,), float32)`` with ``F`` the largest float32 (any finite value), the state ``S_t`` flattened row-major
-      (``obs["state"].reshape(P, d)``); padding rows are 0. Flat because SB3's ``check_env`` warns
-      on any Box that is neither 1-D nor an image, and a ``(1, P, d)`` "image" would be mis-handled.
+      (``obs["state"].reshape(env.max_patches, env.dim)``); padding rows are 0. Flat because SB3's
+      ``check_env`` warns on any Box that is neither 1-D nor an image, and a ``(1, P, d)`` "image"
+      would be mis-handled. ``env.dim`` is ``d``; ``env.max_patches`` is ``P``.
+
+    **Padding.** ``P`` defaults to the largest slide of the whole dataset, over every split and fold
+    (:func:`wsigym.envs.padding.dataset_max_patches`), so environments on every split share one
+    space and a policy trained on one split predicts on another. ``max_patches`` is recorded in
+    ``env.spec.kwargs``. A smaller ``max_patches`` (down to the largest slide of the split) shrinks
+    the observation for that split only.
     - ``"patch_mask"``: ``MultiBinary(P)`` int8, 1 for a real patch, 0 for padding.
     - ``"visited"``: ``MultiBinary(P)`` int8, 1 for a zoomed patch.
     - ``"updated"``: ``MultiBinary(P)`` int8, 1 for a zoomed or state-updated (TSU) patch.
@@ -85,17 +115,20 @@ class WSIZoomEnv(gym.Env):
 
     The budget is ``T = max(1, ceil(budget * N))`` zooms for every slide (SASHA trains with ``ceil``
     but infers with ``int``, which can be 0; here one rule everywhere, ``T <= N``). After the ``T``-th
-    zoom the episode ends with ``terminated=True`` (``budget_end="terminate"``, the default: the
+    step the episode ends with ``terminated=True`` (``budget_end="terminate"``, the default: the
     remaining budget is part of the observation, so the end is part of the MDP and must not be
     bootstrapped; SASHA's fixed GAE also bootstraps 0) or ``truncated=True``
     (``budget_end="truncate"``). It also terminates early if no legal action is left (possible only
-    with ``mask_updated=True``).
+    with ``mask_updated=True``). Calling :meth:`step` after the end raises
+    :class:`EpisodeEnded` (a ``gymnasium.error.ResetNeeded``, as Gymnasium's ``OrderEnforcing``
+    raises before the first reset): call :meth:`reset` first.
 
     ## Info
 
     ``reset`` and ``step`` return ``prediction`` (int), ``probability`` ``(C,)`` float32, ``label``,
-    ``zooms``, ``budget_steps`` (``T``), ``ce``, ``slide_id``, ``action_mask`` ``(P,)`` int8; ``step``
-    adds ``tsu_updates`` (rows changed besides the zoomed one) and, when the slide has ground-truth
+    ``zooms`` (budget steps spent), ``budget_steps`` (``T``), ``ce``, ``slide_id``, ``action_mask``
+    ``(P,)`` int8; ``step`` adds ``zoomed`` (the patch zoomed, -1 for a no-op), ``illegal_action``
+    (bool), ``tsu_updates`` (rows changed besides the zoomed one) and, when the slide has ground-truth
     tumour fractions, ``hit_tumour`` (bool: the zoomed patch has tumour fraction > 0) and
     ``tumour_fraction``.
 
@@ -105,11 +138,14 @@ class WSIZoomEnv(gym.Env):
       (``None``: ``"synth-c16"``, unless ``slides`` is given).
     - ``split="train"``, ``fold=0``: which slides.
     - ``budget=0.2``: zoom budget as a fraction of ``N`` (``0.1`` for SASHA-0.1), in ``(0, 1]``.
-    - ``tau=None``: cosine threshold of the TSU (``None``: the TSU config's ``tau``, 0.95).
+    - ``tau=None``: cosine threshold of the TSU, a finite number in ``[-1, 1]`` (``None``: the TSU
+      config's ``tau``, 0.95).
     - ``update="tsu"``: ``"tsu"``, ``"global"`` or ``"none"``.
     - ``reward="ce"``: one of :data:`wsigym.envs.reward.REWARDS` (``"ce"``, ``"delta_ce"``,
       ``"delta_margin"``, ``"evidence"``, ``"terminal"``, ``"hit"``).
-    - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the split).
+    - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the dataset, see
+      Padding; live slides: the largest of the given slides).
+    - ``illegal_action="remap"``: ``"remap"``, ``"noop"`` or ``"raise"`` (see Action Space).
     - ``hafed="hafed-synth-c16"``, ``tsu="tsu-synth-c16"``: pretrained names, Hub repos, folders or
       model instances (moved to ``device``, put in eval mode).
     - ``mask_updated=False``: also mask TSU-updated patches (the paper is ambiguous; SASHA's code masks
@@ -120,7 +156,9 @@ class WSIZoomEnv(gym.Env):
     - ``device="cpu"``: torch device of the state and models.
     - ``copy_obs=True``: return fresh arrays; ``False`` shares ``state`` with the CPU buffer the
       next step overwrites (faster; as ``SyncVectorEnv(copy=False)``).
-    - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`.
+    - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`. There is no ``"human"`` window:
+      constructing with it raises ``ValueError``; ``gym.make(..., render_mode="human")`` wraps the
+      ``rgb_array`` frames in Gymnasium's ``HumanRendering``, which needs ``pygame``.
     - ``progress=True``: progress bars while ``V`` of the split is computed (on first use, then read from
       the disk cache, :mod:`wsigym.envs.precompute_cache`) and read.
 
@@ -153,6 +191,7 @@ class WSIZoomEnv(gym.Env):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -173,6 +212,7 @@ class WSIZoomEnv(gym.Env):
         copy_obs: bool = True,
         render_mode: str | None = None,
         progress: bool = True,
+        illegal_action: str = "remap",
         *,
         slides: Any = None,
         labels: Any = None,
@@ -188,10 +228,7 @@ class WSIZoomEnv(gym.Env):
         remember_zooms: bool = False,
         batch_size: int = 32,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
-            )
+        check_render_mode(render_mode, self.metadata["render_modes"])
         live = None
         if slides is not None:
             if dataset is not None:
@@ -234,6 +271,7 @@ class WSIZoomEnv(gym.Env):
             device=device,
             progress=progress,
             live=live,
+            illegal_action=illegal_action,
         )
         self.config = config
         self.hafed, self.tsu = hafed_model, tsu_model
@@ -246,6 +284,18 @@ class WSIZoomEnv(gym.Env):
         self.observation_space = observation_space(self.max_patches, self.dim)
         self.action_space = spaces.Discrete(self.max_patches)
         self._started = False
+        self._ended = False
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The registration spec (set by ``gym.make``), with the resolved ``max_patches`` in its kwargs."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        if value is not None and value.kwargs.get("max_patches") is None:
+            value = dataclasses.replace(value, kwargs={**value.kwargs, "max_patches": self.max_patches})
+        self._spec = value
 
     @property
     def slide_ids(self) -> list[str]:
@@ -280,30 +330,36 @@ class WSIZoomEnv(gym.Env):
         super().reset(seed=seed)
         self.batch.load([0], [choose_slide(self.np_random, len(self.source), self.source, options)])
         self._started = True
+        self._ended = False
         return self._obs(), self._info()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Zoom into patch ``action``.
+        """Zoom into patch ``action`` (an illegal one is handled by ``illegal_action``).
 
         Raises:
-            ValueError: for a padding index, an index outside the action space or a zoomed patch.
-            RuntimeError: when called before :meth:`reset`.
+            TypeError: for an action that is not an integer (see Action Space).
+            ValueError: for an index outside the action space, or an illegal one with
+                ``illegal_action="raise"``.
+            EpisodeEnded: when called before :meth:`reset` or after the episode ended.
         """
         if not self._started:
-            raise RuntimeError("WSIZoomEnv.step() called before reset()")
-        out = self.batch.step(np.array([int(action)]), np.array([True]))
+            raise EpisodeEnded("Cannot call WSIZoomEnv.step() before calling reset()")
+        if self._ended:
+            raise EpisodeEnded(
+                "Cannot call WSIZoomEnv.step() after the episode ended (terminated or truncated): "
+                "call reset() first"
+            )
+        out, zoomed, illegal = self.batch.act(np.array([coerce_action(action)]), np.array([True]))
         info = self._info()
+        info["zoomed"] = int(zoomed[0])
+        info["illegal_action"] = bool(illegal[0])
         info["tsu_updates"] = int(out["tsu_updates"][0])
         if out["has_truth"][0]:
             info["hit_tumour"] = bool(out["hit_tumour"][0])
-            info["tumour_fraction"] = float(self.batch.tumour_np[0, int(action)])
-        return (
-            self._obs(),
-            float(out["reward"][0]),
-            bool(out["terminated"][0]),
-            bool(out["truncated"][0]),
-            info,
-        )
+            info["tumour_fraction"] = float(self.batch.tumour_np[0, int(zoomed[0])])
+        terminated, truncated = bool(out["terminated"][0]), bool(out["truncated"][0])
+        self._ended = terminated or truncated
+        return self._obs(), float(out["reward"][0]), terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:
         """Legal actions ``(max_patches,)`` bool, for sb3-contrib's ``MaskablePPO``."""
@@ -323,6 +379,27 @@ class WSIZoomEnv(gym.Env):
         if not self._started:
             raise RuntimeError("WSIZoomEnv.render() called before reset()")
         return render_episode(self.batch, 0, title=self.slide_id, class_names=self.source.class_names)
+
+
+class EpisodeEnded(ResetNeeded, RuntimeError):
+    """``step()`` before the first ``reset()`` or after the episode ended (Gymnasium's ``ResetNeeded``)."""
+
+
+def check_render_mode(render_mode: str | None, modes: Sequence[str]) -> None:
+    """Raise one clear ``ValueError`` for a render mode the environments do not have.
+
+    Raises:
+        ValueError: naming the mode and what to use instead.
+    """
+    if render_mode is None or render_mode in modes:
+        return
+    hint = (
+        " (WSIZoom opens no window: render_mode='rgb_array' returns the frame as an array, "
+        "show it with e.g. matplotlib's imshow)"
+        if render_mode == "human"
+        else ""
+    )
+    raise ValueError(f"render_mode must be None or one of {list(modes)}, got {render_mode!r}{hint}")
 
 
 def choose_slide(rng: np.random.Generator, count: int, source: Any, options: dict[str, Any] | None) -> int:

@@ -45,12 +45,17 @@ from gymnasium import spaces
 from wsigym.data.dataset import SlideDataset
 from wsigym.envs.classifier import IncrementalAttentionClassifier
 from wsigym.envs.live_source import LiveSlideSource
+from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import REWARDS, cross_entropy, patch_evidence, reward
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
 from wsigym.envs.state_update import UPDATE_RULES, StateChange, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 BUDGET_ENDS = ("terminate", "truncate")
+#: What an illegal action of the action space does (see :meth:`ZoomBatch.act`); the first is the default.
+ILLEGAL_ACTIONS = ("remap", "noop", "raise")
+#: Subtracted from the reward of an illegal action under ``illegal_action="noop"``.
+ILLEGAL_ACTION_PENALTY = 1.0
 #: Bound of the ``state`` Box: any finite float32 (Gymnasium's checker warns on infinite bounds).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: A zoomed patch counts as a tumour hit when its ground-truth tumour fraction exceeds this.
@@ -85,6 +90,46 @@ class ZoomConfig:
     mask_updated: bool
     absolute_cosine: bool
     budget_end: str
+    illegal_action: str = ILLEGAL_ACTIONS[0]
+
+
+def coerce_action(action: Any) -> int:
+    """One action as an ``int``: a Python or numpy integer, or a 0-d / 1-element integer array.
+
+    Raises:
+        TypeError: for anything else (floats, strings, bools, arrays of another size or dtype),
+            naming what was given; nothing is rounded or parsed.
+    """
+    if isinstance(action, (bool, np.bool_)):
+        raise TypeError(f"action must be an integer patch index, got the bool {action!r}")
+    if isinstance(action, (int, np.integer)):
+        return int(action)
+    if isinstance(action, np.ndarray) and action.size == 1 and action.ndim <= 1:
+        if np.issubdtype(action.dtype, np.integer):
+            return int(action.reshape(()))
+        raise TypeError(f"action must be an integer patch index, got an array of dtype {action.dtype}")
+    raise TypeError(
+        f"action must be an integer patch index (int, numpy integer or a 1-element integer array), "
+        f"got {type(action).__name__} {action!r}"
+    )
+
+
+def coerce_actions(actions: Any, num_envs: int) -> np.ndarray:
+    """``num_envs`` actions as int64 ``(B,)`` from an integer array-like of ``B`` elements.
+
+    Raises:
+        TypeError: for a float, bool, string or object array (nothing is truncated).
+        ValueError: for the wrong number of actions.
+    """
+    arr = np.asarray(actions)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"actions must be integer patch indices, got an array of dtype {arr.dtype} "
+            f"(floats are not truncated: cast with .astype(np.int64) if that is what you mean)"
+        )
+    if arr.size != num_envs:
+        raise ValueError(f"expected {num_envs} actions (one per environment), got shape {arr.shape}")
+    return arr.astype(np.int64).reshape(num_envs)
 
 
 def resolve_arguments(
@@ -105,6 +150,7 @@ def resolve_arguments(
     device: str | torch.device,
     progress: bool,
     live: Mapping[str, Any] | None = None,
+    illegal_action: str = ILLEGAL_ACTIONS[0],
 ) -> tuple[SlideSource | LiveSlideSource, torch.nn.Module, torch.nn.Module | None, ZoomConfig]:
     """Check the environment arguments, load the models and the (cached) slides.
 
@@ -121,8 +167,18 @@ def resolve_arguments(
         raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
     if budget_end not in BUDGET_ENDS:
         raise ValueError(f"budget_end must be one of {BUDGET_ENDS}, got {budget_end!r}")
-    if not (isinstance(budget, (int, float)) and 0.0 < float(budget) <= 1.0):
+    if illegal_action not in ILLEGAL_ACTIONS:
+        raise ValueError(f"illegal_action must be one of {ILLEGAL_ACTIONS}, got {illegal_action!r}")
+    if isinstance(budget, bool) or not (
+        isinstance(budget, (int, float, np.integer, np.floating)) and 0.0 < float(budget) <= 1.0
+    ):
         raise ValueError(f"budget must be a fraction of the patches in (0, 1], got {budget!r}")
+    if tau is not None and (
+        isinstance(tau, bool)
+        or not isinstance(tau, (int, float, np.integer, np.floating))
+        or not -1.0 <= float(tau) <= 1.0  # False for NaN
+    ):
+        raise ValueError(f"tau is a cosine threshold and must be a finite number in [-1, 1], got {tau!r}")
     device = torch.device(device)
     hafed_key = hafed if not isinstance(hafed, (str, Path)) else str(hafed)
     hafed_model = resolve_model(hafed, "hafed", "hafed").to(device).eval()
@@ -148,7 +204,11 @@ def resolve_arguments(
         source = slide_source(dataset, split, fold, hafed_model, hafed_key, device, progress)
         where = f"of split {split!r}"
     if max_patches is None:
-        max_patches = source.max_n
+        max_patches = (
+            source.max_n if live is not None else max(source.max_n, dataset_max_patches(source.dataset))
+        )
+    if isinstance(max_patches, bool) or not isinstance(max_patches, (int, np.integer)):
+        raise ValueError(f"max_patches must be an integer, got {max_patches!r}")
     if int(max_patches) < source.max_n:
         big = source.slide_ids[int(np.argmax(source.n_list))]
         raise ValueError(
@@ -164,6 +224,7 @@ def resolve_arguments(
         mask_updated=bool(mask_updated),
         absolute_cosine=bool(absolute_cosine),
         budget_end=budget_end,
+        illegal_action=illegal_action,
     )
     return source, hafed_model, tsu_model, config
 
@@ -316,6 +377,99 @@ class ZoomBatch:
                     f"action {a}: patch {a} is {what}{where}; see action_masks() / info['action_mask']"
                 )
 
+    def legalise(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply ``config.illegal_action`` to int64 ``actions (B,)`` of the ``active`` episodes.
+
+        Returns ``(actions, illegal)``: the actions to zoom (remapped under ``"remap"``) and a bool
+        ``(B,)`` mask of the active episodes whose action was illegal. An index outside
+        ``[0, P)`` is not an action of the space and raises under every option.
+
+        **Remap rule.** An illegal action ``a`` becomes the first legal patch in the cyclic order
+        ``c, c+1, ..., N-1, 0, ..., c-1`` with ``c = a mod N`` (``N`` the slide's real patches): a
+        padding index folds onto the slide, a zoomed patch moves to the next unzoomed one.
+
+        Raises:
+            ValueError: for an index outside the action space, or any illegal action under
+                ``illegal_action="raise"`` (:meth:`check_actions`).
+        """
+        for e in np.flatnonzero(active):
+            if not 0 <= actions[e] < self.max_patches:
+                where = f" (environment {e})" if self.num_envs > 1 else ""
+                raise ValueError(f"action {actions[e]} is outside Discrete({self.max_patches}){where}")
+        if self.config.illegal_action == "raise":
+            self.check_actions(actions, active)
+            return actions, np.zeros(self.num_envs, dtype=bool)
+        legal = self.action_masks()
+        illegal = active & ~legal[np.arange(self.num_envs), actions]
+        if self.config.illegal_action == "remap" and illegal.any():
+            actions = actions.copy()
+            for e in np.flatnonzero(illegal):
+                choices = np.flatnonzero(legal[e])
+                start = actions[e] % self.n[e]
+                actions[e] = choices[np.searchsorted(choices, start) % len(choices)]
+        return actions, illegal
+
+    @torch.no_grad()
+    def skip(self, skipped: np.ndarray) -> dict[str, np.ndarray]:
+        """The illegal actions of ``illegal_action="noop"``: nothing is zoomed, one budget step is spent.
+
+        The reward is the rule's reward for an unchanged state (``-CE_t`` for ``"ce"``, 0 for the
+        ``delta_*``, ``"evidence"`` and ``"hit"`` rules, ``-CE_T`` at the end for ``"terminal"``)
+        minus :data:`ILLEGAL_ACTION_PENALTY`. ``zooms`` counts the spent budget steps, no-ops included.
+        Returns the arrays of :meth:`step`.
+        """
+        b = self.num_envs
+        out = {
+            "reward": np.zeros(b, dtype=np.float64),
+            "terminated": np.zeros(b, dtype=bool),
+            "truncated": np.zeros(b, dtype=bool),
+            "hit_tumour": np.zeros(b, dtype=bool),
+            "has_truth": np.zeros(b, dtype=bool),
+            "tsu_updates": np.zeros(b, dtype=np.int64),
+        }
+        if not skipped.any():
+            return out
+        idx = np.flatnonzero(skipped)
+        self.zooms[idx] += 1
+        budget_done = skipped & (self.zooms >= self.steps_budget)
+        if self.config.budget_end == "terminate":
+            out["terminated"] = budget_done
+        else:
+            out["truncated"] = budget_done
+        dev = self.device
+        zeros = torch.zeros(b, device=dev)
+        r = reward(
+            self.config.reward,
+            self.logits,
+            self.logits,
+            self.labels,
+            torch.as_tensor(budget_done, device=dev),
+            hit=zeros.bool(),
+            evidence=zeros,
+        )
+        out["reward"] = np.where(skipped, r.double().cpu().numpy() - ILLEGAL_ACTION_PENALTY, 0.0)
+        return out
+
+    def act(self, actions: Any, active: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """One step of the environments' contract: coerce, apply ``illegal_action``, then zoom.
+
+        Returns ``(out, actions, illegal)``: :meth:`step`'s arrays (merged with :meth:`skip`'s for
+        no-ops), the int64 actions zoomed (remapped ones included; -1 for a no-op or an inactive
+        episode) and the bool mask of illegal actions.
+        """
+        actions = coerce_actions(actions, self.num_envs)
+        active = np.asarray(active, dtype=bool).reshape(self.num_envs)
+        actions, illegal = self.legalise(actions, active)
+        if self.config.illegal_action != "noop":
+            out = self.step(actions, active)
+            return out, np.where(active, actions, -1), illegal
+        zoom = active & ~illegal
+        out = self.step(np.where(zoom, actions, 0), zoom)
+        skipped = self.skip(active & illegal)
+        for key, value in skipped.items():
+            out[key] = np.where(illegal, value, out[key])
+        return out, np.where(zoom, actions, -1), illegal
+
     @torch.no_grad()
     def step(self, actions: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
         """Zoom ``actions[e]`` in every ``active`` episode ``e``.
@@ -326,7 +480,7 @@ class ZoomBatch:
         Raises:
             ValueError: for an illegal action (padding index, already zoomed patch).
         """
-        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        actions = coerce_actions(actions, self.num_envs)
         active = np.asarray(active, dtype=bool).reshape(self.num_envs)
         self.check_actions(actions, active)
         out = {
