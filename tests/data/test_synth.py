@@ -54,6 +54,12 @@ def test_bags_valid_and_metadata(tiny: SynthC16) -> None:
     assert tiny.vlm_text_embeddings().shape == (2, 64)
 
 
+def test_patch_counts_are_the_bags_sizes(tiny: SynthC16) -> None:
+    counts = tiny.patch_counts()
+    assert list(counts) == tiny.slide_ids()
+    assert all(counts[sid] == tiny.load(sid, hr=False).n for sid in tiny.slide_ids())
+
+
 def test_tumour_only_on_positive_slides(tiny: SynthC16) -> None:
     for sid in tiny.slide_ids():
         tf = tiny.layout(sid).tumour_fraction()

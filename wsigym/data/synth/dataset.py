@@ -271,6 +271,10 @@ class SynthC16(SlideDataset):
     def label(self, slide_id: str) -> int:
         return int(self._entry(slide_id)["label"])
 
+    def patch_counts(self) -> dict[str, int]:
+        """``{slide_id: N}`` from the manifest (no slide is read; :mod:`wsigym.envs.padding`)."""
+        return {s["id"]: int(s["n"]) for s in self.manifest["slides"]}
+
     def layout(self, slide_id: str) -> SlideLayout:
         """The stored latents of one slide."""
         entry = self._entry(slide_id)
