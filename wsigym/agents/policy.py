@@ -32,7 +32,14 @@ from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPo
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from wsigym.agents.row_table import RowTable, SegmentBatch, table_outputs, version_terms
+from wsigym.agents.row_table import (
+    GateWeights,
+    RowTable,
+    SegmentBatch,
+    gate_weights,
+    table_outputs,
+    version_terms,
+)
 from zoo.nn import GatedAttention, masked_softmax
 
 EXTRA_CHANNELS = 6  # visited, updated, x, y, budget, valid
@@ -198,19 +205,23 @@ class PatchActorCritic(nn.Module):
     def forward(self, features: PatchRows) -> tuple[Tensor, Tensor]:
         return self.forward_actor(features), self.forward_critic(features)
 
-    def version_terms(self, states: Tensor, flags: Tensor, per_step: bool) -> Tensor:
+    def gate_weights(self, dim: int) -> GateWeights:
+        """The gates' first layers stacked and split by channel (:mod:`wsigym.agents.row_table`)."""
+        return gate_weights(self.actor, self.critic_attention, self.critic_mlp, dim)
+
+    def version_terms(self, weights: GateWeights, states: Tensor, flags: Tensor, per_step: bool) -> Tensor:
         """:func:`~wsigym.agents.row_table.version_terms` of this actor-critic."""
-        context = self.token_dim > states.shape[1]
         return version_terms(
-            self.actor, self.critic_attention, self.critic_mlp, states, flags, context, per_step
+            self.actor, self.critic_attention, self.critic_mlp, weights, states, flags, per_step
         )
 
-    def table_outputs(self, table: RowTable, terms: Tensor, per_step: bool) -> tuple[Tensor, Tensor]:
+    def table_outputs(
+        self, weights: GateWeights, table: RowTable, terms: Tensor, per_step: bool
+    ) -> tuple[Tensor, Tensor]:
         """Logits ``(L, N)`` and critic latent ``(L, critic_hidden)`` of a :class:`RowTable`
         (:func:`~wsigym.agents.row_table.table_outputs`): what :meth:`forward` gives on its states."""
-        context = self.token_dim > table.states.shape[1]
         return table_outputs(
-            self.actor, self.critic_attention, self.critic_mlp, table, terms, context, per_step
+            self.actor, self.critic_attention, self.critic_mlp, weights, table, terms, per_step
         )
 
     def forward_segments(self, batch: SegmentBatch, per_step: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -220,9 +231,10 @@ class PatchActorCritic(nn.Module):
         width = max(t.index.shape[1] for t in batch.tables)
         logits, masks, latents = [], [], []
         flag = 1 if batch.mask_updated else 0  # the legal patches: not zoomed (not updated)
+        weights = self.gate_weights(batch.tables[0].states.shape[1])
         for table in batch.tables:
-            terms = self.version_terms(table.states, table.flags, per_step)
-            out, latent = self.table_outputs(table, terms, per_step)
+            terms = self.version_terms(weights, table.states, table.flags, per_step)
+            out, latent = self.table_outputs(weights, table, terms, per_step)
             pad = width - out.shape[1]
             logits.append(torch.nn.functional.pad(out, (0, pad), value=PAD_LOGIT))
             legal = table.flags[table.index, flag] < 0.5

@@ -79,6 +79,18 @@ def table_statistics(states: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     return mean.to(states.dtype), (var.sqrt() + STANDARDISE_EPS).to(states.dtype)
 
 
+class GateWeights(NamedTuple):
+    """The four gates' first layers (actor tanh/gate, critic tanh/gate) stacked and split by channel:
+    ``K`` output rows in all. Built once per forward pass (or once per rollout) by :func:`gate_weights`."""
+
+    state: Tensor  #: ``(K, d)``
+    bias: Tensor  #: ``(K,)``
+    stacked: Tensor  #: ``(K + c, d)``: ``state`` over the critic MLP's state columns ``P_s``
+    flags: Tensor | None  #: ``(K, 4)`` visited, updated, x, y (``None``: state-only tokens)
+    budget: Tensor | None  #: ``(K,)``
+    valid: Tensor | None  #: ``(K,)``
+
+
 def _heads(actor: GatedAttention, critic: GatedAttention) -> list[torch.nn.Linear]:
     return [actor.tanh_branch, actor.gate_branch, critic.tanh_branch, critic.gate_branch]
 
@@ -87,13 +99,26 @@ def _widths(actor: GatedAttention, critic: GatedAttention) -> list[int]:
     return [layer.out_features for layer in _heads(actor, critic)]
 
 
+def gate_weights(
+    actor: GatedAttention, critic: GatedAttention, critic_mlp: torch.nn.Sequential, dim: int
+) -> GateWeights:
+    """:class:`GateWeights` of an actor-critic whose state rows are ``dim`` wide."""
+    weight = torch.cat([layer.weight for layer in _heads(actor, critic)])  # (K, token width)
+    bias = torch.cat([layer.bias for layer in _heads(actor, critic)])
+    stacked = torch.cat([weight[:, :dim], critic_mlp[0].weight[:, :dim]])
+    if weight.shape[1] == dim:
+        return GateWeights(weight, bias, stacked, None, None, None)
+    f = dim + FLAG_CHANNELS
+    return GateWeights(weight[:, :dim], bias, stacked, weight[:, dim:f], weight[:, f], weight[:, f + 1])
+
+
 def version_terms(
     actor: GatedAttention,
     critic: GatedAttention,
     critic_mlp: torch.nn.Sequential,
+    weights: GateWeights,
     states: Tensor,
     flags: Tensor,
-    context: bool,
     per_step: bool,
 ) -> Tensor:
     """Everything the policy computes from a version alone: ``(V, g + c)``.
@@ -104,18 +129,12 @@ def version_terms(
     layer, ``P_s s_v`` (``critic_hidden``): the pooled token enters that layer linearly, so the critic
     pools ``c``-wide projections instead of ``d``-wide rows.
     """
-    d = states.shape[1]
-    layers = _heads(actor, critic)
-    w_state = torch.cat([layer.weight[:, :d] for layer in layers])  # (K, d)
-    bias = torch.cat([layer.bias for layer in layers])
-    fixed = bias.expand(states.shape[0], -1)
-    if context:  # flags (4 channels) and the valid channel (always 1 on a real row)
-        w_flags = torch.cat([layer.weight[:, d : d + FLAG_CHANNELS] for layer in layers])
-        w_valid = torch.cat([layer.weight[:, d + FLAG_CHANNELS + 1] for layer in layers])
-        fixed = torch.addmm(bias + w_valid, flags, w_flags.T)
-    first = critic_mlp[0]
-    projection = states @ first.weight[:, :d].T  # (V, c)
-    state_part = states @ w_state.T
+    fixed = weights.bias.expand(states.shape[0], -1)
+    if weights.flags is not None:  # flags (4 channels) and the valid channel (always 1 on a real row)
+        fixed = torch.addmm(weights.bias + weights.valid, flags, weights.flags.T)
+    k = weights.state.shape[0]
+    both = states @ weights.stacked.T  # (V, K + c)
+    state_part, projection = both[:, :k], both[:, k:]
     gates = torch.cat([state_part, fixed], dim=-1) if per_step else _scores(actor, critic, state_part + fixed)
     return torch.cat([gates, projection], dim=-1)
 
@@ -132,9 +151,9 @@ def table_outputs(
     actor: GatedAttention,
     critic: GatedAttention,
     critic_mlp: torch.nn.Sequential,
+    weights: GateWeights,
     table: RowTable,
     terms: Tensor,
-    context: bool,
     per_step: bool,
 ) -> tuple[Tensor, Tensor]:
     """Actor logits ``(L, N)`` and critic latent ``(L, critic_hidden)`` of every timestep of ``table``.
@@ -152,26 +171,24 @@ def table_outputs(
         k = gates.shape[1] // 2
         state_part, fixed = gates[index, :k], gates[index, k:]  # (L, N, K)
         if table.mean is not None:
-            w_state = torch.cat([layer.weight[:, :d] for layer in _heads(actor, critic)])
-            shift = table.mean @ w_state.T  # (L, K)
+            shift = table.mean @ weights.state.T  # (L, K)
             state_part = (state_part - shift[:, None]) / table.scale[:, None, None]
         pre = state_part + fixed
-        if context:
-            w_budget = torch.cat([layer.weight[:, d + FLAG_CHANNELS] for layer in _heads(actor, critic)])
-            pre = pre + budget[:, None, None] * w_budget
+        if weights.budget is not None:
+            pre = pre + budget[:, None, None] * weights.budget
         scores = _scores(actor, critic, pre)  # (L, N, 2)
     else:
         scores = gates[index]  # (L, N, 2)
     logits, critic_scores = scores[..., 0], scores[..., 1]
-    weights = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
-    on_versions = weights.new_zeros(steps, table.states.shape[0]).scatter(1, index, weights)  # (L, V)
+    attention = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
+    on_versions = attention.new_zeros(steps, table.states.shape[0]).scatter(1, index, attention)  # (L, V)
     hidden = on_versions @ projection  # P_s (sum_i w_i s_i): (L, c)
     if table.mean is not None:  # P_s (pooled - mean) / scale
         hidden = (hidden - table.mean @ first.weight[:, :d].T) / table.scale[:, None]
-    size = weights.new_full((steps, 1), n / 1000.0)
+    size = attention.new_full((steps, 1), n / 1000.0)
     b = budget[:, None]
     width = first.in_features - 3  # the token
-    if context:
+    if weights.flags is not None:  # the context channels of the pooled token
         pooled_flags = on_versions @ table.flags  # (L, 4)
         hidden = hidden + pooled_flags @ first.weight[:, d : d + FLAG_CHANNELS].T
         hidden = hidden + b * first.weight[:, d + FLAG_CHANNELS] + first.weight[:, d + FLAG_CHANNELS + 1]

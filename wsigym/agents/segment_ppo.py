@@ -32,7 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
-from wsigym.agents.policy import PAD_LOGIT, PatchPolicy, masked_categorical
+from wsigym.agents.policy import PAD_LOGIT, PatchPolicy
 from wsigym.agents.row_table import RowTable, table_statistics
 from wsigym.agents.segments import EpisodeRows, SegmentRolloutBuffer
 from wsigym.envs.vector import WSIZoomVectorEnv
@@ -60,6 +60,8 @@ class EpisodeRunner:
 
     def __init__(self, engine: ZoomBatch, policy: PatchPolicy) -> None:
         self.engine, self.policy = engine, policy
+        with torch.no_grad():
+            self.weights = policy.mlp_extractor.gate_weights(engine.dim)
         self.episodes: list[EpisodeRows] = [self._episode(e) for e in range(engine.num_envs)]
 
     def _episode(self, env: int) -> EpisodeRows:
@@ -71,15 +73,17 @@ class EpisodeRunner:
         episode.set_terms(self._terms(episode.states, episode.flags))
         return episode
 
+    @torch.no_grad()
     def _terms(self, states: Tensor, flags: Tensor) -> Tensor:
         device = self.policy.device
         return self.policy.mlp_extractor.version_terms(
-            states.to(device), flags.to(device), self.policy.per_step
+            self.weights, states.to(device), flags.to(device), self.policy.per_step
         )
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute every episode's cached terms (after the policy's weights changed)."""
+        self.weights = self.policy.mlp_extractor.gate_weights(self.engine.dim)
         for episode in self.episodes:
             episode.set_terms(self._terms(episode.states, episode.flags))
 
@@ -94,12 +98,16 @@ class EpisodeRunner:
         """Append the rows the engine's last step wrote to each episode (and their cached terms)."""
         change = self.engine.last_change
         assert change is not None, "record() before any engine step"
+        firsts, news = [], []
         for e, episode in enumerate(self.episodes):
             mine = change.env == e
-            rows = change.row[mine]
-            first = episode.size
-            new = episode.step(rows, change.new[mine], int(actions[e]))
-            episode.add_terms(first, self._terms(episode.states[new], episode.flags[new]))
+            firsts.append(episode.size)
+            news.append(episode.step(change.row[mine], change.new[mine], int(actions[e])))
+        states = torch.cat([ep.states[new] for ep, new in zip(self.episodes, news, strict=True)])
+        flags = torch.cat([ep.flags[new] for ep, new in zip(self.episodes, news, strict=True)])
+        terms = self._terms(states, flags).split([len(new) for new in news])  # one product for all envs
+        for episode, first, rows in zip(self.episodes, firsts, terms, strict=True):
+            episode.add_terms(first, rows)
 
     def _table(self, episode: EpisodeRows) -> RowTable:
         device = self.policy.device
@@ -128,7 +136,7 @@ class EpisodeRunner:
         for e in envs:
             episode = self.episodes[e]
             table = self._table(episode)
-            out, latent = ac.table_outputs(table, episode.terms, per_step)
+            out, latent = ac.table_outputs(self.weights, table, episode.terms, per_step)
             pad = width - episode.n
             logits.append(torch.nn.functional.pad(out[0], (0, pad), value=PAD_LOGIT))
             legal = table.flags[table.index[0], flag] < 0.5
@@ -140,9 +148,13 @@ class EpisodeRunner:
     def act(self, deterministic: bool = False) -> tuple[np.ndarray, Tensor, Tensor]:
         """Actions ``(B,)`` (numpy), values ``(B, 1)`` and log-probabilities ``(B,)`` of every env."""
         logits, masks, values = self.outputs(list(range(len(self.episodes))))
-        distribution = masked_categorical(logits, masks)
-        actions = distribution.get_actions(deterministic=deterministic)
-        return actions.cpu().numpy(), values, distribution.log_prob(actions)
+        # sb3-contrib's masked categorical (masked logits -> -1e8), sampled without its wrappers
+        log_p = torch.log_softmax(logits.masked_fill(~masks, PAD_LOGIT), dim=-1)
+        if deterministic:
+            actions = log_p.argmax(-1)
+        else:
+            actions = torch.multinomial(log_p.exp(), 1).squeeze(-1)
+        return actions.cpu().numpy(), values, log_p.gather(1, actions[:, None]).squeeze(-1)
 
 
 class SegmentMaskablePPO(MaskablePPO):
