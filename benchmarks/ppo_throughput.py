@@ -198,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows.append(json.loads(Path(result.name).read_text()))
             print(_markdown(rows[-1:]).splitlines()[-1], flush=True)
+            _write(args, rows, argv)
+    _write(args, rows, argv, final=True)
+    return 0
+
+
+def _write(
+    args: argparse.Namespace, rows: list[dict[str, Any]], argv: list[str] | None, final: bool = False
+) -> None:
+    """Write the JSON (after every case, so a cut-short run keeps what it measured); with ``final``
+    print the table and rewrite the README section."""
     seg = next((r for r in rows if r["case"] == "segments sasha" and "error" not in r), None)
     plain = next((r for r in rows if r["case"] == "plain sasha" and "error" not in r), None)
     env = next((r for r in rows if r["case"] == "env" and "error" not in r), None)
@@ -220,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
+    if not final:
+        return
     table = _markdown(rows)
     note = ", ".join(f"{k} = {v:.2f}" for k, v in summary.items())
     print(f"\n{table}\n\n{note}\n(written to {out})")
@@ -231,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             f"device {args.device}, torch {record['torch']}; {note}."
         )
         replace_section(args.readme, "ppo-throughput", f"{table}\n\n{caption}")
-    return 0
 
 
 if __name__ == "__main__":

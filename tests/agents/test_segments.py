@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,12 @@ class RecordObservations(BaseCallback):
         return True
 
 
-def _model(env_kwargs, n_envs=3, n_steps=12, update="tsu", **policy_kwargs) -> SegmentMaskablePPO:
+def _model(
+    env_kwargs, n_envs=3, n_steps=12, update="tsu", device="cpu", **policy_kwargs
+) -> SegmentMaskablePPO:
+    env_kwargs = {**env_kwargs, "device": device}
+    if device != "cpu":  # the env moves its models: keep the session's CPU fixtures where they are
+        env_kwargs.update(hafed=copy.deepcopy(env_kwargs["hafed"]), tsu=copy.deepcopy(env_kwargs["tsu"]))
     env = make_sb3_vec_env("WSIZoom-v0", n_envs=n_envs, seed=0, update=update, budget=0.3, **env_kwargs)
     return SegmentMaskablePPO(
         PatchPolicy,
@@ -42,6 +49,7 @@ def _model(env_kwargs, n_envs=3, n_steps=12, update="tsu", **policy_kwargs) -> S
         batch_size=16,
         n_epochs=1,
         seed=0,
+        device=device,
         policy_kwargs={"hidden": 8, "critic_attention": 4, "critic_hidden": 8, **policy_kwargs},
     )
 
@@ -54,14 +62,21 @@ def _rollout(model: SegmentMaskablePPO) -> RecordObservations:
     return recorder
 
 
-def _plain_observations(recorder, buffer, positions) -> dict[str, torch.Tensor]:
+def _plain_observations(recorder, buffer, positions, device="cpu") -> dict[str, torch.Tensor]:
     """The recorded observations of flat buffer positions (``env * n_steps + step``)."""
     steps, envs = positions % buffer.buffer_size, positions // buffer.buffer_size
     keys = recorder.obs[0].keys()
     stacked = {k: np.stack([recorder.obs[t][k][e] for t, e in zip(steps, envs)]) for k in keys}
-    return obs_as_tensor(stacked, torch.device("cpu"))
+    return obs_as_tensor(stacked, torch.device(device))
 
 
+CUDA = pytest.param(
+    {"tokens": "state+context"},
+    "tsu",
+    "cuda",
+    id="context-cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
+)
 CASES = [
     pytest.param({"tokens": "state+context"}, "tsu", id="context"),
     pytest.param({"tokens": "state+context", "standardise": True}, "tsu", id="context-standardised"),
@@ -71,16 +86,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("policy_kwargs", "update"), CASES)
-def test_structured_losses_and_gradients_equal_the_plain_path(env_kwargs, policy_kwargs, update):
+@pytest.mark.parametrize(
+    ("policy_kwargs", "update", "device"), [pytest.param(*c.values, "cpu", id=c.id) for c in CASES] + [CUDA]
+)
+def test_structured_losses_and_gradients_equal_the_plain_path(env_kwargs, policy_kwargs, update, device):
     torch.manual_seed(0)
-    model = _model(env_kwargs, update=update, **policy_kwargs)
+    model = _model(env_kwargs, update=update, device=device, **policy_kwargs)
     recorder = _rollout(model)
     buffer, policy = model.rollout_buffer, model.policy
     # the rollout's own values and log-probabilities equal the plain forward on the true observations
     for batch in buffer.get(batch_size=16):
         positions = np.concatenate([buffer._positions(buffer.segments[k]) for k in _group_of(buffer, batch)])
-        plain_obs = _plain_observations(recorder, buffer, positions)
+        plain_obs = _plain_observations(recorder, buffer, positions, device)
         masks = plain_obs["action_mask"].bool()
         actions = batch.actions.long().flatten()
         policy.zero_grad()
