@@ -208,14 +208,18 @@ def _write(
 ) -> None:
     """Write the JSON (after every case, so a cut-short run keeps what it measured); with ``final``
     print the table and rewrite the README section."""
-    seg = next((r for r in rows if r["case"] == "segments sasha" and "error" not in r), None)
-    plain = next((r for r in rows if r["case"] == "plain sasha" and "error" not in r), None)
-    env = next((r for r in rows if r["case"] == "env" and "error" not in r), None)
-    summary = {}
-    if seg and plain:
-        summary["segments_over_plain_sasha"] = seg["timesteps_per_second"] / plain["timesteps_per_second"]
-    if seg and env:
-        summary["segments_sasha_over_env"] = seg["timesteps_per_second"] / env["timesteps_per_second"]
+    rate = {r["case"]: r["timesteps_per_second"] for r in rows if "error" not in r}
+    ratios = {
+        "segments / plain, sasha": ("segments sasha", "plain sasha"),
+        "segments / plain, evidence-bandit": ("segments evidence-bandit", "plain evidence-bandit"),
+        "state-token segments / plain sasha": (
+            "segments sasha, state tokens, 256-step rollouts",
+            "plain sasha",
+        ),
+        "state-token segments / env": ("segments sasha, state tokens, 256-step rollouts", "env"),
+        "segments sasha / env": ("segments sasha", "env"),
+    }
+    summary = {k: rate[a] / rate[b] for k, (a, b) in ratios.items() if a in rate and b in rate}
     import torch
 
     record = {
