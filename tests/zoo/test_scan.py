@@ -51,6 +51,55 @@ def test_parallel_matches_reference_values_and_grads(b, d, n, length, chunk, ful
         torch.testing.assert_close(grads["parallel"][k], grads["reference"][k], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("length", "segment", "chunk"), [(1, 4, 4), (37, 8, 4), (130, 64, 8), (300, 300, 64), (1000, 97, 16)]
+)
+@pytest.mark.parametrize("full", [True, False])
+def test_checkpointed_matches_parallel_values_and_grads(length, segment, chunk, full):
+    """Segments with carried states equal the one-piece parallel scan, outputs and every gradient."""
+    inp = _inputs(2, 5, 4, length, seed=length + 1)
+    if not full:
+        inp = {k: inp[k] for k in ("u", "delta", "A", "B", "C")}
+        inp["delta"] = inp["delta"].abs()
+    outs, grads = {}, {}
+    for backend in ("parallel", "checkpointed"):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+        y = selective_scan(**leaves, delta_softplus=full, backend=backend, chunk=chunk, segment=segment)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+        (y * w).sum().backward()
+        outs[backend] = y.detach()
+        grads[backend] = {k: v.grad for k, v in leaves.items()}
+    torch.testing.assert_close(outs["checkpointed"], outs["parallel"], rtol=1e-5, atol=1e-5)
+    for k in inp:
+        torch.testing.assert_close(grads["checkpointed"][k], grads["parallel"][k], rtol=1e-4, atol=1e-4)
+
+
+def test_checkpointed_without_grad_and_partial_grads():
+    inp = _inputs(1, 3, 4, 50, seed=9)
+    with torch.no_grad():
+        y = selective_scan(**inp, delta_softplus=True, backend="checkpointed", segment=16)
+    ref = selective_scan(**inp, delta_softplus=True, backend="reference")
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    u = inp["u"].clone().requires_grad_(True)  # only u needs a gradient
+    y = selective_scan(**dict(inp, u=u), delta_softplus=True, backend="checkpointed", segment=16)
+    y.sum().backward()
+    u_ref = inp["u"].clone().requires_grad_(True)
+    selective_scan(**dict(inp, u=u_ref), delta_softplus=True, backend="reference").sum().backward()
+    torch.testing.assert_close(u.grad, u_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_checkpointed_for_large_states_with_grad():
+    from zoo.nn.scan import AUTO_CHECKPOINT_ELEMENTS
+
+    cpu = torch.device("cpu")
+    big = AUTO_CHECKPOINT_ELEMENTS + 1
+    assert resolve_backend("auto", cpu, state_elements=big, grad=True) == "checkpointed"
+    assert resolve_backend("auto", cpu, state_elements=big, grad=False) == "parallel"
+    assert resolve_backend("auto", cpu, state_elements=AUTO_CHECKPOINT_ELEMENTS, grad=True) == "parallel"
+    with pytest.raises(ValueError, match="segment must be"):
+        selective_scan(**_inputs(1, 2, 3, 5), backend="checkpointed", segment=0)
+
+
 def test_long_sequence_is_stable():
     # L = 4099 (not a power of 2, three chunk levels), large decays and tiny decays mixed
     inp = _inputs(1, 4, 16, 4099, seed=3, delta_scale=4.0)
@@ -120,13 +169,13 @@ def test_mamba_ssm_matches_reference(length):
     inp = {k: v.cuda() for k, v in _inputs(2, 8, 16, length, seed=5).items()}
     grads = {}
     outs = {}
-    for backend in ("reference", "parallel", "mamba_ssm"):
+    for backend in ("reference", "parallel", "checkpointed", "mamba_ssm"):
         leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
         y = selective_scan(**leaves, delta_softplus=True, backend=backend)
         y.square().mean().backward()
         outs[backend] = y.detach()
         grads[backend] = {k: v.grad for k, v in leaves.items()}
-    for backend in ("parallel", "mamba_ssm"):
+    for backend in ("parallel", "checkpointed", "mamba_ssm"):
         torch.testing.assert_close(outs[backend], outs["reference"], rtol=1e-3, atol=1e-3)
         for k in inp:
             torch.testing.assert_close(grads[backend][k], grads["reference"][k], rtol=1e-2, atol=1e-3)

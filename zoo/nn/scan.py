@@ -28,22 +28,37 @@ Backends:
   ``(B, D, L, N)`` tensor is built (slices are ``(B, D, L/T, N)``; autograd keeps one per step).
   Log-decays are clamped at :data:`MIN_LOG_DECAY` (-80) to stay out of float32's slow denormal
   range.
+- ``"checkpointed"``: memory-lean. Segments of ``segment`` steps (default 2048) run the parallel
+  scan one after the other, each from the state the previous one left; the forward keeps no graph,
+  and the backward reruns one segment at a time (:class:`_CheckpointedScan`). Peak memory is
+  :math:`O(B D L + B D S N)` instead of :math:`O(B D L N)` (at ``L = 20000``, ``D = 384``,
+  ``N = 16``: under 1 GB instead of several; ``benchmarks/scan_memory.py`` measures it), for one
+  extra forward pass; on long sequences it is also faster (less memory traffic).
 - ``"mamba_ssm"``: the fused CUDA kernel ``selective_scan_fn`` (tensors on CUDA, ``mamba_ssm``
   importable).
-- ``"auto"``: ``mamba_ssm`` when the tensors are on CUDA and it imports, else ``parallel``.
+- ``"auto"``: ``mamba_ssm`` when the tensors are on CUDA and it imports; else ``checkpointed`` when
+  a backward pass follows and the state ``(B, D, L, N)`` has more than
+  :data:`AUTO_CHECKPOINT_ELEMENTS` elements, else ``parallel``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "reference", "parallel", "mamba_ssm")
+BACKENDS = ("auto", "reference", "parallel", "checkpointed", "mamba_ssm")
 DEFAULT_CHUNK = 64
+#: steps per recomputed segment of the ``"checkpointed"`` backend
+DEFAULT_SEGMENT = 2048
+#: ``"auto"`` picks ``"checkpointed"`` over ``"parallel"`` for a backward pass when the state
+#: ``(B, D, L, N)`` has more elements than this (2^26, e.g. L > 16384 at D = 256, N = 16: there the
+#: parallel backend's graph passes ~2 GB; below it, parallel is faster; see benchmarks/scan_memory.py)
+AUTO_CHECKPOINT_ELEMENTS = 2**26
 #: the parallel backend clamps log-decays at this value: exp(-80) ~ 1.8e-35 stays a normal float32
 #: (denormal arithmetic is up to 100x slower on CPUs); the effect on h is below float32 resolution
 MIN_LOG_DECAY = -80.0
@@ -64,8 +79,13 @@ def mamba_ssm_available() -> bool:
     return _mamba_ssm_scan_fn() is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, state_elements: int = 0, grad: bool = False) -> str:
     """The backend that ``backend`` means for tensors on ``device`` (``"auto"`` resolved).
+
+    ``"auto"``: ``"mamba_ssm"`` on CUDA when it imports; otherwise ``"checkpointed"`` when a backward
+    pass will follow (``grad``) and the state ``(B, D, L, N)`` has more than
+    :data:`AUTO_CHECKPOINT_ELEMENTS` elements (``state_elements``), else ``"parallel"`` (faster, but
+    its autograd graph holds several state-sized tensors).
 
     Raises:
         ValueError: for an unknown backend, or ``"mamba_ssm"`` off CUDA / not installed.
@@ -73,7 +93,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "mamba_ssm" if device.type == "cuda" and mamba_ssm_available() else "parallel"
+        if device.type == "cuda" and mamba_ssm_available():
+            return "mamba_ssm"
+        return "checkpointed" if grad and state_elements > AUTO_CHECKPOINT_ELEMENTS else "parallel"
     if backend == "mamba_ssm":
         if device.type != "cuda":
             raise ValueError(f"selective_scan: backend 'mamba_ssm' needs CUDA tensors, got device {device}")
@@ -173,7 +195,9 @@ def linear_scan(decay: Tensor, drive: Tensor, chunk: int = DEFAULT_CHUNK) -> Ten
     return h_all.reshape(b, d, n_chunks * chunk, n)[:, :, :length]
 
 
-def _scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+def _scan_chunked(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, h0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``y (B, D, L) = sum_n C h`` by the two-pass chunked scan (float32 inputs, Δ final).
 
     Pass 1 runs every chunk from a zero state to get its end state; chunk decays are
@@ -181,6 +205,9 @@ def _scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     overflow); the chunk-level recurrence gives each chunk's start state (:func:`linear_scan`);
     pass 2 reruns the chunks from their true start states and contracts with ``C`` per step, so no
     ``(B, D, L, N)`` tensor is ever built (per-step slices are ``(B, D, L/T, N)``).
+
+    ``h0 (B, D, N)`` is the state before the first step (zero when None). Returns ``y`` and the
+    state after the last step ``(B, D, N)``.
     """
     b, d, length = u.shape
     n = A.shape[1]
@@ -201,20 +228,89 @@ def _scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
 
     steps = list(zip(dt_t.unbind(0), (dt_t * u_t).unbind(0), b_t.unbind(0), c_t.unbind(0)))
 
-    h = u.new_zeros(b, d, n_chunks, n)
-    for dt, du, bb, _ in steps:  # pass 1: local end states
-        h = decay(dt) * h + du[..., None] * bb
     if n_chunks > 1:
+        h = u.new_zeros(b, d, n_chunks, n)
+        for dt, du, bb, _ in steps:  # pass 1: local end states
+            h = decay(dt) * h + du[..., None] * bb
         chunk_decay = decay(dt_t.sum(0))  # (B, D, n_chunks, N)
+        if h0 is not None:  # the first chunk starts from h0: H_0 = P_0 h0 + h_loc_0
+            h = torch.cat([h[:, :, :1] + chunk_decay[:, :, :1] * h0[:, :, None], h[:, :, 1:]], dim=2)
         ends = linear_scan(chunk_decay, h, chunk)
-        h = F.pad(ends[:, :, :-1], (0, 0, 1, 0))  # state entering each chunk
+        first = u.new_zeros(b, d, 1, n) if h0 is None else h0[:, :, None]
+        h = torch.cat([first, ends[:, :, :-1]], dim=2)  # state entering each chunk
     else:
-        h = torch.zeros_like(h)
+        h = u.new_zeros(b, d, 1, n) if h0 is None else h0[:, :, None]
     ys = []
     for dt, du, bb, cc in steps:  # pass 2: true states, contracted with C at once
         h = decay(dt) * h + du[..., None] * bb
         ys.append((h * cc).sum(-1))  # (B, D, n_chunks)
-    return torch.stack(ys, dim=-1).reshape(b, d, n_chunks * t_len)[:, :, :length]
+    y = torch.stack(ys, dim=-1).reshape(b, d, n_chunks * t_len)[:, :, :length]
+    return y, h[:, :, -1]  # padded steps are identities: the last chunk's end is the final state
+
+
+class _CheckpointedScan(torch.autograd.Function):
+    r"""The ``"checkpointed"`` backend: segments of :math:`S` = ``segment`` steps in sequence.
+
+    Forward (no graph): segment :math:`s` runs :func:`_scan_chunked` from the state
+    :math:`h_s\ (B, D, N)` left by segment :math:`s - 1`; only the inputs and the segment start
+    states :math:`(n_{seg}, B, D, N)` are kept. Backward walks the segments in reverse: it reruns
+    segment :math:`s` from :math:`h_s` with autograd, back-propagates the output gradient of the
+    segment together with :math:`\partial \mathcal{L} / \partial h_{s+1}` (carried from segment
+    :math:`s + 1`), writes the input gradients into preallocated ``(B, D, L)`` / ``(B, N, L)``
+    tensors and carries :math:`\partial \mathcal{L} / \partial h_s` on. Peak memory is
+    :math:`O(B D L + B D S N)` instead of the parallel backend's :math:`O(B D L N)`, for one extra
+    forward pass. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, segment: int
+    ) -> Tensor:
+        b, d, length = u.shape
+        y = u.new_empty(b, d, length)
+        h = u.new_zeros(b, d, A.shape[1])
+        starts = []
+        with torch.no_grad():
+            for start in range(0, length, segment):
+                part = slice(start, start + segment)
+                starts.append(h)
+                y_s, h = _scan_chunked(
+                    u[..., part], delta[..., part], A, B[..., part], C[..., part], chunk, h
+                )
+                y[..., part] = y_s
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
+        ctx.chunk, ctx.segment = chunk, segment
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        length = u.shape[-1]
+        grads = [torch.zeros_like(x) for x in (u, delta, B, C)]
+        grad_a = torch.zeros_like(A)
+        grad_h: Tensor | None = None
+        seg_starts = list(range(0, length, ctx.segment))
+        for index in reversed(range(len(seg_starts))):
+            part = slice(seg_starts[index], seg_starts[index] + ctx.segment)
+            leaves = [x[..., part].detach().requires_grad_(True) for x in (u, delta, B, C)]
+            a_leaf = A.detach().requires_grad_(True)
+            h0 = starts[index].detach().requires_grad_(True)
+            with torch.enable_grad():
+                y_s, h_end = _scan_chunked(leaves[0], leaves[1], a_leaf, leaves[2], leaves[3], ctx.chunk, h0)
+                outputs, out_grads = [y_s], [grad_y[..., part]]
+                if grad_h is not None:
+                    outputs.append(h_end)
+                    out_grads.append(grad_h)
+                got = torch.autograd.grad(outputs, [*leaves, a_leaf, h0], out_grads, allow_unused=True)
+            for full, g in zip(grads, got[:4]):
+                if g is not None:
+                    full[..., part] = g
+            if got[4] is not None:
+                grad_a += got[4]
+            grad_h = got[5]
+        gu, gdelta, gb, gc = grads
+        return gu, gdelta, grad_a, gb, gc, None, None
 
 
 def _selective_scan_torch(
@@ -227,19 +323,23 @@ def _selective_scan_torch(
     z: Tensor | None,
     delta_bias: Tensor | None,
     delta_softplus: bool,
-    parallel: bool,
+    backend: str,
     chunk: int,
+    segment: int,
 ) -> Tensor:
-    if parallel:
-        dt = delta.float()
-        if delta_bias is not None:
-            dt = dt + delta_bias.float()[:, None]
-        if delta_softplus:
-            dt = F.softplus(dt)
-        y = _scan_chunked(u.float(), dt, A.float(), B.float(), C.float(), chunk)
-    else:
+    if backend == "reference":
         decay, drive = _discretise(u, delta, A, B, delta_bias, delta_softplus)
         y = torch.einsum("bdln,bnl->bdl", _scan_reference(decay, drive), C.float())
+        return _finish(y, u, D, z, u.dtype)
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    if backend == "checkpointed":
+        y = _CheckpointedScan.apply(u.float(), dt, A.float(), B.float(), C.float(), chunk, segment)
+    else:
+        y, _ = _scan_chunked(u.float(), dt, A.float(), B.float(), C.float(), chunk)
     return _finish(y, u, D, z, u.dtype)
 
 
@@ -255,6 +355,7 @@ def selective_scan(
     delta_softplus: bool = False,
     backend: str = "auto",
     chunk: int = DEFAULT_CHUNK,
+    segment: int = DEFAULT_SEGMENT,
 ) -> Tensor:
     """Selective scan ``y (B, D, L)`` (see the module docstring for maths and backends).
 
@@ -268,8 +369,9 @@ def selective_scan(
         z: gate ``(B, D, L)``; the output is multiplied by ``silu(z)``.
         delta_bias: added to ``delta`` before the softplus ``(D,)``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
-        backend: ``"auto"``, ``"reference"``, ``"parallel"`` or ``"mamba_ssm"``.
-        chunk: chunk length of the ``"parallel"`` backend.
+        backend: ``"auto"``, ``"reference"``, ``"parallel"``, ``"checkpointed"`` or ``"mamba_ssm"``.
+        chunk: chunk length of the ``"parallel"`` and ``"checkpointed"`` backends.
+        segment: segment length of the ``"checkpointed"`` backend.
 
     Returns:
         ``(B, D, L)`` in ``u``'s dtype (computed in float32 by the torch backends).
@@ -277,7 +379,12 @@ def selective_scan(
     _check_shapes(u, delta, A, B, C, D)
     if chunk < 2:
         raise ValueError(f"selective_scan: chunk must be >= 2, got {chunk}")
-    resolved = resolve_backend(backend, u.device)
+    if segment < 1:
+        raise ValueError(f"selective_scan: segment must be >= 1, got {segment}")
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
+    )
+    resolved = resolve_backend(backend, u.device, state_elements=u.numel() * A.shape[1], grad=grad)
     if resolved == "mamba_ssm":
         fn = _mamba_ssm_scan_fn()
         assert fn is not None
@@ -293,5 +400,5 @@ def selective_scan(
             delta_softplus=delta_softplus,
         )
     return _selective_scan_torch(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, resolved == "parallel", chunk
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, resolved, chunk, segment
     )
