@@ -8,11 +8,18 @@ r"""Training loop of the zoo's MIL models: the papers' recipes, seeded, one slid
   .. math:: \eta_t = \tfrac{1}{2}\,\eta_0\,\big(1 + \cos(\pi t / T)\big), \quad t = 0..T-1,\ T = E \cdot S_{train};
 
 - gradient-norm clipping where the paper has one (ASMIL: 5.0);
-- model selection by the largest ``val F1 + val AUC`` (no early stopping unless the recipe has a
-  ``patience``); the weights of the best epoch are restored and the test split is evaluated with them.
-  "F1" here is the binary F1 of class 1 for two classes and macro-F1 otherwise (ACMIL/ASMIL's code
-  selects on micro-F1, which is accuracy; see ``mil-models.md`` §1). A NaN AUC (a validation split
-  with one class) counts as 0.
+- model selection by one of :data:`SELECTION_RULES` (the weights of the selected epoch are
+  restored and the test split is evaluated with them; early stopping only with a ``patience``):
+
+  - ``"loss"`` (default): the lowest validation NLL. It is continuous, so it does not saturate on a
+    validation split of 5-20 bags the way accuracy, F1 and AUC do (CLAM's rule);
+  - ``"auc"``: the largest validation AUC (LRMIL's rule), ties to the lower validation NLL;
+  - ``"f1+auc"``: the largest validation F1 + AUC (ACMIL/ASMIL's rule), ties to the lower NLL;
+  - ``"last"``: the last epoch (e.g. after training on train+val).
+
+  Remaining ties (equal score and NLL) go to the **later** epoch. "F1" is the binary F1 of class 1
+  for two classes and macro-F1 otherwise; a NaN AUC (a validation split with one class) counts as 0.
+  **An empty validation split means "last"**, whatever the rule.
 
 After every optimiser step the trainer calls ``model.after_optimizer_step()`` (ASMIL's EMA anchor).
 Randomness: ``torch.manual_seed(seed)`` at the start (dropout, STKIM, token dropping), a
@@ -49,7 +56,7 @@ _BASE: dict[str, Any] = {
     "schedule": "cosine",  # per-iteration half-cosine to 0
     "warmup": 0,
     "grad_clip": None,  # max gradient norm, or None
-    "selection": ("f1", "auc"),  # summed validation metrics; larger is better
+    "selection": "loss",  # one of SELECTION_RULES
     "patience": None,  # epochs without a better selection score before stopping, or None
 }
 
@@ -81,13 +88,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "lrmil": {
         **_BASE,
-        "selection": ("auc",),
+        "selection": "auc",
         "source": "unpublished values; LRMIL selects on val AUC; lr/wd/epochs are ACMIL's (unverified)",
     },
     "wisefuse": {**_BASE, "source": "unpublished; ABMIL recipe (unverified)"},
 }
 
 DEFAULT_RECIPE: dict[str, Any] = {**_BASE, "source": "default (ACMIL recipe)"}
+
+#: model-selection rules of :func:`fit` (see the module docstring)
+SELECTION_RULES = ("loss", "auc", "f1+auc", "last")
 
 
 def recipe_for(model: MILModel | str) -> dict[str, Any]:
@@ -111,6 +121,7 @@ class TrainResult:
         params: number of parameters of the model.
         flops_per_slide: forward FLOPs averaged over up to 8 test slides (None when none could be counted).
         test_probs / test_labels: ``(S, C)`` probabilities and ``(S,)`` labels of the test split.
+        test_ids: the ``S`` test slide ids, in the order of ``test_probs``.
         recipe: the settings actually used.
     """
 
@@ -124,6 +135,7 @@ class TrainResult:
     flops_per_slide: float | None
     test_probs: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    test_ids: list[str] = dataclasses.field(default_factory=list)
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -230,15 +242,26 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _selection_score(metrics: dict[str, Any], selection: Sequence[str]) -> float:
-    total = 0.0
-    for name in selection:
-        if name == "f1":
-            value = metrics.get("f1", metrics.get("f1_macro", float("nan")))
-        else:
-            value = metrics.get(name, float("nan"))
-        total += 0.0 if value is None or not math.isfinite(value) else float(value)
-    return total
+def _finite(value: Any, default: float) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else default
+
+
+def selection_key(metrics: dict[str, Any], rule: str, epoch: int) -> tuple[float, ...]:
+    """Sort key of one validated epoch under ``rule`` (larger is better; see the module docstring).
+
+    ``(score, -val NLL, epoch)`` for ``"auc"`` / ``"f1+auc"``, ``(-val NLL, epoch)`` for ``"loss"``,
+    ``(epoch,)`` for ``"last"`` or empty ``metrics``: ties go to the lower loss, then the later epoch.
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"selection must be one of {SELECTION_RULES}, got {rule!r}")
+    if rule == "last" or not metrics:
+        return (float(epoch),)
+    neg_nll = -_finite(metrics.get("nll"), math.inf)
+    if rule == "loss":
+        return (neg_nll, float(epoch))
+    f1 = metrics.get("f1", metrics.get("f1_macro"))
+    score = _finite(metrics.get("auc"), 0.0) + (_finite(f1, 0.0) if rule == "f1+auc" else 0.0)
+    return (score, neg_nll, float(epoch))
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -261,12 +284,14 @@ def fit(
     eval_every: int = 1,
     grad_clip: float | None = None,
     patience: int | None = None,
+    selection: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset``'s fold ``fold`` with its family recipe (see the module docstring).
 
     Args:
-        epochs, lr, weight_decay, grad_clip, patience: override the recipe (:data:`RECIPES`); None
-            keeps the recipe's value.
+        epochs, lr, weight_decay, grad_clip, patience, selection: override the recipe
+            (:data:`RECIPES`); None keeps the recipe's value. ``patience``: stop after this many
+            validated epochs without a newly selected one.
         seed: seeds torch's global RNG, the shuffling ``torch.Generator`` and the subset ``numpy`` RNG.
         max_slides: use at most this many slides of each split (a seeded subset), for quick runs.
         log_dir: write TensorBoard scalars (loss per step, metrics per epoch) there.
@@ -285,9 +310,14 @@ def fit(
         "weight_decay": weight_decay,
         "grad_clip": grad_clip,
         "patience": patience,
+        "selection": selection,
     }.items():
         if value is not None:
             recipe[key] = value
+    if recipe["selection"] not in SELECTION_RULES:
+        raise ValueError(f"fit: selection must be one of {SELECTION_RULES}, got {recipe['selection']!r}")
+    if recipe["patience"] is not None and int(recipe["patience"]) < 1:
+        raise ValueError(f"fit: patience must be >= 1, got {recipe['patience']}")
     n_epochs = int(recipe["epochs"])
     if n_epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {n_epochs}")
@@ -304,6 +334,8 @@ def fit(
     ids = {s: _subset(dataset.split(s, fold), max_slides, rng) for s in ("train", "val", "test")}
     if not ids["train"]:
         raise ValueError(f"fit: dataset {dataset.name!r} fold {fold} has no training slides")
+    rule = recipe["selection"] if ids["val"] else "last"  # no validation split: the last epoch
+    recipe["selection_used"] = rule
 
     model.prepare_for(dataset)
     model.to(device)
@@ -320,7 +352,8 @@ def fit(
         writer = SummaryWriter(log_dir=str(log_dir))
 
     history: list[dict[str, float]] = []
-    best_score, best_epoch, best_state = -math.inf, -1, None
+    best_key: tuple[float, ...] | None = None
+    best_epoch, best_state = -1, None
     best_val: dict[str, Any] = {}
     stale = 0
     step = 0
@@ -360,15 +393,12 @@ def fit(
             record.update({f"train_{k}": v / len(order) for k, v in sums.items()})
 
             if epoch % eval_every == 0 or epoch == n_epochs - 1:
-                if ids["val"]:
-                    val = _evaluate_ids(model, load, ids["val"], hr, device, False, "val")
-                    score = _selection_score(val, recipe["selection"])
-                    record.update({f"val_{k}": v for k, v in _scalars(val).items()})
-                else:  # no validation split: the last epoch is the selected one
-                    val, score = {}, float(epoch)
-                record["score"] = score
-                if score > best_score:
-                    best_score, best_epoch, best_val, stale = score, epoch, val, 0
+                val = _evaluate_ids(model, load, ids["val"], hr, device, False, "val") if ids["val"] else {}
+                record.update({f"val_{k}": v for k, v in _scalars(val).items()})
+                key = selection_key(val, rule, epoch)
+                record["score"] = key[0]  # the rule's primary value (loss: -val NLL; last: epoch)
+                if best_key is None or key > best_key:
+                    best_key, best_epoch, best_val, stale = key, epoch, val, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     stale += 1
@@ -413,6 +443,7 @@ def fit(
         flops_per_slide=float(np.mean(flops)) if flops else None,
         test_probs=test.get("probs"),
         test_labels=test.get("labels"),
+        test_ids=list(ids["test"]),
         recipe={k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()},
     )
 
@@ -513,7 +544,8 @@ def save_run(
     fold: int,
     seed: int,
 ) -> Path:
-    """Save a trained run: weights + card (:func:`zoo.hub.save_pretrained`) and the full ``metrics.json``.
+    """Save a trained run: weights + card (:func:`zoo.hub.save_pretrained`), the full ``metrics.json``
+    and the per-slide test probabilities ``test_predictions.csv`` (:func:`write_predictions`).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -530,4 +562,43 @@ def save_run(
         training={k: v for k, v in record.items() if k not in ("history", "val", "test")},
     )
     _write_json_atomic(out / "metrics.json", record)
+    if result.test_probs is not None and result.test_labels is not None:
+        write_predictions(
+            out / PREDICTIONS_NAME,
+            result.test_ids,
+            result.test_probs,
+            result.test_labels,
+            dataset.class_names,
+        )
     return out
+
+
+#: per-slide test probabilities of a run folder
+PREDICTIONS_NAME = "test_predictions.csv"
+
+
+def write_predictions(
+    path: str | Path,
+    slide_ids: Sequence[str],
+    probs: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+) -> Path:
+    """Write ``slide_id,label,prob_<class>...`` (one row per slide; ``label`` is the class name) atomically.
+
+    Args:
+        probs: ``(S, C)`` class probabilities; labels: ``(S,)`` class indices.
+    """
+    from wsigym.data.folder import atomic_write_text
+
+    probs = np.asarray(probs)
+    if len(slide_ids) != len(probs) or len(labels) != len(probs) or probs.shape[1] != len(class_names):
+        raise ValueError(
+            f"write_predictions: {len(slide_ids)} ids, {len(labels)} labels and probabilities "
+            f"{probs.shape} do not match {len(class_names)} classes"
+        )
+    lines = [",".join(["slide_id", "label", *(f"prob_{c}" for c in class_names)])]
+    for slide_id, label, row in zip(slide_ids, labels, probs):
+        lines.append(",".join([slide_id, class_names[int(label)], *(f"{float(p):.6g}" for p in row)]))
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    return Path(path)

@@ -9,7 +9,7 @@ import torch
 from zoo.batch import collate
 from zoo.models.abmil import ABMIL, ABMILConfig
 from zoo.registry import create_model
-from zoo.train import RECIPES, count_flops, evaluate_model, fit, recipe_for
+from zoo.train import RECIPES, SELECTION_RULES, count_flops, evaluate_model, fit, recipe_for, selection_key
 
 
 def _abmil(seed: int = 0, **cfg) -> ABMIL:
@@ -61,8 +61,59 @@ def test_fit_restores_the_best_epoch(tiny_dataset):
     assert result.val_metrics["nll"] == pytest.approx(best["val_nll"], rel=1e-6)
 
 
+def test_selection_key_ties_go_to_lower_loss_then_later_epoch():
+    m = {"auc": 1.0, "f1": 1.0, "nll": 0.30}
+    lower_loss = dict(m, nll=0.20)
+    for rule in ("auc", "f1+auc"):
+        assert selection_key(lower_loss, rule, 2) > selection_key(m, rule, 5)  # same score, lower loss
+        assert selection_key(m, rule, 5) > selection_key(m, rule, 2)  # exact tie: the later epoch
+        assert selection_key(dict(m, auc=float("nan")), rule, 9) < selection_key(m, rule, 0)  # NaN AUC = 0
+    assert selection_key(lower_loss, "loss", 0) > selection_key(m, "loss", 9)
+    assert selection_key(m, "loss", 3) > selection_key(m, "loss", 1)
+    assert selection_key(lower_loss, "last", 1) < selection_key(m, "last", 2)
+    assert selection_key({}, "auc", 4) > selection_key({}, "auc", 3)  # no validation: last
+    assert set(SELECTION_RULES) == {"loss", "auc", "f1+auc", "last"}
+    with pytest.raises(ValueError, match="selection must be one of"):
+        selection_key(m, "accuracy", 0)
+
+
+@pytest.mark.parametrize("rule", ["loss", "auc", "f1+auc"])
+def test_fit_selects_by_rule(tiny_dataset, rule):
+    result = fit(_abmil(), tiny_dataset, epochs=5, lr=3e-3, selection=rule, progress=False)
+    keys = [
+        selection_key({k[4:]: v for k, v in h.items() if k.startswith("val_")}, rule, int(h["epoch"]))
+        for h in result.history
+    ]
+    assert result.best_epoch == max(range(len(keys)), key=keys.__getitem__)
+    assert result.recipe["selection"] == rule == result.recipe["selection_used"]
+
+
+def test_last_selection_and_empty_validation_mean_last_epoch(tiny_dataset):
+    result = fit(_abmil(), tiny_dataset, epochs=4, lr=3e-3, selection="last", progress=False)
+    assert result.best_epoch == 3 and "val_nll" in result.history[0]
+
+    no_val = _copy_dataset(tiny_dataset, val=[])
+    result = fit(_abmil(), no_val, epochs=4, lr=3e-3, selection="auc", patience=1, progress=False)
+    assert result.best_epoch == 3 and len(result.history) == 4
+    assert result.recipe["selection_used"] == "last" and result.val_metrics == {}
+
+
+def _copy_dataset(dataset, **splits):
+    clone = type(dataset).__new__(type(dataset))
+    clone.__dict__.update(dataset.__dict__)
+    clone._bags = dict(dataset._bags)
+    clone.splits = [dict(dataset.splits[0], **splits)]
+    return clone
+
+
 def test_patience_stops_early(tiny_dataset):
-    result = fit(_abmil(), tiny_dataset, epochs=30, lr=1e-3, patience=2, progress=False)
+    # flipped validation labels: the better the model, the worse its validation loss
+    import dataclasses
+
+    flipped = _copy_dataset(tiny_dataset)
+    for sid in tiny_dataset.split("val"):
+        flipped._bags[sid] = dataclasses.replace(flipped._bags[sid], label=1 - flipped._bags[sid].label)
+    result = fit(_abmil(), flipped, epochs=30, lr=1e-3, patience=2, progress=False)
     assert len(result.history) < 30
     assert len(result.history) - 1 - result.best_epoch == 2
 
@@ -151,6 +202,10 @@ def test_bad_arguments(tiny_dataset):
         fit(_abmil(), tiny_dataset, epochs=0, progress=False)
     with pytest.raises(ValueError, match="eval_every"):
         fit(_abmil(), tiny_dataset, epochs=1, eval_every=0, progress=False)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        fit(_abmil(), tiny_dataset, epochs=1, selection="acc", progress=False)
+    with pytest.raises(ValueError, match="patience"):
+        fit(_abmil(), tiny_dataset, epochs=1, patience=0, progress=False)
 
 
 def test_train_and_save_writes_metrics(tiny_dataset, tmp_path):
@@ -163,3 +218,10 @@ def test_train_and_save_writes_metrics(tiny_dataset, tmp_path):
     assert record["params"] > 0 and record["recipe"]["epochs"] == 2
     assert set(record["test"]) >= {"accuracy", "auc", "f1_macro", "ece", "slides_per_s"}
     assert (out / "config.json").exists()
+    rows = (out / "test_predictions.csv").read_text().splitlines()
+    assert rows[0] == "slide_id,label,prob_class0,prob_class1"
+    test_ids = tiny_dataset.split("test")
+    assert [r.split(",")[0] for r in rows[1:]] == test_ids
+    assert [r.split(",")[1] for r in rows[1:]] == [f"class{tiny_dataset.label(s)}" for s in test_ids]
+    probs = np.array([[float(x) for x in r.split(",")[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
