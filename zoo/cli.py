@@ -5,7 +5,10 @@
 - ``zoo push DIR REPO_ID``                   upload a model folder (checked first) or any artefact folder
 - ``zoo info NAME_OR_REPO_OR_PATH``          config, parameter count and card metrics
 - ``zoo train ARCH --dataset NAME_OR_FOLDER ...``  train, evaluate and save (config + weights + card)
-- ``zoo results DIR... [--out FILE]``        results table of training runs
+- ``zoo train ARCH --dataset D --cv K [--repeats R]``  stratified K-fold cross-validation
+- ``zoo results DIR... [--out FILE]``        results table of training runs (mean ± std for CV folders)
+
+Global options: ``zoo --threads N`` (torch CPU threads), ``zoo --quiet`` (no progress bars).
 """
 
 from __future__ import annotations
@@ -123,8 +126,52 @@ def _clip_text_setup(args: argparse.Namespace, dataset: Any) -> Any:
     return lambda model: model.set_text_embeddings(text)
 
 
+def _fold_trainer(args: argparse.Namespace, overrides: dict[str, Any], fit_kwargs: dict[str, Any]) -> Any:
+    """``train(dataset, out_dir, fold, seed) -> Path``: one run of ``args.arch`` (any family)."""
+
+    def train(dataset: Any, out: Path, fold: int, seed: int) -> Path:
+        if args.arch == "tsu":
+            from zoo.train_tsu import train_and_save_tsu
+
+            if not args.hafed:
+                raise SystemExit("zoo train tsu needs --hafed NAME_OR_FOLDER (a trained HAFED)")
+            unsupported = [k for k in ("selection", "patience") if k in fit_kwargs]
+            if unsupported:
+                raise ValueError(
+                    f"--{unsupported[0]}: tsu keeps the epoch with the lowest validation MSE (no rule to choose)"
+                )
+            return train_and_save_tsu(
+                args.hafed, dataset, out, fold=fold, seed=seed, **overrides, **fit_kwargs
+            )
+        if args.arch == "lrmil":
+            from zoo import hub
+            from zoo.models.lrmil import fit_lrmil
+            from zoo.train import save_run
+
+            teacher = hub.load(args.teacher) if args.teacher else None
+            result = fit_lrmil(dataset, teacher, fold=fold, seed=seed, config=overrides, **fit_kwargs)
+            return save_run(result, out, architecture="lrmil", dataset=dataset, fold=fold, seed=seed)
+        from zoo.train import train_and_save
+
+        return train_and_save(
+            args.arch,
+            dataset,
+            out_dir=out,
+            fold=fold,
+            seed=seed,
+            config=overrides,
+            setup=_clip_text_setup(args, dataset),
+            **fit_kwargs,
+        )
+
+    return train
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from wsigym.data.dataset import open_dataset
+    from zoo.registry import model_class
 
     reader_kwargs: dict[str, Any] = {}
     if args.format:
@@ -134,42 +181,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     reader_kwargs.update(parse_overrides(args.reader, option="--reader"))
     dataset = open_dataset(args.dataset, **reader_kwargs)
     overrides = parse_overrides(args.config)
-    out = args.out or f"runs/{args.arch}-{Path(str(args.dataset)).name}"
-    fit_kwargs: dict[str, Any] = {}
-    if args.epochs is not None:
-        fit_kwargs["epochs"] = args.epochs
-    if args.lr is not None:
-        fit_kwargs["lr"] = args.lr
-    if args.arch == "tsu":
-        from zoo.train_tsu import train_and_save_tsu
+    if args.dropout is not None:
+        fields = {f.name for f in dataclasses.fields(model_class(args.arch).config_class)}
+        if "dropout" not in fields:
+            raise ValueError(f"--dropout: {args.arch} has no dropout (its config has no 'dropout' field)")
+        overrides["dropout"] = args.dropout
+    out = args.out or f"runs/{args.arch}-{Path(str(args.dataset)).name}" + (
+        f"-cv{args.cv}" if args.cv else ""
+    )
+    fit_kwargs: dict[str, Any] = {"progress": not args.quiet}
+    for key in ("epochs", "lr", "weight_decay", "patience", "selection"):
+        if getattr(args, key) is not None:
+            fit_kwargs[key] = getattr(args, key)
+    train = _fold_trainer(args, overrides, fit_kwargs)
+    if args.cv is None:
+        if args.repeats != 1 or args.val_fraction is not None or args.standardise:
+            raise ValueError("--repeats, --val-fraction and --standardise need --cv K")
+        print(f"saved {train(dataset, Path(out), args.fold, args.seed)}")
+        return 0
+    from zoo.crossval import cross_validate
+    from zoo.results import results_table
 
-        if not args.hafed:
-            raise SystemExit("zoo train tsu needs --hafed NAME_OR_FOLDER (a trained HAFED)")
-        path = train_and_save_tsu(
-            args.hafed, dataset, out, fold=args.fold, seed=args.seed, **overrides, **fit_kwargs
-        )
-    elif args.arch == "lrmil":
-        from zoo import hub
-        from zoo.models.lrmil import fit_lrmil
-        from zoo.train import save_run
-
-        teacher = hub.load(args.teacher) if args.teacher else None
-        result = fit_lrmil(dataset, teacher, fold=args.fold, seed=args.seed, config=overrides, **fit_kwargs)
-        path = save_run(result, out, architecture="lrmil", dataset=dataset, fold=args.fold, seed=args.seed)
-    else:
-        from zoo.train import train_and_save
-
-        path = train_and_save(
-            args.arch,
-            dataset,
-            out_dir=out,
-            fold=args.fold,
-            seed=args.seed,
-            config=overrides,
-            setup=_clip_text_setup(args, dataset),
-            **fit_kwargs,
-        )
-    print(f"saved {path}")
+    path = cross_validate(
+        dataset,
+        lambda ds, run_dir, seed: train(ds, run_dir, 0, seed),
+        out,
+        k=args.cv,
+        repeats=args.repeats,
+        seed=args.seed,
+        val_fraction=args.val_fraction or 0.0,
+        standardise=args.standardise,
+        settings={
+            "arch": args.arch,
+            "config": overrides,
+            **{k: v for k, v in fit_kwargs.items() if k != "progress"},
+        },
+    )
+    print(results_table([path]), end="")
+    print(f"saved {path} ({args.cv} folds x {args.repeats} repeat(s))")
     return 0
 
 
@@ -191,10 +240,56 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_DESCRIPTION = """Train ARCH on a dataset (its --fold split, or --cv K folds) and save each run folder:
+config + weights + card, metrics.json, and test_predictions.csv (slide_id, label, prob_<class>).
+
+Model selection (--selection): after each validated epoch the rule ranks the epoch, and the weights of
+the best one are restored before testing:
+  loss     lowest validation NLL (default; continuous, so it does not saturate on 5-20 validation bags)
+  auc      highest validation AUC, ties to the lower validation NLL
+  f1+auc   highest validation F1 + AUC (ACMIL/ASMIL), ties to the lower validation NLL
+  last     the last epoch
+Remaining ties go to the later epoch. An EMPTY validation split means "last" whatever the rule (use it
+to train on train+val). --patience N stops after N validated epochs without a newly selected one.
+
+Cross-validation (--cv K [--repeats R]): stratified folds from the labels, deterministic given --seed;
+fold f of repeat r trains with seed + r*K + f into OUT/r<r>-f<f>/, and OUT/cv.json holds the folds and
+mean +- std of the test metrics (also: zoo results OUT)."""
+
+
+def _positive_int(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} expects an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def apply_global_options(args: argparse.Namespace) -> None:
+    """``--threads``: ``torch.set_num_threads``; ``--quiet`` is read by the subcommands."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.registry import list_architectures
+    from zoo.train import SELECTION_RULES
 
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads",
+        type=_positive_int("--threads"),
+        default=None,
+        help="torch CPU threads (default: torch's); use 1 when other jobs share the cores",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered pretrained names")
@@ -217,7 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("train", help="train a model family on a dataset and save it")
+    p = sub.add_parser(
+        "train",
+        help="train a model family on a dataset and save it",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("arch", choices=list_architectures())
     p.add_argument("--dataset", required=True, help="named dataset (synth-c16) or a features folder")
     p.add_argument(
@@ -235,6 +335,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the family recipe")
     p.add_argument("--lr", type=float, default=None, help="override the family recipe's learning rate")
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="override the recipe's AdamW weight decay"
+    )
+    p.add_argument(
+        "--dropout", type=float, default=None, help="model dropout (families whose config has 'dropout')"
+    )
+    p.add_argument(
+        "--selection",
+        choices=SELECTION_RULES,
+        default=None,
+        help="model-selection rule (default: the family recipe's, 'loss' for all but lrmil's 'auc'); "
+        "see the rule above. An empty validation split always means 'last'",
+    )
+    p.add_argument(
+        "--patience",
+        type=_positive_int("--patience"),
+        default=None,
+        help="stop after this many validated epochs without a newly selected epoch (default: the recipe's)",
+    )
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stratified K-fold cross-validation over all slides (ignores the dataset's splits and --fold)",
+    )
+    p.add_argument(
+        "--repeats", type=_positive_int("--repeats"), default=1, help="--cv: repeats with new folds"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="--cv: stratified fraction of each training part held out for validation (default 0: "
+        "no validation split, so the last epoch is kept)",
+    )
+    p.add_argument(
+        "--standardise",
+        action="store_true",
+        help="--cv: standardise features per fold with mean/std fitted on its training part only "
+        "(off by default; saved as standardisation.json in each run folder)",
+    )
     p.add_argument("--out", default=None, help="output folder (default runs/<arch>-<dataset>)")
     p.add_argument("--hafed", default=None, help="tsu only: the trained HAFED (name, repo or folder)")
     p.add_argument(
@@ -274,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.hub import ZooLoadError
 
     args = build_parser().parse_args(argv)
+    apply_global_options(args)
     try:
         return int(args.func(args) or 0)
     except (ZooLoadError, FileNotFoundError, ValueError) as e:

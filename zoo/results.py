@@ -1,8 +1,11 @@
 """Markdown results tables built from the ``metrics.json`` of trained model folders (never typed by hand).
 
-Each folder is one run written by :func:`zoo.train.train_and_save`; the table has one row per folder
-with its test metrics: accuracy, AUC, binary F1 (two classes only), macro-F1, ECE, plus parameters,
-forward FLOPs per slide and inference slides/s.
+Each folder is one run written by :func:`zoo.train.train_and_save`, or a cross-validation folder
+written by :func:`zoo.crossval.cross_validate` (it holds ``cv.json`` and one run folder per fold);
+the table has one row per folder with its test metrics: accuracy, AUC, binary F1 (two classes only),
+macro-F1, ECE, plus parameters, forward FLOPs per slide and inference slides/s. A cross-validation
+row gives ``mean ± std`` over its folds (and repeats): the sample standard deviation (``ddof = 1``)
+of the per-fold test metrics, each fold's metric computed on its own test slides.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from wsigym.errors import DataError
 
@@ -64,10 +69,92 @@ def read_metrics(model_dir: str | Path) -> dict[str, Any]:
     return record
 
 
+def read_cv(cv_dir: str | Path) -> dict[str, Any]:
+    """The ``cv.json`` of a cross-validation folder.
+
+    Raises:
+        DataError: naming the file when it is missing, not JSON, or lacks ``runs``/``folds``.
+    """
+    path = Path(cv_dir) / "cv.json"
+    if not path.is_file():
+        raise DataError(str(path), "no cv.json (write it with zoo train --cv K)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), f"not valid JSON: {e}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list) or not record["runs"]:
+        raise DataError(str(path), "expected an object with a non-empty 'runs' list and 'folds'")
+    if not isinstance(record.get("folds"), int):
+        raise DataError(str(path), "expected an integer 'folds'")
+    return record
+
+
+SUMMARY_METRICS = ("accuracy", "auc", "f1", "f1_macro", "ece", "nll", "slides_per_s")
+
+
+def cv_summary(cv_dir: str | Path, runs: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Mean, sample std and per-fold values of each test metric over the run folders of a CV folder.
+
+    Args:
+        runs: run folder names under ``cv_dir``; None reads them from ``cv_dir/cv.json``.
+
+    Returns:
+        ``{metric: {"mean", "std", "n", "values"}}`` for every metric that all runs report (``std`` is
+        None for a single run).
+
+    Raises:
+        DataError: naming ``cv.json`` or a run's ``metrics.json`` when missing or malformed.
+    """
+    cv_dir = Path(cv_dir)
+    if runs is None:
+        runs = read_cv(cv_dir)["runs"]
+    tests = [read_metrics(cv_dir / run)["test"] for run in runs]
+    out: dict[str, dict[str, Any]] = {}
+    for key in SUMMARY_METRICS:
+        values = [t.get(key) for t in tests]
+        if not values or any(v is None for v in values):
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+        out[key] = {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": arr.tolist()}
+    return out
+
+
+def _cv_row(directory: Path) -> list[str]:
+    cv = read_cv(directory)
+    summary = cv_summary(directory, cv["runs"])
+    first = read_metrics(directory / cv["runs"][0])
+
+    def cell(key: str, digits: int = 3) -> str:
+        entry = summary.get(key)
+        if entry is None or not math.isfinite(entry["mean"]):
+            return "–"
+        std = entry["std"]
+        return f"{entry['mean']:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+    folds = f"{cv['folds']}-fold CV" + (f" × {cv['repeats']}" if cv.get("repeats", 1) > 1 else "")
+    name = f"{first.get('architecture') or directory.name} ({folds})"
+    return [
+        name,
+        str(first.get("dataset", "–")),
+        _human(first.get("params")),
+        _human(first.get("flops_per_slide")),
+        cell("accuracy"),
+        cell("auc"),
+        cell("f1"),
+        cell("f1_macro"),
+        cell("ece"),
+        cell("slides_per_s", 1),
+    ]
+
+
 def results_table(model_dirs: Sequence[str | Path]) -> str:
-    """One Markdown table row per run folder, in the order given (see the module docstring)."""
+    """One Markdown table row per run or CV folder, in the order given (see the module docstring)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "|".join(["---:"] * (len(COLUMNS) - 2)) + "|"]
     for directory in model_dirs:
+        if (Path(directory) / "cv.json").is_file() and not (Path(directory) / "metrics.json").is_file():
+            lines.append("| " + " | ".join(_cv_row(Path(directory))) + " |")
+            continue
         record = read_metrics(directory)
         test = record["test"]
         name = record.get("architecture") or Path(directory).name
