@@ -56,9 +56,9 @@ DEFAULT_CHUNK = 64
 #: steps per recomputed segment of the ``"checkpointed"`` backend
 DEFAULT_SEGMENT = 2048
 #: ``"auto"`` picks ``"checkpointed"`` over ``"parallel"`` for a backward pass when the state
-#: ``(B, D, L, N)`` has more elements than this (2^26, e.g. L > 16384 at D = 256, N = 16: there the
-#: parallel backend's graph passes ~2 GB; below it, parallel is faster; see benchmarks/scan_memory.py)
-AUTO_CHECKPOINT_ELEMENTS = 2**26
+#: ``(B, D, L, N)`` has more elements than this (2^25, e.g. L > 5461 at D = 384, N = 16: from there on the
+#: checkpointed scan is faster and uses a fraction of the memory; see benchmarks/scan_memory.py)
+AUTO_CHECKPOINT_ELEMENTS = 2**25
 #: the parallel backend clamps log-decays at this value: exp(-80) ~ 1.8e-35 stays a normal float32
 #: (denormal arithmetic is up to 100x slower on CPUs); the effect on h is below float32 resolution
 MIN_LOG_DECAY = -80.0
