@@ -12,6 +12,7 @@ inputs built). Time is the wall clock of the forward + backward. A case whose pr
 ``> limit`` instead of swapping the machine.
 
     python benchmarks/scan_memory.py [--lengths 1000 10000 20000 100000] [--d 384] [--out FILE.json]
+    python benchmarks/scan_memory.py --semamil --lengths 20000   # the whole SemaMIL, in_dim 384
 
 Prints one table with new/old ratios and writes the raw numbers as JSON (default
 ``runs/scan_memory.json``).
@@ -48,12 +49,21 @@ leaves = {
     "A": -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1),
 }
 leaves = {k: v.requires_grad_(True) for k, v in leaves.items()}
+model = None
+if sys.argv[7] != "-":  # the whole SemaMIL (default config) on a bag of `length` instances of width d
+    from zoo.registry import create_model
+    torch.manual_seed(0)
+    model = create_model("semamil", in_dim=d, scan_backend=backend, **json.loads(sys.argv[7]))
+    feats = r(1, length, d)
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
 base = peak()
 start = time.perf_counter()
 try:
-    y = selective_scan(**leaves, delta_softplus=True, backend=backend)
-    y.square().mean().backward()
+    if model is None:
+        y = selective_scan(**leaves, delta_softplus=True, backend=backend)
+        y.square().mean().backward()
+    else:
+        model(feats)["logits"].logsumexp(-1).sum().backward()
     status = "ok"
 except (RuntimeError, MemoryError) as e:
     status = "over limit" if "alloc" in str(e).lower() or isinstance(e, MemoryError) else f"error: {e}"
@@ -62,14 +72,22 @@ print(json.dumps({"status": status, "seconds": seconds, "base_mib": base, "peak_
 """
 
 
-def run_case(backend: str, length: int, d: int, n: int, threads: int, limit_bytes: int) -> dict[str, Any]:
-    """One forward + backward in a fresh subprocess; returns its JSON line (plus the case)."""
+def run_case(
+    backend: str, length: int, d: int, n: int, threads: int, limit_bytes: int, semamil: str | None = None
+) -> dict[str, Any]:
+    """One forward + backward in a fresh subprocess; returns its JSON line (plus the case).
+
+    ``semamil``: a JSON object of SemaMIL config overrides to time the whole model instead of one scan.
+    """
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-c", _CHILD, backend, str(length), str(d), str(n), str(threads), str(limit_bytes)]
+    cmd.append(semamil if semamil is not None else "-")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     case: dict[str, Any] = {"backend": backend, "length": length, "d": d, "d_state": n}
+    if semamil is not None:
+        case["semamil"] = json.loads(semamil)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -94,20 +112,30 @@ def main(argv: list[str] | None = None) -> int:
         "--limit-gb", type=float, default=8.0, help="data-memory cap per subprocess (0: none)"
     )
     parser.add_argument("--out", default="runs/scan_memory.json", help="JSON file for the raw numbers")
+    parser.add_argument(
+        "--semamil",
+        nargs="?",
+        const="{}",
+        default=None,
+        metavar="JSON",
+        help="time the whole SemaMIL (default config, or these JSON overrides; in_dim = --d) forward + "
+        "backward on one bag of L instances instead of one scan with D channels",
+    )
     args = parser.parse_args(argv)
 
     limit = int(args.limit_gb * 2**30)
     rows = []
     for length in args.lengths:
         for backend in BACKENDS:
-            row = run_case(backend, length, args.d, args.d_state, args.threads, limit)
+            row = run_case(backend, length, args.d, args.d_state, args.threads, limit, args.semamil)
             if row.get("status") == "ok":
                 row["scan_mib"] = row["peak_mib"] - row["base_mib"]
             rows.append(row)
             print(f"  done {backend:<12} L={length:<7} {row.get('status')}", file=sys.stderr, flush=True)
 
+    what = f"SemaMIL {args.semamil} on L instances of width {args.d}" if args.semamil else "selective scan"
     print(
-        f"selective scan forward + backward, B=1, D={args.d}, N={args.d_state}, float32, "
+        f"{what} forward + backward, B=1, D={args.d}, N={args.d_state}, float32, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}, limit {args.limit_gb} GB"
     )
     print("peak RSS increase over the pre-scan peak (MiB), absolute peak RSS (MiB), seconds")
