@@ -190,7 +190,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"-cv{args.cv}" if args.cv else ""
     )
     fit_kwargs: dict[str, Any] = {"progress": not args.quiet}
-    for key in ("epochs", "lr", "weight_decay", "patience", "selection"):
+    for key in ("epochs", "lr", "weight_decay", "patience", "selection", "max_slides"):
         if getattr(args, key) is not None:
             fit_kwargs[key] = getattr(args, key)
     train = _fold_trainer(args, overrides, fit_kwargs)
@@ -353,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int("--patience"),
         default=None,
         help="stop after this many validated epochs without a newly selected epoch (default: the recipe's)",
+    )
+    p.add_argument(
+        "--max-slides",
+        type=_positive_int("--max-slides"),
+        default=None,
+        help="quick runs: at most this many slides of each split (a seeded subset)",
     )
     p.add_argument(
         "--cv",
