@@ -342,10 +342,11 @@ def test_cli_train_wiring(monkeypatch, tmp_path):
     args, kwargs = calls["train"]
     assert args[0] == "abmil" and args[1] == calls["open"]
     assert kwargs == {
-        "out_dir": str(tmp_path),
+        "out_dir": tmp_path,
         "fold": 2,
         "seed": 0,
         "config": {"hidden": 64},
         "setup": None,
         "epochs": 3,
+        "progress": True,
     }
