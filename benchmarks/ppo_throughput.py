@@ -160,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="benchmarks/results/ppo_throughput.json")
     parser.add_argument("--readme", default=None, help="rewrite this README's ppo-throughput section")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="measure nothing: print (and with --readme, write) the table of saved result files",
+    )
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -172,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         row = run_case(args.case, args.plain_timesteps if plain else args.timesteps, args.n_envs, args.device)
         Path(args.result).write_text(json.dumps(row))
         return 0
+
+    if args.from_json:
+        return _render_saved(args.from_json, args.readme)
 
     cache = args.cache or tempfile.mkdtemp(prefix="wsigym-bench-cache-")
     rows = []
@@ -200,6 +210,26 @@ def main(argv: list[str] | None = None) -> int:
             print(_markdown(rows[-1:]).splitlines()[-1], flush=True)
             _write(args, rows, argv)
     _write(args, rows, argv, final=True)
+    return 0
+
+
+def _render_saved(files: list[str], readme: str | None) -> int:
+    """One table per saved run (``benchmarks/results/*.json``), each with its command and machine."""
+    parts = []
+    for name in files:
+        record = json.loads(Path(name).read_text())
+        note = ", ".join(f"{k} = {v:.2f}" for k, v in record["summary"].items())
+        parts.append(
+            f"{_markdown(record['cases'])}\n\n`{record['command']}`: {record['cpu_count']} CPU cores visible, "
+            f"{record['threads']} torch threads per case, device {record['device']}, torch {record['torch']}"
+            f"{'; ' + note if note else ''}."
+        )
+    text = "\n\n".join(parts)
+    print(text)
+    if readme:
+        from wsigym.readme_sections import replace_section
+
+        replace_section(readme, "ppo-throughput", text)
     return 0
 
 
