@@ -74,12 +74,11 @@ def hf_home() -> Path:
 
 # ---------------------------------------------------------------------------------------- real slides
 def _real_slides_dir() -> Path:
-    """The real slides of ``../shared/data/slides`` next to the checkout; ``WSIGYM_SHARED_DATA``
-    overrides, and ``/work/shared/data`` (the workspace's copy) serves a clone made elsewhere."""
+    """The real slides of ``../shared/data/slides`` next to the checkout, or of ``$WSIGYM_SHARED_DATA``
+    (for a clone made elsewhere); tests that need them skip when neither holds them."""
     for root in (
         os.environ.get("WSIGYM_SHARED_DATA"),
         Path(__file__).resolve().parents[2] / "shared" / "data",
-        "/work/shared/data",
     ):
         if root and (Path(root) / "slides").is_dir():
             return Path(root) / "slides"

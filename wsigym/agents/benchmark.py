@@ -12,7 +12,7 @@
    in the table's caption;
 
 and writes ``results.md`` and ``results.json`` under ``out``. The Markdown ends with SASHA's published
-CAMELYON16 numbers (``sasha.md`` §8), labelled as a different dataset, for context only.
+CAMELYON16 numbers (the official SASHA README), labelled as a different dataset, for context only.
 With ``readme``, the text between ``<!-- results:<dataset> -->`` and ``<!-- /results:<dataset> -->`` is
 replaced (the markers must exist; nothing else in the file changes).
 """
@@ -31,7 +31,7 @@ from wsigym.readme_sections import replace_section
 
 ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
 
-#: SASHA README / paper numbers on CAMELYON16 (``/work/shared/reference/sasha.md`` §8): Acc, AUC, F1.
+#: SASHA's numbers on CAMELYON16 (README of the official code, coglabiisc/SASHA; arXiv 2507.05077): Acc, AUC, F1.
 PUBLISHED_C16 = (
     ("HAFED (SASHA paper)", "100%", ".963 ± .008", ".980 ± .003", ".951 ± .011"),
     ("SASHA-0.1", "10%", ".901 ± .021", ".918 ± .014", ".856 ± .031"),

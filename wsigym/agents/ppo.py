@@ -1,6 +1,6 @@
 """Train the zoom policy with sb3-contrib's ``MaskablePPO`` and :class:`~wsigym.agents.policy.PatchPolicy`.
 
-SASHA's PPO settings (``sasha.md`` §5) mapped onto SB3:
+SASHA's PPO settings (its configs and ``rl_algorithms/ppo.py`` in coglabiisc/SASHA) mapped onto SB3:
 
 ==============================  ==================================  ======================================
 SASHA (custom loop)             here (SB3 / sb3-contrib)            note
