@@ -43,9 +43,15 @@ rescaled so the logits of the first observations have std ``warm_start_logit_std
 temperature: HAFED's logits are nearly flat over a thousand patches, and sampling from them would be
 almost uniform, entropy ~ log N). The greedy policy is unchanged by the rescaling.
 
-**Memory.** SB3's rollout buffer keeps ``n_steps * n_envs`` observations; the state is ``P*d`` float32
-(``P`` the padded patch count). On synth-c16 (``P = 4219``, ``d = 384``) one observation is 6.5 MB and the
-default rollout of 4 x 32 = 128 observations about 0.83 GB; :func:`rollout_buffer_bytes` computes it.
+**Paths and memory.** ``path="segments"`` (default) trains with
+:class:`~wsigym.agents.segment_ppo.SegmentMaskablePPO`: episodes are stored as their slide plus the rows
+that changed and the policy is evaluated once per row version (same loss; minibatches are whole
+segments of episodes), so memory grows with the real rows. ``path="plain"`` is ``MaskablePPO`` on SB3's
+rollout buffer of ``n_steps * n_envs`` padded observations: on synth-c16 (``P = 4219``, ``d = 384``) one
+observation is 6.5 MB and a rollout of 4 x 32 = 128 observations about 0.83 GB
+(:func:`rollout_buffer_bytes`). ``tokens="state"`` gives the policy SASHA's state-only tokens, whose
+scores depend on a row's version alone: the structured path is then much faster (README, "PPO training
+throughput").
 
 **Saving.** :func:`save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
 :func:`load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
@@ -102,6 +108,8 @@ class PPOConfig:
     the split is set by :func:`train_ppo` (``train`` for training, ``val`` for the callback).
     ``hidden=None`` takes HAFED's ``attn_dim`` (needed for the warm start). The critic's attention is
     narrower (32) than SASHA's (128) to cut the per-patch cost of a forward pass by about 3/8.
+    ``tokens`` (:data:`~wsigym.agents.policy.TOKENS`) is what the policy reads per patch; ``path``
+    (:data:`TRAINING_PATHS`) how rollouts are stored and evaluated.
     """
 
     env_id: str = "WSIZoom-v0"
