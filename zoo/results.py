@@ -58,15 +58,21 @@ def read_metrics(model_dir: str | Path) -> dict[str, Any]:
         DataError: naming the file when it is missing, not JSON, or has no ``test`` metrics.
     """
     path = Path(model_dir) / "metrics.json"
-    if not path.is_file():
-        raise DataError(str(path), "no metrics.json (train the model with zoo.train.train_and_save)")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(str(path), f"not valid JSON: {e}") from None
+    record = _read_json(path, "train the model with zoo.train.train_and_save")
     if not isinstance(record, dict) or not isinstance(record.get("test"), dict):
         raise DataError(str(path), "expected an object with a 'test' metrics object")
     return record
+
+
+def _read_json(path: Path, how: str) -> Any:
+    """The JSON content of ``path``; ``DataError`` naming it when missing (``how`` says how to make it)
+    or not JSON."""
+    if not path.is_file():
+        raise DataError(str(path), f"no {path.name} ({how})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), f"not valid JSON: {e}") from None
 
 
 def read_cv(cv_dir: str | Path) -> dict[str, Any]:
@@ -76,12 +82,7 @@ def read_cv(cv_dir: str | Path) -> dict[str, Any]:
         DataError: naming the file when it is missing, not JSON, or lacks ``runs``/``folds``.
     """
     path = Path(cv_dir) / "cv.json"
-    if not path.is_file():
-        raise DataError(str(path), "no cv.json (write it with zoo train --cv K)")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(str(path), f"not valid JSON: {e}") from None
+    record = _read_json(path, "write it with zoo train --cv K")
     if not isinstance(record, dict) or not isinstance(record.get("runs"), list) or not record["runs"]:
         raise DataError(str(path), "expected an object with a non-empty 'runs' list and 'folds'")
     if not isinstance(record.get("folds"), int):
