@@ -8,7 +8,9 @@
 - ``zoo train ARCH --dataset D --cv K [--repeats R]``  stratified K-fold cross-validation
 - ``zoo results DIR... [--out FILE]``        results table of training runs (mean ± std for CV folders)
 
-Global options: ``zoo --threads N`` (torch CPU threads), ``zoo --quiet`` (no progress bars).
+Global options: ``zoo --threads N`` (torch CPU threads), ``zoo --quiet`` (no progress bars), ``zoo --debug``
+(the traceback of an error; otherwise an error prints one line naming the file, key or argument, exit
+status 2). Hub calls wait at most ``$ZOO_HUB_TIMEOUT`` seconds (default 30) for each network operation.
 """
 
 from __future__ import annotations
@@ -290,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: torch's); use 1 when other jobs share the cores",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of one line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered pretrained names")
@@ -419,13 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script; returns the exit status."""
-    from zoo.hub import ZooLoadError
-
     args = build_parser().parse_args(argv)
     apply_global_options(args)
     try:
         return int(args.func(args) or 0)
-    except (ZooLoadError, FileNotFoundError, ValueError) as e:
+    except (ValueError, OSError) as e:  # bad input, files, the Hub: one line (ZooLoadError is a ValueError)
+        if args.debug:
+            raise
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

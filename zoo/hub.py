@@ -16,7 +16,14 @@ anything else (and a truncated or corrupt file) raises one :class:`ZooLoadError`
 Names resolve in this order: an existing local folder; a registered name (:mod:`zoo.pretrained`):
 weights shipped in the package, else the Hub repo ``{$ZOO_HUB_ORG or "wsigym"}/{name}``; otherwise a
 Hub repo id. Downloads go through ``huggingface_hub`` (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``
-are honoured; a cached snapshot is used when the Hub is offline or unreachable).
+are honoured; a cached snapshot is used when the Hub is offline or unreachable). Every Hub call waits at
+most ``$ZOO_HUB_TIMEOUT`` seconds (default 30) for each network operation, or the ``timeout=`` argument
+of :func:`load`, :func:`pull`, :func:`push_folder` and :func:`push_to_hub`; a Hub that does not answer
+gives a :class:`ZooLoadError` / :class:`ZooPushError` saying so and what to do.
+
+Pushing never modifies the pushed folder: its own files (no links leading out of it, no hidden files)
+are copied into a staging folder where the card is rendered. Weights are checked for dtype and
+finiteness on every load, and so before every push.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +47,12 @@ from zoo.pretrained import PRETRAINED, PretrainedEntry, hub_org, list_pretrained
 __all__ = [
     "CARD_NAME",
     "CONFIG_NAME",
+    "DEFAULT_HUB_TIMEOUT",
     "WEIGHTS_NAME",
     "ZooLoadError",
+    "ZooPushError",
+    "folder_files",
+    "hub_timeout",
     "list_pretrained",
     "load",
     "load_folder",
@@ -262,29 +274,71 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_INT_DTYPES = ("I64", "I32", "I16", "I8", "U8")
+
+
+def _corrupt(path: Path, e: BaseException) -> ZooLoadError:
+    size = path.stat().st_size if path.exists() else 0
+    return ZooLoadError(
+        f"{path}: not a valid safetensors file ({size} bytes; {e}). The file is truncated or corrupt: "
+        "delete it (or its Hub cache entry) and save or download it again."
+    )
+
+
+def _read_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, Any]]:
+    """``({tensor name: (dtype, shape)}, {"architecture", "aliases"})`` from the safetensors header
+    alone (no tensor data is read, nothing is allocated)."""
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise ZooLoadError(f"{path}: missing; a zoo model folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        tensors = load_file(str(path), device="cpu")
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+            header = {}
+            for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                sl = f.get_slice(name)
+                header[name] = (str(sl.get_dtype()), tuple(int(n) for n in sl.get_shape()))
     except (SafetensorError, OSError, ValueError) as e:
-        size = path.stat().st_size
-        raise ZooLoadError(
-            f"{path}: not a valid safetensors file ({size} bytes; {e}). The file is truncated or corrupt: "
-            "delete it (or its Hub cache entry) and save or download it again."
-        ) from None
+        raise _corrupt(path, e) from None
     try:
         aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
     except json.JSONDecodeError:
         raise ZooLoadError(f"{path}: header metadata {_ALIASES_KEY!r} is not valid JSON") from None
-    return tensors, {"architecture": metadata.get(_ARCH_KEY), **{"aliases": aliases}}
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise ZooLoadError(f"{path}: header metadata {_ALIASES_KEY!r} must map tensor names to tensor names")
+    return header, {"architecture": metadata.get(_ARCH_KEY), "aliases": aliases}
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _dtype_problem(file_dtype: str, expected: torch.dtype) -> str | None:
+    """Why a stored dtype cannot fill a model tensor of dtype ``expected`` (None when it can).
+
+    Floating tensors take any floating dtype (cast on load); integer and bool tensors need their kind."""
+    if expected.is_floating_point:
+        ok = file_dtype in _FLOAT_DTYPES
+    elif expected == torch.bool:
+        ok = file_dtype == "BOOL"
+    else:
+        ok = file_dtype in _INT_DTYPES
+    return None if ok else f"{file_dtype} where the model holds {str(expected).removeprefix('torch.')}"
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf."""
+    return sorted(
+        name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    )
 
 
 def _list(names: list[str], limit: int = 12) -> str:
@@ -302,10 +356,16 @@ def load_folder(
 ) -> ZooModel:
     """Load a model folder (``config.json`` + ``model.safetensors``) strictly, without pickle.
 
+    Nothing is allocated before the files are checked: ``config.json`` is validated against the
+    family's config dataclass (types, ranges, and no integer above the number of elements stored in
+    ``model.safetensors``, read from its header), the model is built on the ``meta`` device and its
+    tensor names, shapes and dtypes are compared with the header; only then are the tensors read (every
+    floating tensor must be finite) and the real model built.
+
     Args:
         expected_architecture: the family the caller was promised (a registered name's); a config of
             another family is an error.
-        strict: refuse missing or unexpected tensors (shape mismatches are always refused).
+        strict: refuse missing or unexpected tensors (shape, dtype and NaN/inf problems are always refused).
         source: how the caller named the model, for error messages.
 
     Returns:
@@ -322,27 +382,39 @@ def load_folder(
         raise ZooLoadError(
             f"{config_path}: describes architecture {arch!r}, but {source or folder} is a {expected_architecture!r} model"
         )
-    try:
-        model = _model_from_config(config, str(config_path))
-    except ValueError as e:
-        raise ZooLoadError(str(e)) from None
+    from zoo.registry import ARCHITECTURES, list_architectures
+
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ZooLoadError(
+            f"{config_path}: 'architecture' must be one of {list_architectures()}, got {arch!r}"
+        )
     weights_path = folder / WEIGHTS_NAME
-    tensors, meta = _read_weights(weights_path)
+    header, meta = _read_header(weights_path)
     if meta["architecture"] not in (None, arch):
         raise ZooLoadError(
             f"{weights_path}: weights of a {meta['architecture']!r} model, but {config_path} describes {arch!r}"
         )
+    stored = sum(math.prod(shape) for _, shape in header.values())
+    model_cls, model_config = _config_from_dict(config, str(config_path), size_bound=max(1, stored))
+    try:
+        with torch.device("meta"):  # names, shapes and dtypes without allocating anything
+            expected = {k: (t.shape, t.dtype) for k, t in model_cls(model_config).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise ZooLoadError(f"{config_path}: {e}") from None
     for alias, kept in meta["aliases"].items():
-        if kept not in tensors:
+        if kept not in header:
             raise ZooLoadError(f"{weights_path}: alias {alias!r} points at missing tensor {kept!r}")
-        tensors[alias] = tensors[kept]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+        header[alias] = header[kept]
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    common = sorted(set(expected) & set(header))
     mismatched = [
-        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(tensors))
-        if tensors[k].shape != expected[k].shape
+        f"{k}: file {header[k][1]} vs model {tuple(expected[k][0])}"
+        for k in common
+        if header[k][1] != tuple(expected[k][0])
+    ]
+    wrong_dtype = [
+        f"{k}: {problem}" for k in common if (problem := _dtype_problem(header[k][0], expected[k][1]))
     ]
     problems = []
     if strict and missing:
@@ -351,25 +423,133 @@ def load_folder(
         problems.append(f"unexpected tensors [{_list(unexpected)}]")
     if mismatched:
         problems.append(f"shape mismatches [{_list(mismatched)}]")
+    if wrong_dtype:
+        problems.append(f"wrong dtypes [{_list(wrong_dtype)}]")
     if problems:
         raise ZooLoadError(
             f"{weights_path}: does not fit the {arch!r} model of {config_path}: " + "; ".join(problems)
         )
+    tensors = _read_tensors(weights_path)
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise ZooLoadError(
+            f"{weights_path}: tensors with NaN or inf values [{_list(bad)}]; the weights are broken "
+            "(a diverged training run?) and are not loaded"
+        )
+    for alias, kept in meta["aliases"].items():
+        tensors[alias] = tensors[kept]
+    model = model_cls(model_config)
     model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=strict)
     return model.to(device).eval()
 
 
-def _model_from_config(config: dict[str, Any], source: str) -> ZooModel:
-    from zoo.registry import model_from_config_dict
+def _config_from_dict(
+    config: dict[str, Any], source: str, size_bound: int | None = None
+) -> tuple[type[ZooModel], Any]:
+    from zoo.registry import config_from_dict
 
     try:
-        return model_from_config_dict(config, source=source)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{source}: {e}") from None
+        return config_from_dict(config, source=source, size_bound=size_bound)
+    except (KeyError, TypeError, ValueError) as e:
+        message = str(e)
+        raise ZooLoadError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def _is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+#: Seconds each network operation of a Hub call (connect, each read and write) may wait; ``$ZOO_HUB_TIMEOUT``
+#: or a ``timeout=`` argument override it.
+DEFAULT_HUB_TIMEOUT = 30.0
+
+
+def hub_timeout_seconds(timeout: float | None = None) -> float:
+    """``timeout``, else ``$ZOO_HUB_TIMEOUT``, else :data:`DEFAULT_HUB_TIMEOUT` (seconds, > 0).
+
+    Raises:
+        ValueError: naming the argument or the variable when it is not a positive number.
+    """
+    source = "timeout"
+    if timeout is None:
+        text = os.environ.get("ZOO_HUB_TIMEOUT", "").strip()
+        if not text:
+            return DEFAULT_HUB_TIMEOUT
+        source = "ZOO_HUB_TIMEOUT"
+        try:
+            timeout = float(text)
+        except ValueError:
+            raise ValueError(f"ZOO_HUB_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"{source} must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+@contextmanager
+def hub_timeout(timeout: float | None = None) -> Iterator[float]:
+    """Within the block, every request ``huggingface_hub`` sends waits at most ``timeout`` seconds for
+    each network operation (see :func:`hub_timeout_seconds`), also the calls it makes without one.
+
+    It adds a request hook to ``huggingface_hub.get_session()`` (the shared ``httpx`` client, public API)
+    that sets the request's timeout, and removes it on exit. Yields the seconds.
+    """
+    from huggingface_hub import get_session
+
+    seconds = hub_timeout_seconds(timeout)
+    limits = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+
+    def set_timeout(request: Any) -> None:
+        request.extensions["timeout"] = dict(limits)
+
+    session = get_session()
+    hooks = session.event_hooks
+    session.event_hooks = {**hooks, "request": [*hooks.get("request", []), set_timeout]}
+    try:
+        yield seconds
+    finally:
+        hooks = session.event_hooks
+        session.event_hooks = {
+            **hooks,
+            "request": [h for h in hooks.get("request", []) if h is not set_timeout],
+        }
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a Hub that cannot be reached or does not answer (not HTTP status errors)."""
+    import importlib
+
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    errors: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while e is not None and e not in chain and len(chain) < 20:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _network_problem(e: BaseException, seconds: float) -> str:
+    """What went wrong, for a message: "did not answer within 30 s" / "is disabled ..." / "is not
+    reachable (ConnectError: ...)"."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    chain = _causes(e)
+    if any(isinstance(x, OfflineModeIsEnabled) for x in chain):
+        return "is disabled (HF_HUB_OFFLINE=1 is set; unset it to use the network)"
+    if any(type(x).__name__.endswith("Timeout") or isinstance(x, TimeoutError) for x in chain):
+        return f"did not answer within {seconds:g} s (ZOO_HUB_TIMEOUT or timeout= to wait longer)"
+    root = chain[-1]
+    text = str(root).splitlines()[0] if str(root) else ""
+    return f"is not reachable ({type(root).__name__}: {text})"
 
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
@@ -393,48 +573,69 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _snapshot(repo_id: str, revision: str | None, *, entry: PretrainedEntry | None, asked: str) -> Path:
-    """Download (or find in the cache) a snapshot of ``repo_id``; errors say why and, for a registered
-    name, give the command that trains and publishes it."""
+def _snapshot(
+    repo_id: str,
+    revision: str | None,
+    *,
+    entry: PretrainedEntry | None,
+    asked: str,
+    timeout: float | None = None,
+) -> Path:
+    """Download (or find in the cache) a snapshot of ``repo_id``, each network operation waiting at most
+    ``timeout`` seconds (:func:`hub_timeout`); errors say why and what to do, and for a registered name
+    give the command that trains and publishes it."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, library_name="wsigym-zoo"))
-    except RevisionNotFoundError:
-        raise ZooLoadError(
-            f"{asked}: revision {revision!r} does not exist in {repo_id} on {constants.ENDPOINT}"
-        ) from None
-    except _hub_errors() as e:
-        offline = constants.HF_HUB_OFFLINE
-        if isinstance(e, RepositoryNotFoundError):
-            where = f"the Hub repo {repo_id} does not exist on {constants.ENDPOINT}"
-        elif offline:
-            where = f"the Hub is disabled (HF_HUB_OFFLINE=1) and {repo_id}"
-            where += f" (revision {revision})" if revision else ""
-            where += f" is not in the cache {constants.HF_HUB_CACHE}"
-        else:
-            where = (
-                f"the Hub repo {repo_id} is not reachable at {constants.ENDPOINT} "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}) "
-                f"and is not in the cache {constants.HF_HUB_CACHE}"
-            )
-        message = f"{asked}: {where}."
-        if entry is not None:
-            how = "from your own CAMELYON16 features " if entry.dataset == "camelyon16" else ""
-            message += f"\nTrain it {how}and publish it with:\n  {entry.command()}"
-        raise ZooLoadError(message) from None
+    with hub_timeout(timeout) as seconds:
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, library_name="wsigym-zoo"))
+        except RevisionNotFoundError:
+            raise ZooLoadError(
+                f"{asked}: revision {revision!r} does not exist in {repo_id} on {constants.ENDPOINT}"
+            ) from None
+        except _hub_errors() as e:
+            pin = f" (revision {revision})" if revision else ""
+            if isinstance(e, RepositoryNotFoundError):
+                where = f"the Hub repo {repo_id} does not exist on {constants.ENDPOINT}"
+            elif constants.HF_HUB_OFFLINE:
+                where = (
+                    f"the Hub is disabled (HF_HUB_OFFLINE=1) and {repo_id}{pin} is not in the cache "
+                    f"{constants.HF_HUB_CACHE}. Unset HF_HUB_OFFLINE to download it, or run "
+                    f"`zoo pull {repo_id}` where the Hub is reachable and copy the cache"
+                )
+            else:
+                where = (
+                    f"the Hub repo {repo_id} is not reachable at {constants.ENDPOINT}: the Hub "
+                    f"{_network_problem(e, seconds)}, and {repo_id}{pin} is not in the cache "
+                    f"{constants.HF_HUB_CACHE}. Check the network and HF_ENDPOINT, or pull it once online "
+                    f"(`zoo pull {repo_id}`) to use it offline"
+                )
+            message = f"{asked}: {where}."
+            if entry is not None:
+                how = "from your own CAMELYON16 features " if entry.dataset == "camelyon16" else ""
+                message += f"\nTrain it {how}and publish it with:\n  {entry.command()}"
+            raise ZooLoadError(message) from None
 
 
 def resolve(
-    name_or_repo_or_path: str | Path, revision: str | None = None
+    name_or_repo_or_path: str | Path, revision: str | None = None, *, timeout: float | None = None
 ) -> tuple[Path, PretrainedEntry | None]:
     """The local folder holding ``name_or_repo_or_path`` (downloading it if needed) and its registry entry.
 
+    Args:
+        timeout: seconds each Hub operation may wait (default ``$ZOO_HUB_TIMEOUT`` or 30; see
+            :func:`hub_timeout`).
+
     Raises:
-        ZooLoadError: not a folder, registered name or repo id; or not reachable and not cached.
+        ZooLoadError: empty, or not a folder, registered name or repo id; or not reachable and not cached.
     """
     asked = str(name_or_repo_or_path)
+    if not asked.strip():
+        raise ZooLoadError(
+            f"{asked!r}: empty model name; give a model folder, a registered name (zoo list) or a Hub "
+            "repo id (org/name)"
+        )
     path = Path(asked).expanduser()
     if path.is_dir():
         return path, None
@@ -442,9 +643,9 @@ def resolve(
     if entry is not None:
         if revision is None and entry.is_shipped():
             return entry.shipped_dir, entry
-        return _snapshot(entry.repo_id(), revision, entry=entry, asked=asked), entry
+        return _snapshot(entry.repo_id(), revision, entry=entry, asked=asked, timeout=timeout), entry
     if _REPO_ID.match(asked):
-        return _snapshot(asked, revision, entry=None, asked=asked), None
+        return _snapshot(asked, revision, entry=None, asked=asked, timeout=timeout), None
     raise ZooLoadError(
         f"{asked!r} is not a model folder, a registered name or a Hub repo id (org/name); "
         f"registered names: {_list(list_pretrained(), 30)}"
@@ -457,6 +658,7 @@ def load(
     *,
     device: str | torch.device = "cpu",
     strict: bool = True,
+    timeout: float | None = None,
 ) -> ZooModel:
     """Load a trained model from a local folder, a registered name or a Hub repo id.
 
@@ -466,6 +668,8 @@ def load(
         revision: Hub branch or commit sha (pins the weights; ignored for folders).
         device: where to put the model.
         strict: refuse missing/unexpected tensors.
+        timeout: seconds each Hub operation may wait before the call fails (default
+            ``$ZOO_HUB_TIMEOUT`` or :data:`DEFAULT_HUB_TIMEOUT`, 30 s).
 
     Returns:
         The model in eval mode.
@@ -481,7 +685,7 @@ def load(
             f"{asked} is a {entry.architecture} policy, not a MIL model: load it with "
             f"wsigym.agents.ppo.load_policy({asked!r}) (safetensors + policy.json, no unpickling)"
         )
-    folder, entry = resolve(asked, revision)
+    folder, entry = resolve(asked, revision, timeout=timeout)
     if not _is_model_folder(folder) and not (folder / WEIGHTS_NAME).exists():
         raise ZooLoadError(f"{asked}: {folder} has neither {CONFIG_NAME} nor {WEIGHTS_NAME}; not a zoo model")
     return load_folder(
@@ -500,15 +704,25 @@ def _api():
     return HfApi(library_name="wsigym-zoo")
 
 
-def _refresh_card(folder: Path, repo_id: str) -> None:
-    """Re-render a zoo model folder's card so its loading snippet names ``repo_id``."""
+class ZooPushError(ValueError):
+    """A folder could not be pushed: the message names the file or repo and what to do."""
+
+
+def _render_card(folder: Path, repo_id: str) -> None:
+    """Re-render the card of the (staged) zoo model folder ``folder`` so its loading snippet names
+    ``repo_id``; the model is loaded strictly first (nothing broken is published)."""
     from zoo import cards
 
-    inputs_path = folder / CARD_INPUTS_NAME
-    if not (_is_model_folder(folder) and inputs_path.is_file() and (folder / CARD_NAME).is_file()):
-        return
-    inputs = json.loads(inputs_path.read_text())
     model = load_folder(folder)
+    inputs_path = folder / CARD_INPUTS_NAME
+    if not (inputs_path.is_file() and (folder / CARD_NAME).is_file()):
+        return
+    try:
+        inputs = json.loads(inputs_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZooPushError(f"{inputs_path.name}: not valid JSON ({e})") from None
+    if not isinstance(inputs, dict):
+        raise ZooPushError(f"{inputs_path.name}: expected a JSON object (metrics, dataset_name, training)")
     name = repo_id.split("/")[-1]
     entry = PRETRAINED.get(name)
     text = cards.render_card(
@@ -524,21 +738,77 @@ def _refresh_card(folder: Path, repo_id: str) -> None:
         if entry and entry.architecture == model.family
         else None,
     )
-    if text != (folder / CARD_NAME).read_text():
-        _write_folder(folder, {CARD_NAME: text.encode()})
+    (folder / CARD_NAME).write_text(text, encoding="utf-8")
+
+
+def folder_files(folder: str | Path) -> list[str]:
+    """The files ``push_folder`` uploads: relative paths (``/``-separated, sorted) of the regular files
+    inside ``folder``, hidden names (temp files, ``.git``) left out.
+
+    A symbolic link is followed only when its target lies inside ``folder`` (a linked folder's files are
+    listed under the link's path, each real folder once).
+
+    Raises:
+        ZooPushError: a link whose target leaves the folder (or is broken), or something that is not a
+            regular file (a FIFO or socket: reading it could block forever).
+    """
+    root = Path(folder).resolve()
+    out: list[str] = []
+    seen: set[Path] = set()
+
+    def inside(path: Path) -> bool:
+        return path == root or root in path.parents
+
+    def walk(directory: Path, rel: Path) -> None:
+        real = directory.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+            if entry.name.startswith("."):
+                continue
+            shown = Path(folder) / rel / entry.name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.exists():
+                    raise ZooPushError(f"{shown}: broken link (to {os.readlink(entry)}); remove it")
+                if not inside(target):
+                    raise ZooPushError(
+                        f"{shown}: a link to {target}, outside the folder {root}; push refuses to publish "
+                        "files from elsewhere: copy the file into the folder or remove the link"
+                    )
+            if entry.is_dir():
+                walk(entry, rel / entry.name)
+            elif entry.is_file():
+                out.append((rel / entry.name).as_posix())
+            else:
+                raise ZooPushError(f"{shown}: not a regular file (a FIFO, socket or device); remove it")
+
+    walk(Path(folder), Path())
+    return out
 
 
 def push_folder(
-    folder: str | Path, repo_id: str, *, commit_message: str | None = None, private: bool = False
+    folder: str | Path,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool = False,
+    timeout: float | None = None,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` as one commit; returns the commit sha.
 
-    A zoo model folder is first loaded strictly (nothing broken is published) and its card re-rendered
-    for ``repo_id``. Hidden files (temp files) are not uploaded. Works for any artefact folder (an SB3
-    zip + card, too).
+    The folder is never modified: its files (see :func:`folder_files`: hidden files are left out,
+    links leaving the folder are refused) are copied into a staging folder, and a zoo model folder's
+    staged copy is loaded strictly (shapes, dtypes, finite values: nothing broken is published) and its
+    card re-rendered there for ``repo_id``. Works for any artefact folder (an SB3 zip + card, too).
+
+    Args:
+        timeout: seconds to wait for each answer of the Hub (see :func:`hub_timeout`).
 
     Raises:
         ZooLoadError: the folder is a zoo model folder that does not load.
+        ZooPushError: a link out of the folder, a special file, or the Hub unreachable / not answering.
         FileNotFoundError: ``folder`` does not exist.
     """
     folder = Path(folder)
@@ -546,17 +816,32 @@ def push_folder(
         raise FileNotFoundError(f"push_folder: {folder} is not a folder")
     if not _REPO_ID.match(repo_id):
         raise ValueError(f"push_folder: repo id must look like 'org/name', got {repo_id!r}")
-    if _is_model_folder(folder):
-        load_folder(folder)
-        _refresh_card(folder, repo_id)
-    api = _api()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        commit_message=commit_message or f"Upload {folder.name}",
-        ignore_patterns=[".*", "*/.*"],
-    )
+    files = folder_files(folder)
+    if not files:
+        raise ZooPushError(f"{folder}: no files to push (hidden files are left out)")
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
+        staging = Path(tmp) / folder.resolve().name
+        for rel in files:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / rel, staging / rel)
+        if _is_model_folder(staging):
+            _render_card(staging, repo_id)
+        with hub_timeout(timeout) as seconds:
+            try:
+                api = _api()
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                info = api.upload_folder(
+                    folder_path=str(staging),
+                    repo_id=repo_id,
+                    commit_message=commit_message or f"Upload {folder.name}",
+                )
+            except _network_errors() as e:
+                from huggingface_hub import constants
+
+                raise ZooPushError(
+                    f"{repo_id}: the Hub at {constants.ENDPOINT} {_network_problem(e, seconds)}; nothing "
+                    "was pushed. Check the network and HF_ENDPOINT, then push again"
+                ) from None
     return info.oid
 
 
@@ -570,8 +855,10 @@ def push_to_hub(
     dataset_name: str | None = None,
     training: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    timeout: float | None = None,
 ) -> str:
-    """Save ``model`` (see :func:`save_pretrained`) into a temp folder and push it; returns the commit sha."""
+    """Save ``model`` (see :func:`save_pretrained`) into a temp folder and push it (see
+    :func:`push_folder`); returns the commit sha."""
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
         folder = save_pretrained(
             model,
@@ -583,12 +870,18 @@ def push_to_hub(
             repo_id=repo_id,
         )
         return push_folder(
-            folder, repo_id, commit_message=commit_message or f"Upload {model.family}", private=private
+            folder,
+            repo_id,
+            commit_message=commit_message or f"Upload {model.family}",
+            private=private,
+            timeout=timeout,
         )
 
 
-def pull(repo_id_or_name: str, revision: str | None = None) -> Path:
+def pull(repo_id_or_name: str, revision: str | None = None, *, timeout: float | None = None) -> Path:
     """Download a whole repo (registered name or repo id) into the Hub cache; returns the snapshot folder.
+
+    ``timeout``: seconds each Hub operation may wait (see :func:`hub_timeout`).
 
     Raises:
         ZooLoadError: unknown name, or not reachable and not cached (with the training command for names).
@@ -597,13 +890,13 @@ def pull(repo_id_or_name: str, revision: str | None = None) -> Path:
     if entry is not None:
         if revision is None and entry.is_shipped():
             return entry.shipped_dir
-        return _snapshot(entry.repo_id(), revision, entry=entry, asked=repo_id_or_name)
+        return _snapshot(entry.repo_id(), revision, entry=entry, asked=repo_id_or_name, timeout=timeout)
     if not _REPO_ID.match(repo_id_or_name):
         raise ZooLoadError(
             f"{repo_id_or_name!r} is neither a registered name nor a Hub repo id (org/name); "
             f"registered names: {_list(list_pretrained(), 30)}"
         )
-    return _snapshot(repo_id_or_name, revision, entry=None, asked=repo_id_or_name)
+    return _snapshot(repo_id_or_name, revision, entry=None, asked=repo_id_or_name, timeout=timeout)
 
 
 def cached_revision(repo_id: str) -> str | None:

@@ -66,17 +66,34 @@ def create_model(architecture: str, **overrides: Any) -> ZooModel:
     return model_class(architecture)(build_config(architecture, **overrides))
 
 
+def config_from_dict(
+    config: dict[str, Any], source: str = "config.json", *, size_bound: int | None = None
+) -> tuple[type[ZooModel], ZooConfig]:
+    """The model class and its validated config from a ``config.json`` dict, building nothing.
+
+    Args:
+        size_bound: no integer of the config may exceed it (see :meth:`ZooConfig.check`).
+
+    Raises:
+        ValueError: naming ``source`` when the architecture is missing or unknown, a key is unknown, or a
+            value has the wrong type or is out of range.
+    """
+    config = dict(config)
+    arch = config.pop("architecture", None)
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"{source}: 'architecture' must be one of {list_architectures()}, got {arch!r}")
+    cls = model_class(arch)
+    return cls, cls.config_class.from_dict(config, source=source, size_bound=size_bound)
+
+
 def model_from_config_dict(config: dict[str, Any], source: str = "config.json") -> ZooModel:
     """Rebuild a model from a ``config.json`` dict (with its ``architecture`` key).
 
     Raises:
         ValueError: naming ``source`` when the architecture is missing or unknown, or keys do not fit.
     """
-    config = dict(config)
-    arch = config.pop("architecture", None)
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"{source}: 'architecture' must be one of {list_architectures()}, got {arch!r}")
+    cls, cfg = config_from_dict(config, source)
     try:
-        return create_model(arch, **config)
-    except TypeError as e:
+        return cls(cfg)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from None

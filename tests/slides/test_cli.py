@@ -41,8 +41,10 @@ def test_extract_command(cmu, tmp_path, capsys):
     assert "cmu_small_region" in capsys.readouterr().out
     bag = read_slide_bag(tmp_path, "cmu_small_region", "resnet10t")
     assert bag.dim == 512 and bag.k == 16
+    assert main([*argv, "--weights", str(tmp_path / "missing.safetensors")]) == 2  # one line, no traceback
+    assert "missing.safetensors: weights file not found" in capsys.readouterr().err
     with pytest.raises(DataError, match="weights file not found"):
-        main([*argv, "--weights", str(tmp_path / "missing.safetensors")])
+        main(["--debug", *argv, "--weights", str(tmp_path / "missing.safetensors")])
 
 
 def test_extract_command_reports_bad_slides(cmu, tmp_path, capsys):
@@ -51,5 +53,7 @@ def test_extract_command_reports_bad_slides(cmu, tmp_path, capsys):
     argv = ["slides", "extract", str(bad), "--job-dir", str(tmp_path / "job"), "--encoder", "timm:resnet10t"]
     assert main([*argv, "--skip-errors", "--no-progress"]) == 1
     assert "FAILED bad" in capsys.readouterr().err
+    assert main([*argv, "--no-progress"]) == 2
+    assert "bad.svs" in capsys.readouterr().err
     with pytest.raises(DataError, match="empty"):
-        main([*argv, "--no-progress"])
+        main(["--debug", *argv, "--no-progress"])

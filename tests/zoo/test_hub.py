@@ -300,10 +300,12 @@ def test_cli_push_pull_info_list(hub_server, org, tmp_path, capsys):
     run = hub.save_pretrained(_abmil(), tmp_path / "runs" / "my-run", metrics=METRICS)
     assert f'zoo.load("{org}/my-run")' in (run / "README.md").read_text()
     repo = f"{org}/abmil-camelyon16"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
     assert zoo_main(["push", str(run), repo]) == 0
-    assert f'zoo.load("{repo}")' in (run / "README.md").read_text()  # card re-rendered for the repo
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before  # untouched
     assert zoo_main(["pull", "abmil-camelyon16"]) == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert f'zoo.load("{repo}")' in (folder / "README.md").read_text()  # card rendered for the repo
     assert (folder / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     assert zoo_main(["info", "abmil-camelyon16"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -14,6 +14,7 @@ Every folder reader (native, CLAM, TRIDENT, SASHA) shares these pieces:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -62,6 +63,27 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_utf8_text(path: str | Path, what: str) -> str:
+    """The text of ``path`` decoded as UTF-8 (a byte-order mark is dropped).
+
+    Raises:
+        DataError: naming the file when it cannot be read or is not UTF-8 (with the offending byte).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read {what} ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            path,
+            f"{what} must be UTF-8 text; byte 0x{data[e.start]:02x} at offset {e.start} is not "
+            "(re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
 def check_slide_id(slide_id: str, source: str | Path) -> str:
     """Return ``slide_id`` if it can be a file name (no path separators, no leading dot)."""
     if not slide_id or "/" in slide_id or "\\" in slide_id or slide_id.startswith(".") or "\x00" in slide_id:
@@ -94,10 +116,13 @@ def read_labels_csv(
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "labels CSV not found (expected columns slide_id,label or wsi,label)")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    text = read_utf8_text(path, "a labels CSV")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         fields = [c.strip() for c in (reader.fieldnames or [])]
         rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except csv.Error as e:
+        raise DataError(path, f"not a readable CSV file (line {reader.line_num}: {e})") from None
     id_col = "slide_id" if "slide_id" in fields else "wsi" if "wsi" in fields else None
     if id_col is None or "label" not in fields:
         raise DataError(path, f"expected columns 'slide_id' (or 'wsi') and 'label', found {fields}")
@@ -189,10 +214,12 @@ def read_clam_splits(splits_dir: str | Path, known: Iterable[str]) -> list[dict[
     known = list(known)
     splits = []
     for _, path in files:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+        reader = csv.reader(io.StringIO(read_utf8_text(path, "a CLAM splits CSV"), newline=""))
+        try:
             header = [h.strip() for h in next(reader, [])]
             rows = list(reader)
+        except csv.Error as e:
+            raise DataError(path, f"not a readable CSV file (line {reader.line_num}: {e})") from None
         cols = {name: header.index(name) for name in SPLITS if name in header}
         if set(cols) != set(SPLITS):
             raise DataError(path, f"expected columns ',train,val,test', found {header}")
@@ -227,8 +254,8 @@ def read_json_splits(
     splits = []
     for _, path in files:
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            obj = json.loads(read_utf8_text(path, "a JSON splits file"))
+        except json.JSONDecodeError as e:
             raise DataError(path, f"not a readable JSON file: {e}") from e
         if not isinstance(obj, dict):
             raise DataError(path, f"expected a JSON object with keys {sorted(keys.values())}")

@@ -9,6 +9,11 @@ A :class:`MILModel` classifies a slide bag: ``forward`` returns at least ``logit
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,11 +25,127 @@ from torch import Tensor, nn
 InputView = Literal["lr", "hr", "hier"]
 
 
+#: Largest integer any config field may hold without weights to compare against (16.7M): a width
+#: beyond this cannot be a MIL model that fits in memory.
+MAX_CONFIG_INT = 2**24
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the source and the key."""
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _check_value(annotation: Any, value: Any) -> str | None:
+    """None when ``value`` fits ``annotation`` (int, float, bool, str, ``X | None``, ``list[X]``,
+    ``Literal``); otherwise what was expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        problems = [_check_value(a, value) for a in options if a is not type(None)]
+        return None if any(p is None for p in problems) else " or ".join(p for p in problems if p)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        return None if value in allowed else f"one of {list(allowed)}"
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        bad = [_check_value(item, v) for v in value]
+        return next((f"a list of {b}" for b in bad if b), None)
+    if annotation is Any:
+        return None
+    if annotation is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "an integer"
+        if not 0 <= value <= MAX_CONFIG_INT:
+            return f"an integer in [0, {MAX_CONFIG_INT}]"
+        return None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return "a number"
+        return None if math.isfinite(value) else "a finite number"
+    if annotation is str:
+        return None if isinstance(value, str) else "a string"
+    return None  # other annotations are checked by the family itself
+
+
 @dataclass
 class ZooConfig:
-    """Fields shared by every model config; families subclass it."""
+    """Fields shared by every model config; families subclass it.
+
+    Every field is checked on construction against its annotation (``int``: an integer in
+    ``[0, MAX_CONFIG_INT]``, and >= 1 for the widths and counts in :attr:`positive`; ``float``: finite;
+    ``bool``, ``str``, ``X | None``, ``list[X]``); families check their own ranges and choices when the
+    model is built. :meth:`from_dict` also checks the keys and a size bound (see :mod:`zoo.hub`).
+    """
+
+    #: Integer fields that must be >= 1 when present (widths and counts of things that hold weights).
+    positive: ClassVar[frozenset[str]] = frozenset(
+        {"in_dim", "num_classes", "hidden", "attn_dim", "dim", "heads", "vlm_dim", "proj_hidden", "hr_dim",
+         "n_layers", "d_state", "d_conv", "expand", "n_token", "n_token_1", "n_token_2"}
+    )  # fmt: skip
 
     in_dim: int = 384
+
+    def __post_init__(self) -> None:
+        self.check(dataclasses.asdict(self), source=type(self).__name__)
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any], *, source: str, size_bound: int | None = None) -> None:
+        """Check ``values`` (field name -> value) against the field annotations.
+
+        Args:
+            source: what to name in the error (``"runs/abmil/config.json"``).
+            size_bound: when given, no integer may exceed it (:mod:`zoo.hub` passes the number of
+                elements stored in the weights file, read from its header before anything is built).
+
+        Raises:
+            ConfigError: ``"<source>: key 'hidden' must be an integer in [0, 16777216], got -4"``.
+        """
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if name not in hints:
+                continue
+            expected = _check_value(hints[name], value)
+            if expected is None and name in cls.positive and isinstance(value, int) and value < 1:
+                expected = "an integer >= 1"
+            if (
+                expected is None
+                and size_bound is not None
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value > size_bound
+            ):
+                expected = (
+                    f"at most {size_bound} (the number of weights stored in the file: a larger size "
+                    "cannot be the model these weights belong to)"
+                )
+            if expected is not None:
+                raise ConfigError(f"{source}: key {name!r} must be {expected}, got {value!r}")
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], *, source: str = "config", size_bound: int | None = None
+    ) -> ZooConfig:
+        """Build the config from a ``config.json`` dict (without ``architecture``), strictly.
+
+        Raises:
+            ConfigError: an unknown key (listing the valid ones), a value of the wrong type or out of
+                range, or an integer above ``size_bound``.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config keys {unknown}; valid keys: {sorted(names)}")
+        cls.check(values, source=source, size_bound=size_bound)
+        return cls(**values)
 
 
 @dataclass
