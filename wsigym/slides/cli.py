@@ -4,7 +4,12 @@
 - ``wsigym slides thumbnail SLIDE --out PNG [--mpp X] [--lr-mag 5] [--hr-mag 20] [--patch-size 256]``
 - ``wsigym slides extract SLIDES... --job-dir DIR --encoder timm:NAME|open_clip:NAME [--weights FILE]
   [--lr-mag 5] [--hr-mag 20] [--patch-size 256] [--batch-size 32] [--mpp X] [--min-tissue 0.25]
-  [--device cpu] [--skip-errors] [--overwrite] [--no-progress]``
+  [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress]``
+
+``extract`` records the encoder's identity (name, weights SHA-256, preprocessing, weights source) in
+every features file and in ``features_<encoder>/encoder.json``; rerunning into a job folder made by
+another network (other ``--weights``, another ``--seed`` without weights) is refused unless
+``--overwrite``. Without ``--weights`` the network is randomly initialised from ``--seed``.
 """
 
 from __future__ import annotations
@@ -38,11 +43,20 @@ def _thumbnail(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    import torch
+
     from wsigym.slides.encoders import build_encoder
-    from wsigym.slides.extract import extract_folder
+    from wsigym.slides.extract import encoder_identity, extract_folder
 
     slides = args.slides[0] if len(args.slides) == 1 else args.slides
+    torch.manual_seed(args.seed)  # the initialisation of every weight the --weights do not set
     encoder = build_encoder(args.encoder, args.weights, device=args.device)
+    if args.weights is not None:
+        source = str(args.weights)
+    elif "hf-hub:" in args.encoder:
+        source = args.encoder.split(":", 1)[1]
+    else:
+        source = f"random initialisation (torch seed {args.seed})"
     done, failed = extract_folder(
         slides,
         args.job_dir,
@@ -56,6 +70,7 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         min_tissue=args.min_tissue,
         overwrite=args.overwrite,
+        identity=encoder_identity(encoder, weights=source),
     )
     for name, paths in done.items():
         print(f"{name}: {paths['lr_features']} {paths['hr_features']}")
@@ -97,7 +112,18 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--min-tissue", type=float, default=0.25)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="torch seed of the random initialisation of weights --weights does not set (default 0), "
+        "so a rerun without --weights builds the same network and can resume",
+    )
     p.add_argument("--skip-errors", action="store_true", help="go on after a bad slide (exit status 1)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute existing files, also when the job folder records another encoder",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_extract)

@@ -16,12 +16,24 @@ parent, parent-major and row-major inside a parent (``M = N * k``), so ``reshape
 ``parent_index`` ``(M,)`` and ``tissue_mask`` ``(M,)`` bool (-> ``hr_mask``). Root attributes:
 ``wsigym_complete = 1``, ``lr_magnification``, ``hr_magnification``, ``children_per_side``, ``mpp``.
 
-Writes go to a temp file in the same folder and are renamed, so a file that exists is complete;
-a slide whose four files exist (and match the encoder) is skipped unless ``overwrite=True``.
+Writes go to a temp file in the same folder and are renamed, so a file that exists is complete (temp
+files left by a killed run are removed on the next one); a slide whose four files exist (and match the
+encoder) is skipped unless ``overwrite=True``.
+
+Encoder identity: every features file records, in the ``features`` attributes ``encoder_identity``
+(JSON) and ``encoder_sha256``, which network made it (:func:`encoder_identity`: name, feature width,
+SHA-256 of the weights as loaded, preprocessing, and where the weights came from), and each
+``features_<encoder>/`` folder holds the same record as ``encoder.json``. Resuming a job with another
+network under the same name (other weights, another random initialisation, other preprocessing) is
+refused with :class:`EncoderMismatchError` unless ``overwrite=True``; :func:`read_slide_bag` refuses a
+features file whose identity differs from its folder's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +41,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag, SlideMeta
@@ -51,6 +64,140 @@ SLIDE_SUFFIXES = (
     ".bif",
     ".dcm",
 )
+
+
+IDENTITY_FILE = "encoder.json"
+#: Fields of an identity that must agree for two feature files to come from the same network
+#: (``weights`` only says where the weights came from).
+_IDENTITY_KEYS = ("name", "dim", "weights_sha256", "preprocessing")
+
+
+class EncoderMismatchError(DataError):
+    """A job folder's features were made by another network than the one given now."""
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over the module's state_dict (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def encoder_identity(encoder: PatchEncoder, weights: str | None = None) -> dict[str, Any]:
+    """What identifies the network that makes the features: ``{"name", "dim", "weights_sha256",
+    "preprocessing", "weights"}``.
+
+    ``weights_sha256`` is :func:`weights_digest` of ``encoder.module`` (a
+    :class:`~wsigym.slides.encoders.TorchPatchEncoder`), so two random initialisations or two weights
+    files differ even under one name; an encoder without a ``module`` may give its own ``identity``
+    mapping (merged in), else the digest is None (unknown). ``preprocessing`` holds ``input_size``,
+    ``mean``, ``std`` and the resize rule. ``weights`` describes where the weights came from (a file, a
+    Hub id, ``"random initialisation (torch seed 0)"``) and is recorded, not compared.
+    """
+    module = getattr(encoder, "module", None)
+    identity: dict[str, Any] = {
+        "name": str(encoder.name),
+        "dim": int(encoder.dim),
+        "weights_sha256": weights_digest(module) if isinstance(module, torch.nn.Module) else None,
+        "preprocessing": {
+            "input_size": int(encoder.input_size),
+            "mean": [float(m) for m in encoder.mean],
+            "std": [float(s) for s in encoder.std],
+            "resize": "bilinear, antialiased, to input_size x input_size; [0, 1] then (x - mean) / std",
+        },
+        "weights": weights,
+    }
+    own = getattr(encoder, "identity", None)
+    if isinstance(own, Mapping):
+        identity.update(own)
+    return json.loads(json.dumps(identity))  # plain JSON types
+
+
+def _same_network(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in _IDENTITY_KEYS)
+
+
+def _differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    parts = []
+    for key in _IDENTITY_KEYS:
+        if recorded.get(key) != now.get(key):
+            parts.append(f"{key} {recorded.get(key)!r} there, {now.get(key)!r} now")
+    return "; ".join(parts)
+
+
+def _read_identity_file(path: Path) -> dict[str, Any]:
+    try:
+        identity = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(
+            path, f"unreadable encoder record ({e}); delete it and rerun with --overwrite"
+        ) from None
+    if not isinstance(identity, dict):
+        raise DataError(path, "expected a JSON object (the encoder identity); rerun with --overwrite")
+    return identity
+
+
+def check_job_encoder(features_dir: Path, identity: Mapping[str, Any], *, overwrite: bool = False) -> None:
+    """Refuse to add features of ``identity`` to ``features_dir`` when its ``encoder.json`` names another
+    network, or when it holds feature files but no record (written before identities were recorded);
+    with ``overwrite`` (or a new folder) record ``identity`` there.
+
+    Raises:
+        EncoderMismatchError: naming the folder, what differs and what to do.
+    """
+    record = features_dir / IDENTITY_FILE
+    if not overwrite:
+        if record.is_file():
+            recorded = _read_identity_file(record)
+            if _same_network(recorded, identity):
+                return
+            raise EncoderMismatchError(
+                features_dir,
+                f"holds features of another network under the name {identity['name']!r} "
+                f"({_differences(recorded, identity)}); resuming would mix two encoders in one job. "
+                "Rerun with --overwrite (overwrite=True) to recompute, or use another --job-dir",
+            )
+        if features_dir.is_dir() and any(features_dir.glob("*.h5")):
+            raise EncoderMismatchError(
+                features_dir,
+                f"holds features but no {IDENTITY_FILE} (written before wsigym recorded the encoder), so "
+                "the network that made them is unknown. Rerun with --overwrite (overwrite=True) to "
+                "recompute, or use another --job-dir",
+            )
+    from wsigym.data.folder import atomic_write_json
+
+    features_dir.mkdir(parents=True, exist_ok=True)
+    if not record.is_file() or _read_identity_file(record) != dict(identity):
+        atomic_write_json(record, dict(identity))
+
+
+def _file_identity(path: Path) -> dict[str, Any] | None:
+    try:
+        with h5py.File(path, "r") as f:
+            text = f["features"].attrs.get("encoder_identity") if "features" in f else None
+        return json.loads(text) if isinstance(text, str | bytes) else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.<name>.<pid>.tmp`` files next to ``path`` whose writer process is gone (``kill -9``)."""
+    if not path.parent.is_dir():
+        return
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid_text = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        try:
+            os.kill(int(pid_text), 0)
+            alive = int(pid_text) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except (ValueError, PermissionError, OverflowError):
+            continue  # not ours, or another user's live process
+        if not alive:
+            tmp.unlink(missing_ok=True)
 
 
 def mag_dir_name(mag: float, patch_size: int, overlap: int = 0) -> str:
@@ -76,7 +223,9 @@ def output_paths(
     return out
 
 
-def _is_complete(path: Path, *, features: bool, encoder: str | None = None) -> bool:
+def _is_complete(
+    path: Path, *, features: bool, encoder: str | None = None, identity: Mapping[str, Any] | None = None
+) -> bool:
     if not path.is_file():
         return False
     try:
@@ -88,6 +237,9 @@ def _is_complete(path: Path, *, features: bool, encoder: str | None = None) -> b
                     return False
                 if encoder is not None and f["features"].attrs.get("encoder") != encoder:
                     return False
+        if identity is not None:
+            found = _file_identity(path)
+            return found is not None and _same_network(found, identity)
         return True
     except Exception:
         return False
@@ -128,6 +280,7 @@ def _write_h5(
     mpp: float | None,
     features: np.ndarray | None = None,
     encoder_name: str | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> None:
     """Atomic write of a patches file (``features is None``) or a features file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +298,9 @@ def _write_h5(
                 fd.attrs["name"] = slide_name
                 fd.attrs["encoder"] = encoder_name or "unknown"
                 fd.attrs["savetodir"] = str(path.parent)
+                if identity is not None:
+                    fd.attrs["encoder_identity"] = json.dumps(dict(identity), sort_keys=True)
+                    fd.attrs["encoder_sha256"] = str(identity.get("weights_sha256"))
             f.attrs["lr_magnification"] = plan.lr_magnification
             f.attrs["hr_magnification"] = plan.hr_magnification
             f.attrs["children_per_side"] = plan.children_per_side
@@ -245,6 +401,7 @@ def extract_features(
     tissue_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Segment, patch and encode one slide at ``lr_mag`` and (children only) ``hr_mag``.
 
@@ -259,21 +416,31 @@ def extract_features(
         min_tissue: keep a low-res patch / flag a child valid when its tissue fraction is at least this.
         tissue_kwargs: forwarded to :func:`~wsigym.slides.tissue.segment_tissue`.
         progress: tqdm bars.
-        overwrite: recompute even when complete files exist.
+        overwrite: recompute even when complete files exist (and record this encoder in the job folder
+            even when another one was recorded there).
+        identity: :func:`encoder_identity` of ``encoder`` (computed when None; pass it to hash the
+            weights once for many slides).
 
     Returns:
         ``{"lr_patches", "hr_patches", "lr_features", "hr_features"}`` -> paths.
 
     Raises:
+        EncoderMismatchError: the job folder holds features of another network under this name.
         DataError: unreadable slide, missing mpp, or no tissue patch at all.
     """
+    identity = dict(identity) if identity is not None else encoder_identity(encoder)
     slide = open_slide(slide_path, mpp=mpp)
     paths = output_paths(job_dir, slide.name, encoder.name, lr_mag, hr_mag, patch_size)
+    for t in ("lr", "hr"):
+        check_job_encoder(paths[f"{t}_features"].parent, identity, overwrite=overwrite)
+    for path in paths.values():
+        _remove_stale_temps(path)
     patches_done = not overwrite and all(
         _is_complete(paths[f"{t}_patches"], features=False) for t in ("lr", "hr")
     )
     feats_done = {
-        t: not overwrite and _is_complete(paths[f"{t}_features"], features=True, encoder=encoder.name)
+        t: not overwrite
+        and _is_complete(paths[f"{t}_features"], features=True, encoder=encoder.name, identity=identity)
         for t in ("lr", "hr")
     }
     if patches_done and all(feats_done.values()):
@@ -297,7 +464,7 @@ def extract_features(
         if feats_done[t] and patches_done:
             continue
         feats = _encode(slide, plan, t, encoder, batch_size, progress)
-        _write_h5(paths[f"{t}_features"], plan, t, slide.name, slide.mpp, feats, encoder.name)
+        _write_h5(paths[f"{t}_features"], plan, t, slide.name, slide.mpp, feats, encoder.name, identity)
     return paths
 
 
@@ -319,13 +486,16 @@ def extract_folder(
     mpp: float | Mapping[str, float] | None = None,
     on_error: str = "raise",
     progress: bool = True,
+    identity: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Path]], dict[str, str]]:
     """:func:`extract_features` over a folder or list of slides.
 
     Args:
         mpp: one override for all slides, or ``{slide_id: mpp}`` for some.
-        on_error: ``"raise"`` stops at the first bad slide; ``"skip"`` records it and goes on.
+        on_error: ``"raise"`` stops at the first bad slide; ``"skip"`` records it and goes on (an
+            :class:`EncoderMismatchError` always stops, before any slide is read).
+        identity: :func:`encoder_identity` of ``encoder`` (computed once when None).
         **kwargs: forwarded to :func:`extract_features`.
 
     Returns:
@@ -333,13 +503,23 @@ def extract_folder(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    identity = dict(identity) if identity is not None else encoder_identity(encoder)
+    defaults = inspect.signature(extract_features).parameters
+    geometry = {k: kwargs.get(k, defaults[k].default) for k in ("lr_mag", "hr_mag", "patch_size")}
+    for key in ("lr_features", "hr_features"):
+        features_dir = output_paths(job_dir, "_", encoder.name, **geometry)[key].parent
+        check_job_encoder(features_dir, identity, overwrite=bool(kwargs.get("overwrite", False)))
     done: dict[str, dict[str, Path]] = {}
     failed: dict[str, str] = {}
     paths = list_slides(slides)
     for p in tqdm(paths, disable=not progress, desc="slides", unit="slide"):
         m = mpp.get(p.stem) if isinstance(mpp, Mapping) else mpp
         try:
-            done[p.stem] = extract_features(p, job_dir, encoder, mpp=m, progress=progress, **kwargs)
+            done[p.stem] = extract_features(
+                p, job_dir, encoder, mpp=m, progress=progress, identity=identity, **kwargs
+            )
+        except EncoderMismatchError:
+            raise
         except (DataError, ValueError) as e:
             if on_error == "raise":
                 raise
@@ -368,6 +548,16 @@ def read_slide_bag(
     for key in ("lr_features", "hr_features"):
         if not _is_complete(paths[key], features=True):
             raise DataError(paths[key], "missing or incomplete feature file (run extract_features first)")
+        record = paths[key].parent / IDENTITY_FILE
+        if record.is_file():
+            recorded, found = _read_identity_file(record), _file_identity(paths[key])
+            if found is None or not _same_network(recorded, found):
+                raise EncoderMismatchError(
+                    paths[key],
+                    f"made by another network than the one {record} records"
+                    + (f" ({_differences(recorded, found)})" if found else " (no identity recorded)")
+                    + "; re-extract this slide with --overwrite",
+                )
     with h5py.File(paths["lr_features"], "r") as f:
         z = f["features"][:].astype(np.float32)
         coords = f["coords"][:].astype(np.int64)
