@@ -56,7 +56,7 @@ def _check_value(annotation: Any, value: Any) -> str | None:
             return f"a list of {_type_name(typing.get_args(annotation)[0])}"
         (item,) = typing.get_args(annotation)[:1] or (Any,)
         bad = [_check_value(item, v) for v in value]
-        return next((f"a list of {b}" for b in bad if b), None)
+        return next((f"a list whose items are each {b}" for b in bad if b), None)
     if annotation is Any:
         return None
     if annotation is bool:
