@@ -81,7 +81,9 @@ def test_create_model_checks_types_and_ranges():
         zoo.create_model("abmil", dropout="x")
     assert zoo.create_model("lrmil", hr_dim=None).config.hr_dim is None
     assert zoo.create_model("wisefuse", background_classes=[1]).config.background_classes == [1]
-    with pytest.raises(ValueError, match="background_classes' must be a list whose items are each an integer"):
+    with pytest.raises(
+        ValueError, match="background_classes' must be a list whose items are each an integer"
+    ):
         zoo.create_model("wisefuse", background_classes=["a"])
 
 
