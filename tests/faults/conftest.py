@@ -52,20 +52,29 @@ def model_folder(tmp_path) -> Path:
     return tiny_abmil().save_pretrained(tmp_path / "abmil-tiny")
 
 
-@pytest.fixture(scope="session")
-def small_slides(tmp_path_factory) -> Path:
-    """A folder of three 2048^2 px synthetic slides at 0.5 um/px (20x), two levels."""
+def _write_slides(folder: Path, count: int, side: int) -> Path:
     from wsigym.slides.testslides import write_aperio_tiff
 
-    folder = tmp_path_factory.mktemp("small-slides")
-    for i in range(3):
+    for i in range(count):
         write_aperio_tiff(
             folder / f"s{i}.svs",
-            width=2048,
-            height=2048,
+            width=side,
+            height=side,
             mpp=0.5,
             levels=2,
             seed=i,
-            tumour_regions=[(512, 512, 1536, 1536)],
+            tumour_regions=[(side // 4, side // 4, 3 * side // 4, 3 * side // 4)],
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_slides(tmp_path_factory) -> Path:
+    """A folder of three 2048^2 px synthetic slides at 0.5 um/px (20x), two levels."""
+    return _write_slides(tmp_path_factory.mktemp("small-slides"), 3, 2048)
+
+
+@pytest.fixture(scope="session")
+def tiny_slides(tmp_path_factory) -> Path:
+    """A folder of five 1024^2 px synthetic slides at 0.5 um/px (20x), two levels."""
+    return _write_slides(tmp_path_factory.mktemp("tiny-slides"), 5, 1024)

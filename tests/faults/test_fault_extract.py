@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import pytest
-from faultkit import ROOT, one_line_error, run_console, tiny_encoder
+import torch
+from faultkit import ROOT, tiny_encoder
 
 from wsigym.slides.extract import (
     IDENTITY_FILE,
@@ -34,48 +36,67 @@ def _paths(job, slide, encoder_name="resnet10t"):
     )
 
 
-def test_kill_9_mid_extract_then_rerun_resumes_with_the_same_network(small_slides, tmp_path):
+KILLED_JOB = """
+import sys
+from faultkit import tiny_encoder
+from wsigym.slides.extract import extract_folder
+extract_folder(sys.argv[1], sys.argv[2], tiny_encoder(seed=0), progress=False, lr_mag=5, hr_mag=10, patch_size=128)
+"""
+
+
+def test_kill_9_mid_extract_then_rerun_resumes(tiny_slides, tmp_path):
     job = tmp_path / "job"
-    argv = ["--threads", "1", "slides", "extract", str(small_slides), "--job-dir", str(job)]
-    argv += ["--encoder", "timm:resnet10t", "--no-progress", "--batch-size", "8", *CLI_GEOMETRY]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsigym", *argv],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    first = _paths(job, "s0")["hr_features"]
+    command = [sys.executable, "-c", KILLED_JOB, str(tiny_slides), str(job)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = _paths(job, "s0", "meancolour")["hr_features"]
     deadline = time.monotonic() + 120
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, "the job ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # mid-job: s0 done, s1 under way
     proc.wait()
-    assert not _paths(job, "s2")["hr_features"].exists()
-    done_mtime = {k: p.stat().st_mtime_ns for k, p in _paths(job, "s0").items()}
-    dead = _paths(job, "s1")["lr_features"]
-    dead.parent.mkdir(parents=True, exist_ok=True)
+    assert not _paths(job, "s4", "meancolour")["hr_features"].exists()
+    done_mtime = {k: p.stat().st_mtime_ns for k, p in _paths(job, "s0", "meancolour").items()}
+    dead = _paths(job, "s1", "meancolour")["lr_features"]
     stale = dead.with_name(f".{dead.name}.999999999.tmp")  # what a killed writer leaves behind
     stale.write_bytes(b"half an HDF5 file")
 
-    rerun = run_console("wsigym", argv, timeout=240)
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert {k: p.stat().st_mtime_ns for k, p in _paths(job, "s0").items()} == done_mtime  # resumed
+    assert {k: p.stat().st_mtime_ns for k, p in _paths(job, "s0", "meancolour").items()} == done_mtime
     assert not stale.exists() and not list(job.rglob("*.tmp"))
     record = json.loads((first.parent / IDENTITY_FILE).read_text())
-    assert record["weights"] == "random initialisation (torch seed 0)" and len(record["weights_sha256"]) == 64
-    for slide in ("s0", "s1", "s2"):
-        bag = read_slide_bag(job, slide, "resnet10t", **GEOMETRY)
-        assert bag.n >= 1 and bag.k == 4 and bag.dim == 512
-        with h5py.File(_paths(job, slide)["lr_features"], "r") as f:
+    for slide in ("s0", "s1", "s2", "s3", "s4"):
+        bag = read_slide_bag(job, slide, "meancolour", **GEOMETRY)
+        assert bag.n >= 1 and bag.k == 4 and bag.dim == 4
+        with h5py.File(_paths(job, slide, "meancolour")["lr_features"], "r") as f:
             assert f["features"].attrs["encoder_sha256"] == record["weights_sha256"]
 
-    # another random initialisation under the same name: one line, exit 2, nothing touched
+
+def test_cli_rerun_rebuilds_the_seeded_network_and_refuses_another(tiny_slides, tmp_path, capsys):
+    from wsigym.cli import main as wsigym_main
+    from wsigym.slides.encoders import build_encoder
+
+    job = tmp_path / "job"
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # what `wsigym slides extract` does without --weights (--seed 0)
+    encoder = build_encoder("timm:resnet10t")
+    identity = encoder_identity(encoder, weights="random initialisation (torch seed 0)")
+    extract_folder([tiny_slides / "s0.svs"], job, encoder, progress=False, identity=identity, **GEOMETRY)
     before = {p: p.stat().st_mtime_ns for p in job.rglob("*")}
-    refused = run_console("wsigym", [*argv, "--seed", "1"], timeout=120)
-    line = one_line_error(refused, "wsigym slides extract: error: ")
+    argv = ["--threads", "1", "slides", "extract", str(tiny_slides / "s0.svs"), "--job-dir", str(job)]
+    argv += ["--encoder", "timm:resnet10t", "--no-progress", *CLI_GEOMETRY]
+    assert wsigym_main(argv) == 0  # the same network again: nothing to redo
+    assert {p: p.stat().st_mtime_ns for p in job.rglob("*")} == before
+    capsys.readouterr()
+    assert wsigym_main([*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    line = err.strip()
+    assert line.startswith("wsigym slides extract: error: ")
     assert "features_resnet10t: holds features of another network" in line and "--overwrite" in line
+    assert "weights_sha256" in line
     assert {p: p.stat().st_mtime_ns for p in job.rglob("*")} == before
 
 
