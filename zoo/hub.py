@@ -825,7 +825,10 @@ def push_folder(
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / rel, staging / rel)
         if _is_model_folder(staging):
-            _render_card(staging, repo_id)
+            try:
+                _render_card(staging, repo_id)
+            except ZooLoadError as e:  # name the user's folder, not the staging copy
+                raise ZooLoadError(str(e).replace(str(staging), str(folder))) from None
         with hub_timeout(timeout) as seconds:
             try:
                 api = _api()

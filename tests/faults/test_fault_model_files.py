@@ -123,8 +123,9 @@ def test_half_precision_weights_load_as_float32(model_folder):
 def test_nan_model_is_not_pushed(hub_server, model_folder):
     _rewrite_weights(model_folder, lambda t: t["classifier.bias"].__setitem__(0, float("nan")))
     commits_before = sum(1 for method, _ in hub_server.log if method == "POST")
-    with pytest.raises(ZooLoadError, match="NaN or inf"):
+    with pytest.raises(ZooLoadError, match="NaN or inf") as err:
         hub.push_folder(model_folder, "faults-org/nan-model")
+    assert str(err.value).startswith(str(model_folder / "model.safetensors"))
     model = tiny_abmil()
     with torch.no_grad():
         model.classifier.bias.fill_(float("nan"))
