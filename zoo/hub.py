@@ -486,32 +486,77 @@ def hub_timeout_seconds(timeout: float | None = None) -> float:
 
 
 @contextmanager
-def hub_timeout(timeout: float | None = None) -> Iterator[float]:
-    """Within the block, every request ``huggingface_hub`` sends waits at most ``timeout`` seconds for
-    each network operation (see :func:`hub_timeout_seconds`), also the calls it makes without one.
-
-    It adds a request hook to ``huggingface_hub.get_session()`` (the shared ``httpx`` client, public API)
-    that sets the request's timeout, and removes it on exit. Yields the seconds.
-    """
-    from huggingface_hub import get_session
-
-    seconds = hub_timeout_seconds(timeout)
+def _httpx_timeout(session: Any, seconds: float) -> Iterator[None]:
+    """huggingface_hub >= 1 (one ``httpx`` client shared by all threads): a request event hook that sets
+    each request's timeout."""
     limits = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
 
     def set_timeout(request: Any) -> None:
         request.extensions["timeout"] = dict(limits)
 
-    session = get_session()
     hooks = session.event_hooks
     session.event_hooks = {**hooks, "request": [*hooks.get("request", []), set_timeout]}
     try:
-        yield seconds
+        yield
     finally:
         hooks = session.event_hooks
         session.event_hooks = {
             **hooks,
             "request": [h for h in hooks.get("request", []) if h is not set_timeout],
         }
+
+
+@contextmanager
+def _requests_timeout(session: Any, seconds: float) -> Iterator[None]:
+    """huggingface_hub < 1 (a ``requests.Session`` per thread): every mounted transport adapter is
+    wrapped by one that sends with ``timeout=seconds``; the adapters are put back on exit."""
+    from requests.adapters import BaseAdapter
+
+    class TimeoutAdapter(BaseAdapter):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def send(self, request: Any, stream: bool = False, timeout: Any = None, **kwargs: Any) -> Any:
+            return self.inner.send(request, stream=stream, timeout=seconds, **kwargs)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    saved = dict(session.adapters)
+    for prefix, adapter in saved.items():
+        session.mount(prefix, TimeoutAdapter(adapter))
+    try:
+        yield
+    finally:
+        session.adapters.clear()
+        for prefix, adapter in saved.items():
+            session.mount(prefix, adapter)
+
+
+@contextmanager
+def hub_timeout(timeout: float | None = None) -> Iterator[float]:
+    """Within the block, every request ``huggingface_hub`` sends from this thread waits at most
+    ``timeout`` seconds for each network operation (see :func:`hub_timeout_seconds`), also the calls it
+    makes without a timeout (``repo_info``, ``create_repo``, the commit), which otherwise wait forever.
+
+    It uses the public API of the HTTP client behind ``huggingface_hub.get_session()``: with
+    huggingface_hub >= 1 a request event hook on the shared ``httpx`` client (so other threads' requests
+    get the timeout too while the block runs), before that a wrapper around the ``requests`` session's
+    transport adapters; both are removed on exit. Yields the seconds.
+    """
+    from huggingface_hub import get_session
+
+    seconds = hub_timeout_seconds(timeout)
+    session = get_session()
+    if hasattr(session, "event_hooks"):
+        manager = _httpx_timeout(session, seconds)
+    elif hasattr(session, "adapters"):
+        manager = _requests_timeout(session, seconds)
+    else:  # pragma: no cover - an HTTP client huggingface_hub does not use today
+        raise RuntimeError(f"hub_timeout: unknown huggingface_hub session type {type(session).__name__}")
+    with manager:
+        yield seconds
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -521,11 +566,18 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     errors: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
         try:
-            errors.append(importlib.import_module(module).TransportError)
+            errors.append(getattr(importlib.import_module(module), name))
         except ImportError:
             continue
+    try:  # huggingface_hub < 1 talks through requests
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import Timeout as RequestsTimeout
+
+        errors += [RequestsConnectionError, RequestsTimeout]
+    except ImportError:
+        pass
     return tuple(errors)
 
 
