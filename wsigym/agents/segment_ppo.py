@@ -96,13 +96,16 @@ class EpisodeRunner:
     @torch.no_grad()
     def record(self, actions: np.ndarray) -> None:
         """Append the rows the engine's last step wrote to each episode (and their cached terms)."""
-        change = self.engine.last_change
-        assert change is not None, "record() before any engine step"
+        change = self.engine.last_change  # None: no episode zoomed (e.g. every action a no-op)
         firsts, news = [], []
         for e, episode in enumerate(self.episodes):
-            mine = change.env == e
+            if change is None:
+                rows, values = episode.current[:0], episode.states[:0]
+            else:
+                mine = change.env == e
+                rows, values = change.row[mine], change.new[mine]
             firsts.append(episode.size)
-            news.append(episode.step(change.row[mine], change.new[mine], int(actions[e])))
+            news.append(episode.step(rows, values, int(actions[e])))
         states = torch.cat([ep.states[new] for ep, new in zip(self.episodes, news, strict=True)])
         flags = torch.cat([ep.flags[new] for ep, new in zip(self.episodes, news, strict=True)])
         terms = self._terms(states, flags).split([len(new) for new in news])  # one product for all envs

@@ -483,6 +483,7 @@ class ZoomBatch:
         actions = coerce_actions(actions, self.num_envs)
         active = np.asarray(active, dtype=bool).reshape(self.num_envs)
         self.check_actions(actions, active)
+        self.last_change = None  # a step with no active episode writes no row
         out = {
             "reward": np.zeros(self.num_envs, dtype=np.float64),
             "terminated": np.zeros(self.num_envs, dtype=bool),
