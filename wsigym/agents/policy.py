@@ -111,21 +111,20 @@ def patch_rows(
     b, p = mask.shape[0], mask.shape[-1]
     valid = mask.reshape(b, p) > 0.5
     budget = obs["budget"].float().reshape(b, 1)
-    state = obs["state"].reshape(b, p, dim)[valid].float()
-    if not context:
-        features = PatchRows(state, valid, valid.nonzero()[:, 0], budget)
-        return features._replace(rows=standardise_state(features, dim)) if standardise else features
-    extra = torch.cat(
-        [
-            obs["visited"].float().reshape(b, p, 1),
-            obs["updated"].float().reshape(b, p, 1),
-            obs["coords"].float().reshape(b, p, 2),
-            budget.reshape(b, 1, 1).expand(b, p, 1),
-            valid.float().reshape(b, p, 1),
-        ],
-        dim=-1,
-    )
-    features = PatchRows(torch.cat([state, extra[valid]], dim=-1), valid, valid.nonzero()[:, 0], budget)
+    rows = obs["state"].reshape(b, p, dim)[valid].float()
+    if context:
+        extra = torch.cat(
+            [
+                obs["visited"].float().reshape(b, p, 1),
+                obs["updated"].float().reshape(b, p, 1),
+                obs["coords"].float().reshape(b, p, 2),
+                budget.reshape(b, 1, 1).expand(b, p, 1),
+                valid.float().reshape(b, p, 1),
+            ],
+            dim=-1,
+        )
+        rows = torch.cat([rows, extra[valid]], dim=-1)
+    features = PatchRows(rows, valid, valid.nonzero()[:, 0], budget)
     return features._replace(rows=standardise_state(features, dim)) if standardise else features
 
 
@@ -224,23 +223,34 @@ class PatchActorCritic(nn.Module):
             self.actor, self.critic_attention, self.critic_mlp, weights, table, terms, per_step
         )
 
-    def forward_segments(self, batch: SegmentBatch, per_step: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """A :class:`SegmentBatch` (``T`` timesteps in all) -> logits ``(T, N_max)`` (padding
-        :data:`PAD_LOGIT`), legal-action masks ``(T, N_max)`` and critic latents ``(T, critic_hidden)``,
-        with ``N_max`` the largest slide of the batch."""
-        width = max(t.index.shape[1] for t in batch.tables)
+    def forward_tables(
+        self,
+        weights: GateWeights,
+        tables: list[RowTable],
+        terms: list[Tensor],
+        mask_updated: bool,
+        per_step: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Row tables (``T`` timesteps in all) with their :meth:`version_terms` -> logits ``(T, N_max)``
+        (padding :data:`PAD_LOGIT`), legal-action masks ``(T, N_max)`` (not zoomed; not updated with
+        ``mask_updated``) and critic latents ``(T, critic_hidden)``, ``N_max`` the largest slide."""
+        width = max(t.index.shape[1] for t in tables)
+        flag = 1 if mask_updated else 0
         logits, masks, latents = [], [], []
-        flag = 1 if batch.mask_updated else 0  # the legal patches: not zoomed (not updated)
-        weights = self.gate_weights(batch.tables[0].states.shape[1])
-        for table in batch.tables:
-            terms = self.version_terms(weights, table.states, table.flags, per_step)
-            out, latent = self.table_outputs(weights, table, terms, per_step)
+        for table, table_terms in zip(tables, terms, strict=True):
+            out, latent = self.table_outputs(weights, table, table_terms, per_step)
             pad = width - out.shape[1]
             logits.append(torch.nn.functional.pad(out, (0, pad), value=PAD_LOGIT))
             legal = table.flags[table.index, flag] < 0.5
             masks.append(torch.nn.functional.pad(legal, (0, pad), value=False))
             latents.append(latent)
         return torch.cat(logits), torch.cat(masks), torch.cat(latents)
+
+    def forward_segments(self, batch: SegmentBatch, per_step: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward_tables` of a :class:`SegmentBatch`, its version terms computed here."""
+        weights = self.gate_weights(batch.tables[0].states.shape[1])
+        terms = [self.version_terms(weights, t.states, t.flags, per_step) for t in batch.tables]
+        return self.forward_tables(weights, batch.tables, terms, batch.mask_updated, per_step)
 
 
 def masked_categorical(logits: Tensor, masks: Tensor) -> MaskableCategoricalDistribution:

@@ -132,20 +132,15 @@ class EpisodeRunner:
     def outputs(self, envs: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         """For the current states of ``envs``: logits ``(b, N_max)`` (padding :data:`PAD_LOGIT`),
         legal-action masks ``(b, N_max)`` and values ``(b, 1)``."""
-        ac, per_step = self.policy.mlp_extractor, self.policy.per_step
-        flag = 1 if self.engine.config.mask_updated else 0
-        width = max(self.episodes[e].n for e in envs)
-        logits, masks, latents = [], [], []
-        for e in envs:
-            episode = self.episodes[e]
-            table = self._table(episode)
-            out, latent = ac.table_outputs(self.weights, table, episode.terms, per_step)
-            pad = width - episode.n
-            logits.append(torch.nn.functional.pad(out[0], (0, pad), value=PAD_LOGIT))
-            legal = table.flags[table.index[0], flag] < 0.5
-            masks.append(torch.nn.functional.pad(legal, (0, pad), value=False))
-            latents.append(latent)
-        return torch.stack(logits), torch.stack(masks), self.policy.value_net(torch.cat(latents))
+        episodes = [self.episodes[e] for e in envs]
+        logits, masks, latents = self.policy.mlp_extractor.forward_tables(
+            self.weights,
+            [self._table(episode) for episode in episodes],
+            [episode.terms for episode in episodes],
+            self.engine.config.mask_updated,
+            self.policy.per_step,
+        )
+        return logits, masks, self.policy.value_net(latents)
 
     @torch.no_grad()
     def act(self, deterministic: bool = False) -> tuple[np.ndarray, Tensor, Tensor]:
