@@ -81,7 +81,8 @@ def is_temp_of(path: Path, name: str) -> bool:
     return path.name.startswith(f".{name}.") and path.name.endswith(_TEMP_SUFFIX)
 
 
-def _file_mode() -> int:
+def new_file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0644`` less the umask (``mkstemp`` would give 0600)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o644 & ~umask
@@ -102,7 +103,7 @@ def publish_file(path: str | Path, write: Callable[[Path], None]) -> Path:
             write(tmp)
         except PermissionError as exc:
             raise CacheError(path.parent, exc.strerror or "permission denied") from None
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from wsigym.cachedir import new_file_mode
 from wsigym.data.content_digest import options_digest, sha256_hex, tree_digest
 from wsigym.data.dataset import SPLITS, SlideDataset
 from wsigym.errors import DataError
@@ -40,12 +41,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o644 & ~umask
+    mode = path.stat().st_mode & 0o777 if path.exists() else new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
