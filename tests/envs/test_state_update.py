@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -96,10 +97,14 @@ def test_global_and_none_rules():
     assert int(st2.updated.sum()) == 2
 
 
-def test_factored_tsu_equals_model():
+@pytest.mark.parametrize("residual", [False, True])
+def test_factored_tsu_equals_model(residual):
+    """The env's row-wise f_S equals the model on every architecture (a residual f_S adds V(a))."""
     torch.manual_seed(3)
     for order in ("v_a,s_a,s_i", "s_i,s_a,v_a"):
-        tsu = zoo.create_model("tsu", in_dim=12, input_order=order).eval()
+        tsu = zoo.create_model("tsu", in_dim=12, input_order=order, residual=residual).eval()
+        for p in tsu.parameters():  # the residual's last layer starts at zero: make every term count
+            torch.nn.init.normal_(p, std=0.3)
         v_a, z_a = torch.randn(3, 12), torch.randn(3, 12)
         env = torch.tensor([0, 2, 2, 1, 0])
         z_i = torch.randn(5, 12)

@@ -34,8 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 EPS = 1e-12  # as torch.nn.functional.normalize
 
@@ -101,19 +100,13 @@ def tsu_rows(
 ) -> Tensor:
     r"""``f_S([V(a_e), Z(a_e), Z(i)])`` for rows ``z_i (R, d)`` of environments ``env (R,)``.
 
-    ``v_a``, ``z_a``: ``(B, d)`` anchor rows per environment. For a :class:`zoo.models.tsu.TSU`
-    (first layer ``Linear(3d, h)``) the first layer is split by input,
-    ``W [v; z_a; z_i] = (W_v v + W_a z_a + b) + W_i z_i``, so the anchor part is computed once per
-    environment and each row costs ``h x d`` instead of ``h x 3d`` multiply-adds; equal to
-    ``tsu(...)`` to float rounding (tested). Any other callable is called on the concatenated rows.
+    ``v_a``, ``z_a``: ``(B, d)`` anchor rows per environment. A :class:`zoo.models.tsu.TSU` computes
+    the rows with :meth:`~zoo.models.tsu.TSU.forward_rows` (the anchor part of its first layer once
+    per environment); any other callable is called on the gathered rows.
     """
-    mlp = getattr(tsu, "mlp", None)
-    order = getattr(tsu, "order", None)
-    if isinstance(mlp, nn.Sequential) and isinstance(mlp[0], nn.Linear) and order is not None:
-        first = mlp[0]
-        blocks = dict(zip(order, first.weight.split(z_i.shape[-1], dim=1), strict=True))
-        anchor = F.linear(v_a, blocks["v_a"], first.bias) + F.linear(z_a, blocks["s_a"])  # (B, h)
-        return mlp[1:](anchor[env] + F.linear(z_i, blocks["s_i"]))
+    forward_rows = getattr(tsu, "forward_rows", None)
+    if callable(forward_rows):
+        return forward_rows(v_a, z_a, env, z_i)
     return tsu(v_a[env], z_a[env], z_i)
 
 
