@@ -247,19 +247,6 @@ def _train_ppo(args: argparse.Namespace) -> int:
     return 0
 
 
-def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
-    """The agents of the full protocol, in table order, and their labels."""
-    agents: list[Any] = []
-    names: list[str] = []
-    if policy is not None:
-        agents.append(policy)
-        names.append("ppo")
-    for name in ("attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
-        agents.append(name)
-        names.append(name)
-    return agents, names
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from wsigym.agents.benchmark import run_protocol
     from wsigym.data.folder import atomic_write_text
@@ -388,6 +375,8 @@ def _demo(args: argparse.Namespace) -> int:
     train_ppo(config, args.out, progress=progress)
     print(f"trained in {time.perf_counter() - t0:.0f} s; policy in {args.out}")
     max_slides = args.max_slides or None
+    from wsigym.agents.benchmark import full_protocol_agents
+
     agents, names = full_protocol_agents(args.out)
     report = evaluate(
         agents,
