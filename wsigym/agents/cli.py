@@ -23,7 +23,7 @@ from wsigym.envs.reward import REWARDS
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
 
-#: ``train ppo`` options that map one-to-one onto a :class:`~wsigym.agents.ppo.PPOConfig` field.
+#: ``train ppo`` options that map one-to-one onto a :class:`~wsigym.agents.recipes.PPOConfig` field.
 _NUMERIC_FLAGS = {
     "--timesteps": "total_timesteps",
     "--n-envs": "n_envs",
@@ -85,7 +85,7 @@ def _common_env(p: argparse.ArgumentParser) -> None:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
     from wsigym.agents.policy import TOKENS
-    from wsigym.agents.ppo import RECIPES, TRAINING_PATHS, PPOConfig
+    from wsigym.agents.recipes import RECIPES, TRAINING_PATHS, PPOConfig
 
     d = PPOConfig()
     p = _train_parser(sub).add_parser(
@@ -99,7 +99,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         default="sasha",
         choices=tuple(RECIPES),
-        help="named settings (wsigym.agents.ppo.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
+        help="named settings (wsigym.agents.recipes.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
     )
     p.add_argument(
         "--budget", type=float, default=None, help="zoom budget fraction for training (env default 0.2)"
@@ -208,7 +208,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import ppo_config, train_ppo
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.agents.recipes import ppo_config
 
     env_kwargs = _env_kwargs(args)
     if args.budget is not None:
@@ -348,7 +349,8 @@ def _card_and_push(args: argparse.Namespace, report: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import PPOConfig, train_ppo
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.agents.recipes import PPOConfig
     from wsigym.evaluate import evaluate
 
     progress = not args.no_progress
