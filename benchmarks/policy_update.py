@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wsigym.agents.policy import PAD_LOGIT, PatchActorCritic, PatchRows
-from wsigym.agents.ppo import _policy_for
+from wsigym.agents.saved_policy import _policy_for
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from zoo.nn import masked_softmax
 

@@ -62,7 +62,8 @@ def run_case(name: str, timesteps: int, n_envs: int, device: str) -> dict[str, A
     import torch
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-    from wsigym.agents.ppo import _split_env, make_model, ppo_config
+    from wsigym.agents.ppo import _split_env, make_model
+    from wsigym.agents.recipes import ppo_config
     from wsigym.agents.segment_ppo import vector_env_of
 
     kind, recipe, overrides = CASES[name]

@@ -4,11 +4,11 @@ An agent is one of:
 
 - a stable-baselines3 / sb3-contrib model (anything with ``predict(obs, deterministic=..., action_masks=...)``;
   a MaskablePPO with :class:`~wsigym.agents.policy.PatchPolicy` runs as a
-  :class:`~wsigym.agents.ppo.PolicyAgent`, so it works on any padding); actions are always masked;
+  :class:`~wsigym.agents.saved_policy.PolicyAgent`, so it works on any padding); actions are always masked;
 - a baseline name: ``random``, ``attention-topk``, ``coverage``, ``oracle`` (see :mod:`wsigym.agents.baselines`),
   or the two budget extremes ``no-zoom`` (low-res state only) and ``full-hafed`` (every patch zoomed);
 - a saved policy folder or a registered name / Hub repo (``"ppo-WSIZoom-v0"``), loaded with
-  :func:`~wsigym.agents.ppo.load_policy`;
+  :func:`~wsigym.agents.saved_policy.load_policy`;
 - any callable ``agent(obs, info) -> action`` (optionally with ``reset(env, obs, info)``), so
   agents need not use SB3.
 
@@ -124,7 +124,7 @@ class EvalReport:
 
 def _model_agent(model: Any) -> Callable[[dict, dict], int]:
     from wsigym.agents.policy import PatchPolicy
-    from wsigym.agents.ppo import PolicyAgent
+    from wsigym.agents.saved_policy import PolicyAgent
 
     policy = getattr(model, "policy", None)
     if isinstance(policy, PatchPolicy):
@@ -153,7 +153,7 @@ def as_agent(agent: Any, seed: int = 0) -> tuple[str, Callable[[dict, dict], int
             return name, Coverage()
         if name in BASELINES:
             return name, make_baseline(name, seed=seed)
-        from wsigym.agents.ppo import POLICY_CONFIG, load_policy
+        from wsigym.agents.saved_policy import POLICY_CONFIG, load_policy
 
         path = Path(name)
         if path.is_dir() and not (path / POLICY_CONFIG).is_file():

@@ -735,7 +735,7 @@ def load(
     if entry is not None and entry.kind != "mil":
         raise ZooLoadError(
             f"{asked} is a {entry.architecture} policy, not a MIL model: load it with "
-            f"wsigym.agents.ppo.load_policy({asked!r}) (safetensors + policy.json, no unpickling)"
+            f"wsigym.agents.saved_policy.load_policy({asked!r}) (safetensors + policy.json, no unpickling)"
         )
     folder, entry = resolve(asked, revision, timeout=timeout)
     if not _is_model_folder(folder) and not (folder / WEIGHTS_NAME).exists():

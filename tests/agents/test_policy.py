@@ -15,7 +15,7 @@ from wsigym.agents.policy import (
     standardise_state,
     warm_start_from_hafed,
 )
-from wsigym.agents.ppo import PolicyAgent, _policy_for
+from wsigym.agents.saved_policy import PolicyAgent, _policy_for
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.envs.zoom_batch import observation_space
 

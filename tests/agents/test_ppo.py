@@ -14,16 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import zoo
-from wsigym.agents.ppo import (
-    POLICY_CONFIG,
-    POLICY_WEIGHTS,
-    PolicyAgent,
-    PPOConfig,
-    load_policy,
-    rollout_buffer_bytes,
-    train_ppo,
-)
-from wsigym.agents.publish import publish, repo_name
+from wsigym.agents.ppo import rollout_buffer_bytes, train_ppo
+from wsigym.agents.publish import publish
+from wsigym.agents.recipes import PPOConfig
+from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent, load_policy
+from wsigym.agents.sb3_export import repo_name
 from wsigym.cli import build_parser
 from wsigym.evaluate import evaluate
 from zoo import pretrained
@@ -217,7 +212,7 @@ def test_cli_passes_the_ppo_settings(cli_config):
 
 
 def test_cli_recipe_and_overrides(cli_config):
-    import wsigym.agents.ppo as ppo
+    import wsigym.agents.recipes as ppo
 
     out, seen = cli_config
     base = ["train", "ppo", "--out", str(out), "--recipe", "evidence-bandit"]
@@ -243,7 +238,7 @@ def test_cli_recipe_and_overrides(cli_config):
 
 def test_shipped_policy_is_the_evidence_bandit_recipe():
     """The README's training command for ``ppo-WSIZoom-v0`` is ``--recipe evidence-bandit``."""
-    from wsigym.agents.ppo import ppo_config
+    from wsigym.agents.recipes import ppo_config
 
     shipped = json.loads(
         (Path(zoo.__file__).parent / "assets/weights/ppo-WSIZoom-v0/policy.json").read_text()

@@ -14,8 +14,10 @@ import torch
 import yaml
 from PIL import Image
 
-from wsigym.agents.ppo import POLICY_WEIGHTS, PPOConfig, load_policy, make_model, save_policy
+from wsigym.agents.ppo import make_model, save_policy
 from wsigym.agents.publish import write_card
+from wsigym.agents.recipes import PPOConfig
+from wsigym.agents.saved_policy import POLICY_WEIGHTS, load_policy
 from wsigym.agents.sb3_export import export_sb3
 from wsigym.evaluate import EvalReport, evaluate
 from zoo import cards

@@ -43,6 +43,19 @@ PUBLISHED_C16 = (
 )
 
 
+def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
+    """The agents of the full protocol, in table order, and their labels."""
+    agents: list[Any] = []
+    names: list[str] = []
+    if policy is not None:
+        agents.append(policy)
+        names.append("ppo")
+    for name in ("attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
+        agents.append(name)
+        names.append(name)
+    return agents, names
+
+
 def published_table() -> str:
     """SASHA's published CAMELYON16 numbers as Markdown (a different dataset: context only)."""
     lines = [
@@ -96,8 +109,6 @@ def run_protocol(
     ``results.md``/``results.json`` are written once the main table is done (so a long ablation cannot
     lose it) and again, complete, at the end.
     """
-    from wsigym.agents.cli import full_protocol_agents
-
     agents, names = full_protocol_agents(policy)
     main = evaluate(
         agents,

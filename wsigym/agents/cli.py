@@ -23,7 +23,7 @@ from wsigym.envs.reward import REWARDS
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
 
-#: ``train ppo`` options that map one-to-one onto a :class:`~wsigym.agents.ppo.PPOConfig` field.
+#: ``train ppo`` options that map one-to-one onto a :class:`~wsigym.agents.recipes.PPOConfig` field.
 _NUMERIC_FLAGS = {
     "--timesteps": "total_timesteps",
     "--n-envs": "n_envs",
@@ -85,7 +85,7 @@ def _common_env(p: argparse.ArgumentParser) -> None:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
     from wsigym.agents.policy import TOKENS
-    from wsigym.agents.ppo import RECIPES, TRAINING_PATHS, PPOConfig
+    from wsigym.agents.recipes import RECIPES, TRAINING_PATHS, PPOConfig
 
     d = PPOConfig()
     p = _train_parser(sub).add_parser(
@@ -99,7 +99,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         default="sasha",
         choices=tuple(RECIPES),
-        help="named settings (wsigym.agents.ppo.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
+        help="named settings (wsigym.agents.recipes.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
     )
     p.add_argument(
         "--budget", type=float, default=None, help="zoom budget fraction for training (env default 0.2)"
@@ -208,7 +208,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import ppo_config, train_ppo
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.agents.recipes import ppo_config
 
     env_kwargs = _env_kwargs(args)
     if args.budget is not None:
@@ -245,19 +246,6 @@ def _train_ppo(args: argparse.Namespace) -> int:
         f"policy in {args.out} (TensorBoard: tensorboard --logdir {args.out}/tb)"
     )
     return 0
-
-
-def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
-    """The agents of the full protocol, in table order, and their labels."""
-    agents: list[Any] = []
-    names: list[str] = []
-    if policy is not None:
-        agents.append(policy)
-        names.append("ppo")
-    for name in ("attention-topk", "coverage", "random", "oracle", "no-zoom", "full-hafed"):
-        agents.append(name)
-        names.append(name)
-    return agents, names
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -361,7 +349,8 @@ def _card_and_push(args: argparse.Namespace, report: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import PPOConfig, train_ppo
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.agents.recipes import PPOConfig
     from wsigym.evaluate import evaluate
 
     progress = not args.no_progress
@@ -388,6 +377,8 @@ def _demo(args: argparse.Namespace) -> int:
     train_ppo(config, args.out, progress=progress)
     print(f"trained in {time.perf_counter() - t0:.0f} s; policy in {args.out}")
     max_slides = args.max_slides or None
+    from wsigym.agents.benchmark import full_protocol_agents
+
     agents, names = full_protocol_agents(args.out)
     report = evaluate(
         agents,

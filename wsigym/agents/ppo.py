@@ -1,41 +1,8 @@
 """Train the zoom policy with sb3-contrib's ``MaskablePPO`` and :class:`~wsigym.agents.policy.PatchPolicy`.
 
-SASHA's PPO settings (its configs and ``rl_algorithms/ppo.py`` in coglabiisc/SASHA) mapped onto SB3:
-
-==============================  ==================================  ======================================
-SASHA (custom loop)             here (SB3 / sb3-contrib)            note
-==============================  ==================================  ======================================
-gamma 1.0, GAE lambda 0.95      ``gamma=1.0, gae_lambda=0.95``      same (SASHA-0.1 on C16: 0.94)
-clip 0.2                        ``clip_range=0.2``                  same (C16 after PR #5)
-entropy 0.001                   ``ent_coef=0.001``                  same sign convention as the fixed code
-4 epochs per rollout            ``n_epochs=4``                      same
-full-batch update               ``batch_size=64`` of 4x32 = 128     minibatches bound the activation memory
-grad-norm clip 0.5              ``max_grad_norm=0.5``               same
-two AdamW, lr 1e-5              one Adam, ``learning_rate=1e-4``    one optimiser for actor and critic;
-                                                                    larger for short CPU runs
-2 episodes per slide in turn    ``n_envs=4`` slides in parallel     batched vector env; random slide per
-                                                                    reset (:mod:`wsigym.agents.sb3_vec`)
-reward -CE per step             same, scaled by ``VecNormalize``    SB3 has one optimiser and one grad clip:
-                                (``norm_reward``, training only)    unscaled returns (~ -CE x steps left)
-                                                                    would let the critic's gradient
-                                                                    swamp the actor's
-best of (2-AUC-F1)+loss on val  :class:`ValidationCallback`         same criterion on the validation split
-critic target A + V_old         SB3's GAE returns                   same as the fixed code
-masks only in rollout           masks in rollout *and* update       fixes SASHA pitfall 1
-==============================  ==================================  ======================================
-
-**Options beyond SASHA's settings.** On ``synth-c16`` SASHA's reward teaches little per step: only 11.7%
-of random zooms on tumour patches change HAFED's cross-entropy by more than 0.05, because after the first
-tumour zoom the slide is classified and the cross-entropy saturates (``examples/reward_information.py``).
-These options exist to make such rewards count, and the README reports what each did:
-``reward="evidence"`` (the environment's weakly supervised per-zoom evidence, see
-:mod:`wsigym.envs.reward`) or ``"delta_ce"`` / ``"delta_margin"`` with ``gamma=0`` (each zoom credited
-with what it reveals or changes: a contextual bandit); ``standardise=True`` (the policy sees
-patch-to-patch differences, not the slide's common offset); ``vf_coef=0`` (with ``gamma=0`` a critic
-only adds noise to ``A = r - V``); a large ``max_grad_norm`` (the joint clip hits the rare reward's
-minibatch hardest); many environments with a small training budget (more slides per timestep:
-``examples/policy_gradient_probe.py`` shows that samples drawn from few slides teach a policy gradient
-much less).
+The settings (:class:`~wsigym.agents.recipes.PPOConfig`, the named recipes and how they map SASHA's PPO onto
+SB3) are in :mod:`wsigym.agents.recipes`; the saved policy (loader and greedy runner) in
+:mod:`wsigym.agents.saved_policy`.
 
 The actor can be warm-started from HAFED's level-2 attention (``warm_start=True``, default), so
 training starts from "zoom where HAFED attends in the current state"; its score layer is then
@@ -54,8 +21,7 @@ scores depend on a row's version alone: the structured path is then much faster 
 throughput").
 
 **Saving.** :func:`save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
-:func:`load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
-The policy is defined for any number of patches, so a loaded :class:`PolicyAgent` runs on any split.
+:func:`~wsigym.agents.saved_policy.load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
 """
 
 from __future__ import annotations
@@ -65,165 +31,29 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from gymnasium import spaces
 from safetensors.torch import load_file, save_file
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 import wsigym  # noqa: F401  (registers the environments)
-from wsigym.agents.policy import (
-    EXTRA_CHANNELS,
-    PAD_LOGIT,
-    TOKENS,
-    PatchPolicy,
-    patch_rows,
-    scale_actor_logits,
-    warm_start_from_hafed,
-)
+from wsigym.agents.policy import PatchPolicy, scale_actor_logits, warm_start_from_hafed
+from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
+from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.agents.segment_ppo import SegmentMaskablePPO
 from wsigym.data.folder import atomic_write_text
-
-#: How :func:`train_ppo` stores and evaluates rollouts: ``"segments"`` (episodes as changed rows,
-#: :mod:`wsigym.agents.segment_ppo`, the default) or ``"plain"`` (SB3's buffer of padded observations).
-#: Same loss; the minibatches of ``"segments"`` are whole segments of episodes.
-TRAINING_PATHS = ("segments", "plain")
-
-POLICY_WEIGHTS = "policy.safetensors"
-POLICY_CONFIG = "policy.json"  # not config.json: a zoo model folder is recognised by config.json
-
-
-@dataclass
-class PPOConfig:
-    """Hyperparameters of :func:`train_ppo` (see the module docstring for the SASHA mapping).
-
-    ``env_kwargs`` go to the environment (``dataset``, ``budget``, ``hafed``, ``tsu``, ``reward``...);
-    the split is set by :func:`train_ppo` (``train`` for training, ``val`` for the callback).
-    ``hidden=None`` takes HAFED's ``attn_dim`` (needed for the warm start). The critic's attention is
-    narrower (32) than SASHA's (128) to cut the per-patch cost of a forward pass by about 3/8.
-    ``tokens`` (:data:`~wsigym.agents.policy.TOKENS`) is what the policy reads per patch; ``path``
-    (:data:`TRAINING_PATHS`) how rollouts are stored and evaluated.
-    """
-
-    env_id: str = "WSIZoom-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    total_timesteps: int = 20_000
-    n_envs: int = 4
-    n_steps: int = 32
-    batch_size: int = 64
-    n_epochs: int = 4
-    learning_rate: float = 1e-4
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.001
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    normalize_advantage: bool = True
-    normalize_reward: bool = True
-    hidden: int | None = None
-    critic_hidden: int = 64
-    critic_attention: int | None = 32
-    standardise: bool = False
-    tokens: str = "state+context"
-    warm_start: bool = True
-    warm_start_logit_std: float | None = 2.0
-    eval_freq: int = 5_000
-    eval_slides: int | None = None
-    checkpoint_freq: int = 10_000
-    keep: str = "best"
-    seed: int = 0
-    device: str = "cpu"
-    path: str = "segments"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
-        """From :func:`dataclasses.asdict` output; unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"PPOConfig: unknown keys {unknown}")
-        return cls(**data)
-
-    def __post_init__(self) -> None:
-        if self.keep not in ("best", "last"):
-            raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
-        if self.path not in TRAINING_PATHS:
-            raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
-        if self.tokens not in TOKENS:
-            raise ValueError(f"PPOConfig.tokens must be one of {TOKENS}, got {self.tokens!r}")
-        if self.standardise and self.warm_start:
-            raise ValueError(
-                "PPOConfig: standardise=True needs warm_start=False (HAFED reads raw state rows)"
-            )
-
-
-#: Named training recipes: :class:`PPOConfig` fields over its defaults (``env_kwargs`` merged).
-#: ``"sasha"`` is SASHA's settings mapped onto SB3 (the table above). ``"evidence-bandit"`` is the
-#: shipped ``ppo-WSIZoom-v0``: the weakly supervised ``"evidence"`` reward with ``gamma=0`` (a contextual
-#: bandit), short episodes (2% budget) over 16 slides at a time, standardised rows, no critic loss and
-#: no gradient clip; about 32 minutes on one CPU thread on synth-c16 (README "Results").
-RECIPES: dict[str, dict[str, Any]] = {
-    "sasha": {},
-    "evidence-bandit": {
-        "env_kwargs": {"reward": "evidence", "budget": 0.02},
-        "total_timesteps": 32768,
-        "n_envs": 16,
-        "n_steps": 16,
-        "batch_size": 64,
-        "n_epochs": 1,
-        "learning_rate": 3e-3,
-        "gamma": 0.0,
-        "gae_lambda": 0.0,
-        "vf_coef": 0.0,
-        "max_grad_norm": 1000.0,
-        "hidden": 32,
-        "standardise": True,
-        "warm_start": False,
-        "eval_freq": 4096,
-        "eval_slides": 27,
-    },
-}
-
-
-def ppo_config(recipe: str = "sasha", **overrides: Any) -> PPOConfig:
-    """A :class:`PPOConfig` from a named recipe (:data:`RECIPES`), with ``overrides`` on top; the
-    ``env_kwargs`` of both are merged (``overrides`` win).
-
-    Raises:
-        ValueError: for an unknown recipe or field.
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
-    values = {**RECIPES[recipe], **overrides}
-    values["env_kwargs"] = {**RECIPES[recipe].get("env_kwargs", {}), **overrides.get("env_kwargs", {})}
-    return PPOConfig.from_dict(values)
 
 
 def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
     """Bytes of SB3's rollout buffer observations (float32): ``n_steps * n_envs * P * (d + 8) * 4`` + masks."""
     per_obs = num_patches * (dim + 2 + 4) + 1  # state, coords, 4 binary keys, budget
     return int(n_steps * n_envs * (per_obs + num_patches) * 4)  # + the action masks
-
-
-def _json_safe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Env kwargs for JSON: model instances and datasets become their description."""
-    out = {}
-    for k, v in kwargs.items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, Path):
-            out[k] = str(v)
-        else:
-            out[k] = f"<{type(v).__name__}>"
-    return out
 
 
 def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) -> MaskablePPO:
@@ -386,7 +216,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     _atomic_json(
         out_dir / "train.json",
         {
-            "config": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
+            "config": {**asdict(config), "env_kwargs": json_safe_kwargs(config.env_kwargs)},
             "kept": config.keep,
             "best_criterion": validation.best,
             "setup_seconds": setup,
@@ -407,7 +237,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     return model
 
 
-# --- save / load without pickle -------------------------------------------------------------------
+# --- save without pickle ---------------------------------------------------------------------------
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
@@ -444,7 +274,7 @@ def save_policy(
             "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
             "standardise": bool(model.policy.standardise),
             "env_id": config.env_id,
-            "ppo": {**asdict(config), "env_kwargs": _json_safe_kwargs(config.env_kwargs)},
+            "ppo": {**asdict(config), "env_kwargs": json_safe_kwargs(config.env_kwargs)},
         },
     )
     if sb3_zip:  # slim: the weights just written and a fresh optimiser (wsigym.agents.sb3_export)
@@ -452,162 +282,3 @@ def save_policy(
 
         write_zip(directory)
     return directory
-
-
-def _policy_for(
-    num_patches: int,
-    dim: int,
-    hidden: int,
-    critic_hidden: int,
-    critic_attention: int,
-    standardise: bool = False,
-    tokens: str = "state+context",
-) -> PatchPolicy:
-    from wsigym.envs.zoom_batch import observation_space
-
-    return PatchPolicy(
-        observation_space(num_patches, dim),
-        spaces.Discrete(num_patches),
-        lambda _: 0.0,
-        hidden=hidden,
-        critic_hidden=critic_hidden,
-        critic_attention=critic_attention,
-        standardise=standardise,
-        tokens=tokens,
-    )
-
-
-class PolicyAgent:
-    """A :class:`PatchPolicy` as an agent ``agent(obs, info) -> action``: greedy over legal patches.
-
-    Runs on observations of any padded patch count ``P``. With ``incremental=True`` (default) it keeps
-    the state part of the actor's two gate pre-activations, ``V_s s_i`` and ``U_s s_i`` (``(P, h)``),
-    between steps of an episode and recomputes them only for rows whose state changed (the zoomed and
-    TSU-updated rows); the six extra channels are added every step. With a standardising policy the
-    cached ``V_s s_i`` are shifted and scaled by the current mean and spread of the rows, which
-    costs one pass over the state. The logits equal a full forward
-    pass up to float rounding, at a fraction of its cost.
-    """
-
-    deterministic = True
-
-    def __init__(
-        self, policy: PatchPolicy, config: dict[str, Any] | None = None, incremental: bool = True
-    ) -> None:
-        self.policy = policy
-        self.config = config or {}
-        self.incremental = incremental
-        self.dim = policy.features_extractor.dim
-        self.context = policy.mlp_extractor.token_dim - self.dim  # 6 context channels, or 0
-        self._cache: dict[str, Any] | None = None
-
-    def reset(
-        self, env: Any = None, obs: dict[str, np.ndarray] | None = None, info: dict[str, Any] | None = None
-    ) -> None:
-        """Forget the cached pre-activations (call at the start of every episode)."""
-        self._cache = None
-
-    @torch.no_grad()
-    def logits(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Actor logits ``(P,)`` of one observation (before masking)."""
-        actor = self.policy.mlp_extractor.actor
-        device = next(self.policy.parameters()).device
-        state = np.asarray(obs["state"], dtype=np.float32)
-        p, d = int(np.asarray(obs["patch_mask"]).shape[-1]), self.dim
-        if not self.incremental:
-            tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
-            features = patch_rows(tensors, d, self.policy.standardise, self.context > 0)
-            return self.policy.mlp_extractor.forward_actor(features)[0].cpu().numpy()
-        cache = self._cache
-        if cache is None or cache["state"].shape != state.shape:
-            changed = np.arange(p)
-            cache = self._cache = {
-                "state": state.copy(),
-                "tanh": torch.empty(p, actor.tanh_branch.out_features, device=device),
-                "gate": torch.empty(p, actor.gate_branch.out_features, device=device),
-                "w_tanh": actor.tanh_branch.weight[:, d:].T.contiguous(),
-                "w_gate": actor.gate_branch.weight[:, d:].T.contiguous(),
-            }
-        else:
-            diff = cache["state"] != state
-            changed = np.flatnonzero(diff.reshape(p, d).any(axis=1)) if diff.any() else np.zeros(0, np.int64)
-            if len(changed):
-                cache["state"].reshape(p, d)[changed] = state.reshape(p, d)[changed]
-        if len(changed):
-            idx = torch.as_tensor(changed, device=device)
-            rows = torch.as_tensor(state.reshape(p, d)[changed], device=device)
-            cache["tanh"][idx] = rows @ actor.tanh_branch.weight[:, :d].T
-            cache["gate"][idx] = rows @ actor.gate_branch.weight[:, :d].T
-        extra = np.empty((p, EXTRA_CHANNELS), dtype=np.float32)  # the token's last 6 channels
-        extra[:, 0] = np.asarray(obs["visited"]).reshape(p)
-        extra[:, 1] = np.asarray(obs["updated"]).reshape(p)
-        extra[:, 2:4] = np.asarray(obs["coords"], dtype=np.float32).reshape(p, 2)
-        extra[:, 4] = float(np.asarray(obs["budget"]).reshape(-1)[0])
-        extra[:, 5] = np.asarray(obs["patch_mask"]).reshape(p)
-        x = torch.from_numpy(extra[:, : self.context]).to(device)
-        pre_tanh, pre_gate = cache["tanh"], cache["gate"]
-        if self.policy.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
-            real = cache["state"].reshape(p, d)[extra[:, 5] > 0.5]
-            mean = real.mean(0)
-            sigma = float(np.sqrt(np.square(real - mean).mean())) + 1e-6
-            m = torch.as_tensor(mean, device=device)
-            pre_tanh = (pre_tanh - actor.tanh_branch.weight[:, :d] @ m) / sigma
-            pre_gate = (pre_gate - actor.gate_branch.weight[:, :d] @ m) / sigma
-        a = torch.tanh(torch.addmm(pre_tanh + actor.tanh_branch.bias, x, cache["w_tanh"]))
-        g = torch.sigmoid(torch.addmm(pre_gate + actor.gate_branch.bias, x, cache["w_gate"]))
-        logits = actor.score(a * g)[:, 0].cpu().numpy()
-        logits[extra[:, 5] < 0.5] = PAD_LOGIT  # padding, as in the policy's forward pass
-        return logits
-
-    def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
-        logits = self.logits(obs)
-        legal = np.asarray(obs["action_mask"]).astype(bool)
-        if not legal.any():
-            raise ValueError("PolicyAgent: no legal action in obs['action_mask']")
-        return int(np.flatnonzero(legal)[np.argmax(logits[legal])])
-
-
-def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
-    """Rebuild the :class:`PatchPolicy` saved by :func:`save_policy` and load its weights strictly.
-
-    ``directory`` may also be a registered name or Hub repo id (e.g. ``"ppo-WSIZoom-v0"``), pulled
-    with :func:`zoo.hub.pull`.
-
-    Raises:
-        ValueError: naming the file, when files are missing, unreadable, or tensors missing/unexpected.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        from zoo import hub
-
-        directory = hub.pull(str(directory))
-    cfg_path, weights_path = directory / POLICY_CONFIG, directory / POLICY_WEIGHTS
-    for path in (cfg_path, weights_path):
-        if not path.is_file():
-            raise ValueError(f"{path}: missing (expected a policy saved by wsigym.agents.ppo.save_policy)")
-    try:
-        config = json.loads(cfg_path.read_text())
-        policy = _policy_for(
-            int(config["num_patches"]),
-            int(config["dim"]),
-            int(config["hidden"]),
-            int(config["critic_hidden"]),
-            int(config["critic_attention"]),
-            bool(config.get("standardise", False)),  # absent in policies saved before the option
-            str(config.get("tokens", "state+context")),  # likewise
-        ).to(device)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_path}: not a policy config ({type(e).__name__}: {e})") from None
-    try:
-        state = load_file(str(weights_path), device=device)
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({e})") from None
-    expected = policy.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    bad = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
-    if missing or unexpected or bad:
-        raise ValueError(
-            f"{weights_path}: missing tensors {missing}, unexpected tensors {unexpected}, wrong shapes {sorted(bad)}"
-        )
-    policy.load_state_dict(state, strict=True)
-    return PolicyAgent(policy.eval(), config)

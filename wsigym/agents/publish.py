@@ -16,17 +16,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from wsigym.agents.sb3_export import SB3_SUMMARY, repo_name
 from wsigym.data.folder import atomic_write_text
 from wsigym.evaluate import EvalReport
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "evaluation.md"
-
-
-def repo_name(algo: str, env_id: str) -> str:
-    """huggingface_sb3's scheme: ``{algo}-{env}`` with ``/`` -> ``-`` and a ``module:`` prefix dropped."""
-    env = env_id.split(":")[-1].replace("/", "-")
-    return f"{algo.lower()}-{env}"
 
 
 def headline(report: EvalReport, agent: str, budget: float) -> dict[str, float]:
@@ -113,8 +108,6 @@ def write_card(
 
 def _sb3_summary(folder: Path) -> dict[str, Any] | None:
     """``sb3.json`` of :func:`wsigym.agents.sb3_export.export_sb3`, or None when absent."""
-    from wsigym.agents.sb3_export import SB3_SUMMARY
-
     path = folder / SB3_SUMMARY
     if not path.is_file():
         return None

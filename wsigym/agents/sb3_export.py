@@ -59,6 +59,12 @@ ZOO_KEYS = {
 }
 
 
+def repo_name(algo: str, env_id: str) -> str:
+    """huggingface_sb3's scheme: ``{algo}-{env}`` with ``/`` -> ``-`` and a ``module:`` prefix dropped."""
+    env = env_id.split(":")[-1].replace("/", "-")
+    return f"{algo.lower()}-{env}"
+
+
 class SpacesOnlyEnv(gym.Env):
     """An environment that only has spaces: what SB3 needs to build a model without data."""
 
@@ -74,21 +80,19 @@ class SpacesOnlyEnv(gym.Env):
 
 def zip_name(config: dict[str, Any]) -> str:
     """``ppo-<env>.zip`` (huggingface_sb3's ``{algo}-{env}`` scheme)."""
-    from wsigym.agents.publish import repo_name
-
     return repo_name("ppo", str(config.get("env_id", "WSIZoom-v0"))) + ".zip"
 
 
 def sb3_model(folder: str | Path, device: str = "cpu") -> Any:
     """A ``MaskablePPO`` with the folder's :class:`~wsigym.agents.policy.PatchPolicy` weights.
 
-    The weights are loaded without pickle (:func:`~wsigym.agents.ppo.load_policy`); the optimiser is
+    The weights are loaded without pickle (:func:`~wsigym.agents.saved_policy.load_policy`); the optimiser is
     fresh (never stepped) and the rollout settings are the slim ones of the module docstring.
     """
     from sb3_contrib import MaskablePPO
 
     from wsigym.agents.policy import PatchPolicy
-    from wsigym.agents.ppo import load_policy
+    from wsigym.agents.saved_policy import load_policy
 
     agent = load_policy(folder, device=device)
     config, policy = agent.config, agent.policy
@@ -124,7 +128,7 @@ def sb3_model(folder: str | Path, device: str = "cpu") -> Any:
 
 def write_zip(folder: str | Path) -> Path:
     """Write the slim ``ppo-<env>.zip`` of a policy folder (module docstring); returns its path."""
-    from wsigym.agents.ppo import POLICY_CONFIG
+    from wsigym.agents.saved_policy import POLICY_CONFIG
 
     folder = Path(folder)
     config = json.loads((folder / POLICY_CONFIG).read_text())
@@ -235,7 +239,7 @@ def export_sb3(
     from stable_baselines3.common.monitor import Monitor
 
     import wsigym  # noqa: F401  (registers the environments)
-    from wsigym.agents.ppo import POLICY_CONFIG
+    from wsigym.agents.saved_policy import POLICY_CONFIG
 
     folder = Path(folder)
     if not (folder / POLICY_CONFIG).is_file():

@@ -1,0 +1,173 @@
+"""PPO settings for :func:`wsigym.agents.ppo.train_ppo`: :class:`PPOConfig` and the named :data:`RECIPES`.
+
+
+SASHA's PPO settings (its configs and ``rl_algorithms/ppo.py`` in coglabiisc/SASHA) mapped onto SB3:
+
+==============================  ==================================  ======================================
+SASHA (custom loop)             here (SB3 / sb3-contrib)            note
+==============================  ==================================  ======================================
+gamma 1.0, GAE lambda 0.95      ``gamma=1.0, gae_lambda=0.95``      same (SASHA-0.1 on C16: 0.94)
+clip 0.2                        ``clip_range=0.2``                  same (C16 after PR #5)
+entropy 0.001                   ``ent_coef=0.001``                  same sign convention as the fixed code
+4 epochs per rollout            ``n_epochs=4``                      same
+full-batch update               ``batch_size=64`` of 4x32 = 128     minibatches bound the activation memory
+grad-norm clip 0.5              ``max_grad_norm=0.5``               same
+two AdamW, lr 1e-5              one Adam, ``learning_rate=1e-4``    one optimiser for actor and critic;
+                                                                    larger for short CPU runs
+2 episodes per slide in turn    ``n_envs=4`` slides in parallel     batched vector env; random slide per
+                                                                    reset (:mod:`wsigym.agents.sb3_vec`)
+reward -CE per step             same, scaled by ``VecNormalize``    SB3 has one optimiser and one grad clip:
+                                (``norm_reward``, training only)    unscaled returns (~ -CE x steps left)
+                                                                    would let the critic's gradient
+                                                                    swamp the actor's
+best of (2-AUC-F1)+loss on val  :class:`ValidationCallback`         same criterion on the validation split
+critic target A + V_old         SB3's GAE returns                   same as the fixed code
+masks only in rollout           masks in rollout *and* update       fixes SASHA pitfall 1
+==============================  ==================================  ======================================
+
+**Options beyond SASHA's settings.** On ``synth-c16`` SASHA's reward teaches little per step: only 11.7%
+of random zooms on tumour patches change HAFED's cross-entropy by more than 0.05, because after the first
+tumour zoom the slide is classified and the cross-entropy saturates (``examples/reward_information.py``).
+These options exist to make such rewards count, and the README reports what each did:
+``reward="evidence"`` (the environment's weakly supervised per-zoom evidence, see
+:mod:`wsigym.envs.reward`) or ``"delta_ce"`` / ``"delta_margin"`` with ``gamma=0`` (each zoom credited
+with what it reveals or changes: a contextual bandit); ``standardise=True`` (the policy sees
+patch-to-patch differences, not the slide's common offset); ``vf_coef=0`` (with ``gamma=0`` a critic
+only adds noise to ``A = r - V``); a large ``max_grad_norm`` (the joint clip hits the rare reward's
+minibatch hardest); many environments with a small training budget (more slides per timestep:
+``examples/policy_gradient_probe.py`` shows that samples drawn from few slides teach a policy gradient
+much less).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from wsigym.agents.policy import TOKENS
+
+#: How :func:`~wsigym.agents.ppo.train_ppo` stores and evaluates rollouts: ``"segments"`` (episodes as changed rows,
+#: :mod:`wsigym.agents.segment_ppo`, the default) or ``"plain"`` (SB3's buffer of padded observations).
+#: Same loss; the minibatches of ``"segments"`` are whole segments of episodes.
+TRAINING_PATHS = ("segments", "plain")
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of :func:`~wsigym.agents.ppo.train_ppo` (see the module docstring for the SASHA mapping).
+
+    ``env_kwargs`` go to the environment (``dataset``, ``budget``, ``hafed``, ``tsu``, ``reward``...);
+    the split is set by :func:`~wsigym.agents.ppo.train_ppo` (``train`` for training, ``val`` for the callback).
+    ``hidden=None`` takes HAFED's ``attn_dim`` (needed for the warm start). The critic's attention is
+    narrower (32) than SASHA's (128) to cut the per-patch cost of a forward pass by about 3/8.
+    ``tokens`` (:data:`~wsigym.agents.policy.TOKENS`) is what the policy reads per patch; ``path``
+    (:data:`TRAINING_PATHS`) how rollouts are stored and evaluated.
+    """
+
+    env_id: str = "WSIZoom-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    total_timesteps: int = 20_000
+    n_envs: int = 4
+    n_steps: int = 32
+    batch_size: int = 64
+    n_epochs: int = 4
+    learning_rate: float = 1e-4
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.001
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    normalize_reward: bool = True
+    hidden: int | None = None
+    critic_hidden: int = 64
+    critic_attention: int | None = 32
+    standardise: bool = False
+    tokens: str = "state+context"
+    warm_start: bool = True
+    warm_start_logit_std: float | None = 2.0
+    eval_freq: int = 5_000
+    eval_slides: int | None = None
+    checkpoint_freq: int = 10_000
+    keep: str = "best"
+    seed: int = 0
+    device: str = "cpu"
+    path: str = "segments"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
+        """From :func:`dataclasses.asdict` output; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PPOConfig: unknown keys {unknown}")
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
+        if self.path not in TRAINING_PATHS:
+            raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
+        if self.tokens not in TOKENS:
+            raise ValueError(f"PPOConfig.tokens must be one of {TOKENS}, got {self.tokens!r}")
+        if self.standardise and self.warm_start:
+            raise ValueError(
+                "PPOConfig: standardise=True needs warm_start=False (HAFED reads raw state rows)"
+            )
+
+
+#: Named training recipes: :class:`PPOConfig` fields over its defaults (``env_kwargs`` merged).
+#: ``"sasha"`` is SASHA's settings mapped onto SB3 (the table above). ``"evidence-bandit"`` is the
+#: shipped ``ppo-WSIZoom-v0``: the weakly supervised ``"evidence"`` reward with ``gamma=0`` (a contextual
+#: bandit), short episodes (2% budget) over 16 slides at a time, standardised rows, no critic loss and
+#: no gradient clip; about 32 minutes on one CPU thread on synth-c16 (README "Results").
+RECIPES: dict[str, dict[str, Any]] = {
+    "sasha": {},
+    "evidence-bandit": {
+        "env_kwargs": {"reward": "evidence", "budget": 0.02},
+        "total_timesteps": 32768,
+        "n_envs": 16,
+        "n_steps": 16,
+        "batch_size": 64,
+        "n_epochs": 1,
+        "learning_rate": 3e-3,
+        "gamma": 0.0,
+        "gae_lambda": 0.0,
+        "vf_coef": 0.0,
+        "max_grad_norm": 1000.0,
+        "hidden": 32,
+        "standardise": True,
+        "warm_start": False,
+        "eval_freq": 4096,
+        "eval_slides": 27,
+    },
+}
+
+
+def ppo_config(recipe: str = "sasha", **overrides: Any) -> PPOConfig:
+    """A :class:`PPOConfig` from a named recipe (:data:`RECIPES`), with ``overrides`` on top; the
+    ``env_kwargs`` of both are merged (``overrides`` win).
+
+    Raises:
+        ValueError: for an unknown recipe or field.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    values = {**RECIPES[recipe], **overrides}
+    values["env_kwargs"] = {**RECIPES[recipe].get("env_kwargs", {}), **overrides.get("env_kwargs", {})}
+    return PPOConfig.from_dict(values)
+
+
+def json_safe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Env kwargs for JSON: model instances and datasets become their description."""
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, Path):
+            out[k] = str(v)
+        else:
+            out[k] = f"<{type(v).__name__}>"
+    return out
