@@ -3,8 +3,8 @@
 Each area adds its own subcommands:
 
 - ``wsigym data ...``   feature folders: describe, convert to the native format (:mod:`wsigym.data.cli`)
-- ``wsigym synth ...``  the embedded ``synth-c16`` benchmark: build, describe, calibrate
-  (:mod:`wsigym.data.synth.cli`)
+- ``wsigym synth ...``  the embedded ``synth-c16`` benchmark: build, describe (:mod:`wsigym.data.synth.cli`),
+  calibrate (:mod:`wsigym.calibration.cli`)
 - ``wsigym env ...``    inspect, render and roll out ``WSIZoom-v0`` (:mod:`wsigym.envs.cli`)
 - ``wsigym train ppo``  the sampling policy (:mod:`wsigym.agents.cli`; HAFED and TSU train with ``zoo train``)
 - ``wsigym evaluate``   the benchmark protocol (:mod:`wsigym.agents.cli`)
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 AREAS = (
     "wsigym.data.cli",
     "wsigym.data.synth.cli",
+    "wsigym.calibration.cli",
     "wsigym.envs.cli",
     "wsigym.agents.cli",
     "wsigym.slides.cli",

@@ -174,3 +174,39 @@ def test_hr_reveals_tumour_better_than_lr(tiny: SynthC16) -> None:
     d_hr = _held_out_effect_size(u, up, un)
     assert d_hr > 1.5, (d_hr, d_lr)
     assert d_hr > 1.5 * d_lr, (d_hr, d_lr)
+
+
+def test_within_slide_coherence(tmp_path) -> None:
+    """Coherence adds each slide's own tumour (mimic) direction: orthogonal to e_T and e_M (the
+    population-wide signals are unchanged), drawn afresh per slide, and it makes a slide's tumour
+    patches resemble each other at low resolution; coherence 0 is the incoherent variant."""
+    kw = dict(seed=0, progress=False)
+    coherent = SynthC16.tiny(cache_dir=tmp_path / "c", config=SynthConfig.tiny(coherence=1.0), **kw)
+    flat = SynthC16.tiny(cache_dir=tmp_path / "f", config=SynthConfig.tiny(coherence=0.0), **kw)
+    assert coherent.config.digest() != flat.config.digest()
+    fm = coherent.features
+    keys = {s["id"]: int(s["key"]) for s in coherent.manifest["slides"]}
+    gain: dict[str, list[float]] = {"coherent": [], "flat": []}
+    directions = []
+    for sid in [s for s in coherent.slide_ids() if coherent.label(s) == 1][:4]:
+        a, b = coherent.load(sid), flat.load(sid)
+        delta_z, delta_u = a.features - b.features, a.hr_features - b.hr_features
+        for direction in (fm.e_tumour, fm.e_mimic):
+            assert np.abs(delta_z @ direction).max() < 1e-3 and np.abs(delta_u @ direction).max() < 1e-3
+        own = fm.lesion_directions(keys[sid])  # (2, d): the only directions coherence adds
+        coef = np.linalg.lstsq(own.T.astype(np.float64), delta_z.T.astype(np.float64), rcond=None)[0]
+        residual = delta_z - (coef.T @ own)
+        assert np.abs(residual).max() < 1e-4 < 0.1 < np.abs(delta_z).max()  # float32 rounding only
+        directions.append(own)
+        for name, bag in (("coherent", a), ("flat", b)):
+            tum = bag.tumour_fraction > 0.5
+            if tum.sum() < 2 or (~tum).sum() < 2:
+                continue
+            zn = bag.features / np.linalg.norm(bag.features, axis=1, keepdims=True)
+            within = (zn[tum] @ zn[tum].T)[np.triu_indices(int(tum.sum()), 1)].mean()
+            across = (zn[tum] @ zn[~tum].T).mean()
+            gain[name].append(float(within - across))
+    assert gain["coherent"] and np.mean(gain["coherent"]) > np.mean(gain["flat"]) + 0.005
+    assert abs(float(directions[0][0] @ directions[1][0])) < 0.5  # drawn afresh per slide
+    with pytest.raises(ValueError, match="coherence"):
+        SynthConfig(coherence=-1.0)

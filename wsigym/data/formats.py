@@ -37,9 +37,16 @@ def _synth_c16_tiny(**kw: Any) -> SlideDataset:
     return SynthC16.tiny(**kw)
 
 
+def _synth_c16_incoherent(**kw: Any) -> SlideDataset:
+    from wsigym.data.synth import SynthC16, SynthConfig
+
+    return SynthC16(config=SynthConfig(coherence=0.0), name="synth-c16-incoherent", **kw)
+
+
 NAMED_DATASETS: dict[str, Callable[..., SlideDataset]] = {
     "synth-c16": _synth_c16,
     "synth-c16-tiny": _synth_c16_tiny,
+    "synth-c16-incoherent": _synth_c16_incoherent,
 }
 
 LAYOUTS = ("native", "clam", "trident", "sasha")

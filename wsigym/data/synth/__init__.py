@@ -4,7 +4,8 @@
   simulated tissue (:mod:`.layout`).
 - Features: a documented generative model (:mod:`.generator`), regenerated per slide from its seed.
 - Dataset + cache: :class:`SynthC16` (:mod:`.dataset`); knobs: :class:`SynthConfig` (:mod:`.config`).
-- ``wsigym synth build|describe|calibrate`` (:mod:`.cli`, :mod:`.describe`, :mod:`.calibrate`).
+- ``wsigym synth build|describe`` (:mod:`.cli`, :mod:`.describe`); ``wsigym synth calibrate`` lives in
+  :mod:`wsigym.calibration` (it trains zoo models; the data layer imports none).
 """
 
 from wsigym.data.synth.config import SynthConfig

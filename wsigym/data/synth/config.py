@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the cache layout or the generative model changes (part of the cache key)."""
 
 
@@ -36,6 +36,11 @@ class SynthConfig:
         mimic_area: its share of that slide's tissue, mimic_lr_signal: how far a mimic moves a low-res
         patch along the tumour direction (so it looks like tumour at 5x), mimic_hr_signal: its amplitude
         along its own, tumour-orthogonal direction at 20x.
+        coherence: within-slide coherence of lesion morphology (see the generator's "Within-slide
+        coherence"): each slide's tumour (mimic) patches share a slide-specific direction of norm
+        ``coherence`` times the noise norm at each resolution (``lr_noise * sqrt(dim)`` at 5x,
+        ``hr_noise * sqrt(dim)`` at 20x), scaled by the patch's tumour fraction (mimic intensity).
+        0 gives the incoherent variant (``synth-c16-incoherent``).
         stain_shift: sd of the per-slide stain/batch offset (a random vector per slide, shared by both
         resolutions), stain_tumour_axis: sd of its component along the tumour direction.
         vlm_dim: width e of the simulated vision-language view, vlm_tumour_lean / vlm_mimic_lean /
@@ -67,6 +72,7 @@ class SynthConfig:
     mimic_area: float = 0.03
     mimic_lr_signal: float = 0.6
     mimic_hr_signal: float = 3.0
+    coherence: float = 1.0
     stain_shift: float = 0.3
     stain_tumour_axis: float = 0.2
     vlm_dim: int = 64
@@ -86,6 +92,7 @@ class SynthConfig:
                 self.num_folds >= 1 and 0.0 < self.val_fraction < 1.0,
                 "need num_folds >= 1, val_fraction in (0,1)",
             ),
+            (self.coherence >= 0.0, "coherence must be >= 0"),
             (
                 0.0 <= self.mimic_slide_prob <= 1.0 and 0.0 <= self.mimic_area < 1.0,
                 "mimic probabilities in [0,1)",

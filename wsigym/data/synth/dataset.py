@@ -43,7 +43,6 @@ from wsigym.errors import DataError
 
 CLASS_NAMES = ("normal", "tumour")
 MANIFEST = "manifest.json"
-SHIPPED_CALIBRATION = "synth-c16-calibration.json"
 CALIBRATION = "calibration.json"
 _LAYOUT_KEY = 0x1A70
 _SPLIT_KEY = 0x5B17
@@ -337,8 +336,9 @@ class SynthC16(SlideDataset):
 
     def calibration(self) -> dict[str, Any] | None:
         """The calibration report of this cache if ``wsigym synth calibrate`` has run here, else the one
-        shipped in ``wsigym/data/assets/`` when it was measured on this very config and seed, else None."""
-        shipped = Path(__file__).resolve().parent.parent / "assets" / SHIPPED_CALIBRATION
+        shipped in ``wsigym/data/assets/<name>-calibration.json`` when it was measured on this very config
+        and seed, else None."""
+        shipped = Path(__file__).resolve().parent.parent / "assets" / f"{self.name}-{CALIBRATION}"
         for path in (self.calibration_path, shipped):
             try:
                 report = json.loads(path.read_text())

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from wsigym.data.synth.calibrate import format_report
+from wsigym.calibration.tables import format_report
 from wsigym.data.synth.dataset import SynthC16
 from wsigym.data.synth.geometry import MPP, TumourGeometry, fine_to_children
 from wsigym.data.synth.layout import CHILD_PX, CPS, FINE_PER_CHILD

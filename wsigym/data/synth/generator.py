@@ -27,6 +27,25 @@ with :math:`\bar t_i` the patch's tumour area fraction and :math:`\bar m_i` its 
 So at 20x a mimic moves along :math:`e_M \perp e_T` and tumour along :math:`e_T` (told apart), while at
 5x both move along :math:`e_T` (confused), and a small metastasis is diluted by :math:`\bar t_i`.
 
+**Within-slide coherence (a modelling assumption).** A metastasis is clonal: the tumour cells of one
+slide share a morphology (growth pattern, nuclear grade, stroma) that differs from another patient's
+tumour; the tumour-mimicking benign tissue of one slide (its germinal centres, its sinus histiocytes)
+also looks alike. So, beyond the population-wide directions, each slide ``s`` draws its own unit
+directions :math:`c_T^{(s)}, c_M^{(s)}` (uniform on the sphere orthogonal to :math:`e_T, e_M`, afresh per
+slide, so no fixed direction gives them away) and its tumour and mimic tissue carry them at both
+resolutions, with the norm of the patch noise times ``coherence`` (:math:`\kappa`):
+
+.. math::
+    u_c \mathrel{+}= \kappa\sigma_{hr}\sqrt d\,(t_c\, c_T^{(s)} + m_c\, c_M^{(s)}), \qquad
+    z_i \mathrel{+}= \kappa\sigma_{lr}\sqrt d\,(\bar t_i\, c_T^{(s)} + \bar m_i\, c_M^{(s)})
+
+With :math:`\kappa = 1` (the default, chosen from this assumption before any agent was scored) a
+fully tumorous patch's own morphology is as strong, in norm, as its encoder noise: invisible to a
+model that looks at one patch along fixed directions, but patches of one lesion resemble each other
+(and not the slide's mimics) at 5x, which is what SASHA's targeted state update exploits. Its
+projections on :math:`e_T, e_M` (what the population-wide signals are) are unchanged, and
+micro-metastases stay diluted by :math:`\bar t_i`. :math:`\kappa = 0` is ``synth-c16-incoherent``.
+
 The simulated vision-language view (``views["vlm"]``, width ``e``) has two fixed unit text anchors
 :math:`\tau_0` ("normal lymph node tissue"), :math:`\tau_1` ("metastatic breast carcinoma in lymph
 node") and a fixed map :math:`A` (K x e) of phenotypes; each low-res patch embedding is
@@ -51,7 +70,7 @@ from wsigym.data.synth.layout import K_CHILD, SlideLayout
 
 CLASS_DESCRIPTIONS = ("normal lymph node tissue", "metastatic breast carcinoma in lymph node")
 _ENCODER_KEY = 0x5C16
-_STREAM_STAIN, _STREAM_Z, _STREAM_U, _STREAM_VLM = 0, 1, 2, 3
+_STREAM_STAIN, _STREAM_Z, _STREAM_U, _STREAM_VLM, _STREAM_LESION = 0, 1, 2, 3, 4
 
 
 class FeatureModel:
@@ -87,6 +106,17 @@ class FeatureModel:
         g = rng.standard_normal(cfg.dim).astype(np.float32)
         return cfg.stain_shift * g + np.float32(cfg.stain_tumour_axis * rng.standard_normal()) * self.e_tumour
 
+    def lesion_directions(self, slide_key: int) -> np.ndarray:
+        """``(2, d)`` the slide's unit tumour and mimic morphology directions, orthogonal to ``e_T, e_M``."""
+        rng = self._rng(slide_key, _STREAM_LESION)
+        c = rng.standard_normal((2, self.config.dim))
+        shared = np.stack([self.e_tumour, self.e_mimic]).astype(np.float64)  # orthonormal rows
+        c -= (c @ shared.T) @ shared
+        return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+
+    def _coherence_scale(self, noise_sd: float) -> float:
+        return float(self.config.coherence * noise_sd * np.sqrt(self.config.dim))
+
     def lr_features(self, layout: SlideLayout, slide_key: int) -> np.ndarray:
         """``Z (N, d)`` float32."""
         cfg = self.config
@@ -100,6 +130,9 @@ class FeatureModel:
         z += w_mean @ self.prototypes
         z += off[:, None] * self.background
         z += (cfg.lr_tumour_signal * t + cfg.mimic_lr_signal * m)[:, None].astype(np.float32) * self.e_tumour
+        if cfg.coherence > 0:
+            lesion = np.stack([t, m], axis=1).astype(np.float32) * self._coherence_scale(cfg.lr_noise)
+            z += lesion @ self.lesion_directions(slide_key)
         z += self.offset + self.stain(slide_key)
         return z
 
@@ -108,22 +141,27 @@ class FeatureModel:
         cfg = self.config
         n, d, k = layout.n, cfg.dim, cfg.n_phenotypes
         on = layout.hr_mask.reshape(-1, 1).astype(np.float32)
-        design = np.empty((n * K_CHILD, k + 4), dtype=np.float32)
+        lesion = cfg.coherence > 0
+        design = np.empty((n * K_CHILD, k + 4 + 2 * lesion), dtype=np.float32)
         design[:, :k] = layout.phenotype.reshape(n * K_CHILD, k)
         design[:, :k] *= on
         design[:, k] = cfg.hr_tumour_signal * layout.hr_tumour_fraction().reshape(-1)
         design[:, k + 1] = cfg.mimic_hr_signal * layout.mimic.reshape(-1)
         design[:, k + 2] = 1.0 - on[:, 0]
         design[:, k + 3] = 1.0
-        basis = np.concatenate(
-            [
-                self.prototypes,
-                self.e_tumour[None],
-                self.e_mimic[None],
-                self.background[None],
-                (self.offset + self.stain(slide_key))[None],
-            ]
-        ).astype(np.float32)
+        rows = [
+            self.prototypes,
+            self.e_tumour[None],
+            self.e_mimic[None],
+            self.background[None],
+            (self.offset + self.stain(slide_key))[None],
+        ]
+        if lesion:
+            scale = self._coherence_scale(cfg.hr_noise)
+            design[:, k + 4] = scale * layout.hr_tumour_fraction().reshape(-1)
+            design[:, k + 5] = scale * layout.mimic.reshape(-1)
+            rows.append(self.lesion_directions(slide_key))
+        basis = np.concatenate(rows).astype(np.float32)
         u = self._noise(self._rng(slide_key, _STREAM_U), (n * K_CHILD, d), cfg.hr_noise)
         u += design @ basis
         return u.reshape(n, K_CHILD, d)

@@ -1,6 +1,6 @@
-"""Calibration of synth-c16: how well attention-MIL reads the high-res vs the low-res features.
+"""How well attention-MIL reads the high-res vs the low-res features of synth-c16.
 
-Measured, never assumed. :func:`calibrate` trains, with the zoo's own trainer (:func:`zoo.train.fit`,
+Measured, never assumed. :func:`train_views` trains, with the zoo's own trainer (:func:`zoo.train.fit`,
 the ABMIL recipe, fold 0):
 
 - ``hr``: ABMIL over all valid high-res children of a slide (``view="hr"``, full information);
@@ -14,14 +14,12 @@ high-res features (what a zoom reveals, in the low-res state format) before clas
 - ``oracle_zoom``: the patches with the largest ground-truth tumour fraction (ties, e.g. every patch of
   a negative slide, broken by the ``lr`` attention) - an upper-bound-style reference.
 
-The report (JSON, also saved as ``calibration.json`` in the dataset's cache folder) holds each model's
-test accuracy and AUC, the epochs, seeds and timings.
+:func:`wsigym.calibration.calibrate.calibrate` puts the result into the calibration report.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -30,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
-from wsigym.data.synth.dataset import SynthC16, _write_json_atomic
+from wsigym.data.synth.dataset import SynthC16
 from zoo.batch import collate
 from zoo.metrics import classification_metrics
 
@@ -77,14 +75,13 @@ def evaluate_zoom(
     return out
 
 
-def calibrate(
+def train_views(
     dataset: SynthC16,
     epochs: int = 3,
     seed: int = 0,
     fold: int = 0,
     zoom_fraction: float = 0.2,
     progress: bool = True,
-    save: bool = True,
     lr: float = 1e-3,
 ) -> dict[str, Any]:
     """Train hr- and lr-ABMIL on ``fold`` and evaluate the zoom references (see the module docstring).
@@ -93,54 +90,24 @@ def calibrate(
     1e-4 three epochs are not enough for attention to find small metastases among ~18k children.
 
     Returns:
-        the report dict; with ``save`` it is also written atomically to ``dataset.calibration_path``.
+        ``{"models": {name: {"test": metrics, ...}}, "oracle_zoom_tumour_hit": float}``.
     """
     import zoo
     from zoo.train import fit
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    report: dict[str, Any] = {
-        "dataset": dataset.name,
-        "seed": dataset.seed,
-        "config_digest": dataset.config.digest(),
-        "fold": fold,
-        "epochs": epochs,
-        "train_seed": seed,
-        "zoom_fraction": zoom_fraction,
-        "lr": lr,
-        "models": {},
-    }
+    models: dict[str, Any] = {}
     trained = {}
     for view in ("hr", "lr"):
         start = time.perf_counter()
         model = zoo.create_model("abmil", view=view, in_dim=dataset.config.dim)
         result = fit(model, dataset, fold=fold, epochs=epochs, lr=lr, seed=seed, progress=progress)
         trained[view] = result.model
-        report["models"][f"abmil_{view}"] = {
+        models[f"abmil_{view}"] = {
             "test": {k: v for k, v in result.test_metrics.items() if isinstance(v, float | int)},
             "best_epoch": result.best_epoch,
             "seconds": round(time.perf_counter() - start, 1),
         }
     zoom = evaluate_zoom(trained["lr"], dataset, fold, zoom_fraction, progress)
-    report["models"]["abmil_lr_attention_zoom"] = {"test": zoom["attention_zoom"]}
-    report["models"]["abmil_lr_oracle_zoom"] = {"test": zoom["oracle_zoom"]}
-    report["oracle_zoom_tumour_hit"] = zoom["oracle_zoom_tumour_hit"]
-    if save:
-        _write_json_atomic(dataset.calibration_path, report)
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """Plain-text table of a calibration report."""
-    lines = [
-        f"calibration of {report['dataset']} (seed {report['seed']}, config {report['config_digest']}, "
-        f"fold {report['fold']}, {report['epochs']} epochs, zoom {report['zoom_fraction']:.0%})",
-        f"{'model':32s} {'test acc':>9s} {'test AUC':>9s}",
-    ]
-    for name, m in report["models"].items():
-        t = m["test"]
-        lines.append(f"{name:32s} {t['accuracy']:9.3f} {t['auc']:9.3f}")
-    lines.append(
-        f"oracle zooms cover {report['oracle_zoom_tumour_hit']:.1%} of a positive slide's tumour patches"
-    )
-    return "\n".join(lines)
+    models["abmil_lr_attention_zoom"] = {"test": zoom["attention_zoom"]}
+    models["abmil_lr_oracle_zoom"] = {"test": zoom["oracle_zoom"]}
+    return {"models": models, "oracle_zoom_tumour_hit": zoom["oracle_zoom_tumour_hit"]}
