@@ -19,7 +19,6 @@ Run: ``.venv/bin/python benchmarks/cache_warm_start.py`` (``--help``: dataset, s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from wsigym.io import atomic_write_json
 
 CHILD = r"""
 import sys, time, torch
@@ -119,7 +120,7 @@ def main() -> None:
             "warm_cpu_seconds": [c for _, c in warm],
             "precompute_bytes": disk,
         }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wsigym.io import atomic_write_json
+
 START = time.perf_counter()
 
 #: name -> (kind, recipe, overrides of the recipe)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         plain = CASES[args.case][2].get("path") == "plain"
         row = run_case(args.case, args.plain_timesteps if plain else args.timesteps, args.n_envs, args.device)
-        Path(args.result).write_text(json.dumps(row))
+        atomic_write_json(args.result, row)
         return 0
 
     if args.from_json:
@@ -262,9 +264,7 @@ def _write(
         "torch": torch.__version__,
         "command": " ".join(["benchmarks/ppo_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    out = atomic_write_json(args.out, record)
     if not final:
         return
     table = _markdown(rows)

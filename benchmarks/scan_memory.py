@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wsigym.io import atomic_write_json
+
 BACKENDS = ("parallel", "checkpointed")
 
 _CHILD = r"""
@@ -155,12 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{mem_ratio:>7} | {_cell(old, 'peak_mib', '8.0f'):>8} {_cell(new, 'peak_mib', '8.0f'):>8} | "
             f"{_cell(old, 'seconds', '7.2f'):>7} {_cell(new, 'seconds', '7.2f'):>7} {time_ratio:>7}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     meta = {k: v for k, v in vars(args).items() if k != "out"}
-    tmp.write_text(json.dumps({"settings": meta, "memory": "peak RSS (ru_maxrss)", "cases": rows}, indent=2))
-    os.replace(tmp, out)
+    out = atomic_write_json(args.out, {"settings": meta, "memory": "peak RSS (ru_maxrss)", "cases": rows})
     print(f"wrote {out}")
     return 0
 

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from wsigym.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("abmil", "acmil", "transmil", "asmil", "hafed", "semamil", "lrmil", "wisefuse")
 
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes:
         print(f"\nnote: {note}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ Run from the repository root (about 30 minutes on one CPU thread with the defaul
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
-from wsigym.data.dataset import open_dataset
+from wsigym.data.formats import open_dataset
+from wsigym.io import atomic_write_json
 from zoo import hub
 from zoo.batch import collate
 from zoo.metrics import classification_metrics
@@ -133,8 +133,7 @@ def main() -> None:
         f"{views['patch_auc_teacher_attention_on_projection']:.3f}"
     )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2, default=float)
+        atomic_write_json(args.out, results)
 
 
 if __name__ == "__main__":

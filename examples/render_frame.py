@@ -17,7 +17,8 @@ from PIL import Image
 
 import wsigym  # noqa: F401  (registers the environments)
 import zoo
-from wsigym.data.dataset import open_dataset
+from wsigym.data.formats import open_dataset
+from wsigym.io import atomic_write
 
 
 def main() -> None:
@@ -37,10 +38,7 @@ def main() -> None:
         _, _, term, trunc, info = env.step(action)
         done = term or trunc
     frame = env.render()
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray(frame).save(tmp)
-    tmp.replace(out)
+    out = atomic_write(args.out, lambda tmp: Image.fromarray(frame).save(tmp, format="PNG"))
     print(
         f"wrote {out} ({frame.shape[1]}x{frame.shape[0]}): slide {info['slide_id']} ({which}), "
         f"{info['zooms']} zooms, p(label) = {info['probability'][info['label']]:.3f}"

@@ -4,9 +4,10 @@ Everything wsigym computes once and reuses across processes lives under one fold
 :func:`cache_root` (``$WSIGYM_CACHE``, default ``~/.cache/wsigym``): the synth-c16 dataset folders and
 the per-slide precomputation of the environments (:mod:`wsigym.envs.precompute_cache`).
 
-**Readers never lock.** Every file is published whole: written to a temp file in the same folder
-(``.<name>.<pid>.<random>.tmp``), given the normal ``0644`` mode (less the umask) and moved into place
-with ``os.replace``; a failure removes the temp file. So a reader sees either no file or a complete one.
+**Readers never lock.** Every file is published whole (:mod:`wsigym.io`): written to a temp file in the
+same folder (``.<name>.<pid>.<random>.tmp``), given the normal ``0644`` mode (less the umask) and moved
+into place with ``os.replace``; a failure removes the temp file. So a reader sees either no file or a
+complete one.
 
 **Builders cooperate.** A builder takes :func:`build_lock` on what it builds (an OS file lock,
 ``filelock``, released by the kernel when the process dies, even by ``kill -9``), then looks again for
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -33,10 +33,10 @@ from pathlib import Path
 import filelock
 
 from wsigym.errors import DataError
+from wsigym.io import atomic_write, is_temp, is_temp_of
 
 #: Environment variable naming the cache root.
 CACHE_ENV = "WSIGYM_CACHE"
-_TEMP_SUFFIX = ".tmp"
 _LOCK_SUFFIX = ".lock"
 
 
@@ -71,50 +71,24 @@ def ensure_dir(folder: str | Path) -> Path:
     return folder
 
 
-def temp_name(name: str) -> str:
-    """A temp file or folder name for publishing ``name``: ``.<name>.<pid>.<random>.tmp``."""
-    return f".{name}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
-
-
-def is_temp_of(path: Path, name: str) -> bool:
-    """True for a name made by :func:`temp_name` for ``name``."""
-    return path.name.startswith(f".{name}.") and path.name.endswith(_TEMP_SUFFIX)
-
-
-def new_file_mode() -> int:
-    """The mode a new file gets from ``open()``: ``0644`` less the umask (``mkstemp`` would give 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o644 & ~umask
-
-
 def publish_file(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Publish ``path`` atomically: ``write(tmp)`` writes a temp file in the same folder, which gets
-    mode ``0644`` (less the umask) and is moved into place with ``os.replace``; on any error it is removed.
+    """Publish ``path`` into a cache folder atomically (:func:`wsigym.io.atomic_write`: temp file in the
+    same folder, ``0644`` less the umask, ``os.replace``; removed on any error).
 
     Raises:
-        CacheError: when the folder cannot be written.
+        CacheError: when the folder cannot be created or written.
     """
     path = Path(path)
     ensure_dir(path.parent)
-    tmp = path.with_name(temp_name(path.name))
     try:
-        try:
-            write(tmp)
-        except PermissionError as exc:
-            raise CacheError(path.parent, exc.strerror or "permission denied") from None
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
+        return atomic_write(path, write)
+    except PermissionError as exc:
+        raise CacheError(path.parent, exc.strerror or "permission denied") from None
 
 
 def remove_stale_temps(folder: str | Path, name: str | None = None) -> int:
     """Remove the temp files and folders in ``folder`` left by killed builders (those of ``name``
-    only, or every one made by :func:`temp_name`). Call it only while holding the folder's
+    only, or every one made by :func:`wsigym.io.temp_name`). Call it only while holding the folder's
     :func:`build_lock`. Returns how many were removed."""
     folder = Path(folder)
     removed = 0
@@ -123,12 +97,7 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> int:
     except FileNotFoundError:
         return 0
     for p in entries:
-        ok = (
-            is_temp_of(p, name)
-            if name is not None
-            else p.name.startswith(".") and p.name.endswith(_TEMP_SUFFIX)
-        )
-        if not ok:
+        if not (is_temp_of(p, name) if name is not None else is_temp(p)):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.baselines import BASELINES, Coverage, make_baseline
-from wsigym.data.folder import atomic_write_text
+from wsigym.io import atomic_write_json
 from zoo.metrics import classification_metrics
 
 METRICS = ("accuracy", "auc", "f1", "ece", "zooms", "tumour_hits", "seconds_per_slide")
@@ -104,8 +104,8 @@ class EvalReport:
         )
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the report as JSON atomically."""
-        return atomic_write_text(path, json.dumps(asdict(self), indent=2, allow_nan=True))
+        """Write the report as strict JSON atomically (NaN metrics as ``null``, :mod:`wsigym.io`)."""
+        return atomic_write_json(path, asdict(self))
 
     @classmethod
     def from_json(cls, path: str | Path) -> EvalReport:
@@ -116,10 +116,19 @@ class EvalReport:
         """
         try:
             data = json.loads(Path(path).read_text())
-            rows = [EvalRow(**row) for row in data.pop("rows")]
+            rows = [EvalRow(**_nan_for_null(row)) for row in data.pop("rows")]
             return cls(**data, rows=rows)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not an evaluation report ({type(e).__name__}: {e})") from None
+
+
+def _nan_for_null(value: Any) -> Any:
+    """A report row read from JSON with ``null`` metric values (written for NaN) back to NaN."""
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return math.nan if value is None else value
 
 
 def _model_agent(model: Any) -> Callable[[dict, dict], int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from wsigym.data.folder import atomic_write_text
+from wsigym.io import atomic_write_text
 
 
 def replace_section(readme: str | Path, key: str, text: str) -> None:

@@ -172,7 +172,7 @@ def _fold_trainer(args: argparse.Namespace, overrides: dict[str, Any], fit_kwarg
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from wsigym.data.dataset import open_dataset
+    from wsigym.data.formats import open_dataset
     from zoo.registry import model_class
 
     reader_kwargs: dict[str, Any] = {}
@@ -225,7 +225,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from wsigym.data.folder import atomic_write_text
+    from wsigym.io import atomic_write_text
     from wsigym.readme_sections import replace_section
     from zoo.results import results_table
 

@@ -219,8 +219,8 @@ def cross_validate(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
+    from wsigym.io import atomic_write_json
     from zoo.results import cv_summary
-    from zoo.train import _write_json_atomic
 
     out = Path(out_dir)
     runs = []
@@ -230,11 +230,11 @@ def cross_validate(
         run_seed = seed + r * k + f
         train_fold(FoldDataset(dataset, split, standardiser), run_dir, run_seed)
         if standardiser is not None:
-            _write_json_atomic(run_dir / STANDARDISATION_NAME, standardiser.to_dict())
+            atomic_write_json(run_dir / STANDARDISATION_NAME, standardiser.to_dict(), sort_keys=True)
         metrics_path = run_dir / "metrics.json"
         record = json.loads(metrics_path.read_text())
         record["cv"] = {"repeat": r, "fold": f, "folds": k, "repeats": repeats, "split": split}
-        _write_json_atomic(metrics_path, record)
+        atomic_write_json(metrics_path, record, sort_keys=True)
         runs.append(run_dir.name)
     summary = {
         "dataset": dataset.name,
@@ -247,5 +247,5 @@ def cross_validate(
         "runs": runs,
         "test": cv_summary(out, runs),
     }
-    _write_json_atomic(out / CV_NAME, summary)
+    atomic_write_json(out / CV_NAME, summary, sort_keys=True)
     return out

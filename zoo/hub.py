@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from wsigym.io import atomic_write_files, atomic_write_text, dumps_json, temp_name
 from zoo.models.base import ZooModel
 from zoo.pretrained import PRETRAINED, PretrainedEntry, hub_org, list_pretrained
 
@@ -79,25 +80,8 @@ class ZooLoadError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------- save
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _dump_json(data: Any) -> bytes:
-    return (json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    return dumps_json(data, sort_keys=True).encode()
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -188,8 +172,9 @@ def _write_folder(directory: Path, files: Mapping[str, bytes], stale: tuple[str,
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+        tmp = directory.with_name(temp_name(directory.name))
         try:
+            tmp.mkdir()  # the normal folder mode (mkdtemp would give 0700)
             for name, data in files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
@@ -202,21 +187,7 @@ def _write_folder(directory: Path, files: Mapping[str, bytes], stale: tuple[str,
         return
     if not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a folder")
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for name, data in files.items():
-            target = directory / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            temps.append((Path(tmp_name), target))
-        for tmp_path, target in temps:  # weights first is irrelevant: all content is already on disk
-            os.replace(tmp_path, target)
-    except BaseException:
-        for tmp_path, _ in temps:
-            tmp_path.unlink(missing_ok=True)
-        raise
+    atomic_write_files({directory / name: data for name, data in files.items()})
     for name in stale:
         if name not in files:
             (directory / name).unlink(missing_ok=True)
@@ -790,7 +761,7 @@ def _render_card(folder: Path, repo_id: str) -> None:
         if entry and entry.architecture == model.family
         else None,
     )
-    (folder / CARD_NAME).write_text(text, encoding="utf-8")
+    atomic_write_text(folder / CARD_NAME, text)
 
 
 def folder_files(folder: str | Path) -> list[str]:

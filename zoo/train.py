@@ -30,7 +30,6 @@ Randomness: ``torch.manual_seed(seed)`` at the start (dropout, STKIM, token drop
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
 from wsigym.data.dataset import SlideDataset
+from wsigym.io import atomic_write_json, atomic_write_text
 from zoo.batch import collate
 from zoo.metrics import classification_metrics
 from zoo.models.base import MILModel
@@ -448,25 +448,6 @@ def fit(
     )
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), numpy scalars -> Python, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    from wsigym.data.folder import atomic_write_text
-
-    atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def metrics_record(
     result: TrainResult, *, architecture: str, dataset: SlideDataset, fold: int, seed: int
 ) -> dict:
@@ -561,7 +542,7 @@ def save_run(
         dataset_name=dataset.name,
         training={k: v for k, v in record.items() if k not in ("history", "val", "test")},
     )
-    _write_json_atomic(out / "metrics.json", record)
+    atomic_write_json(out / "metrics.json", record, sort_keys=True)
     if result.test_probs is not None and result.test_labels is not None:
         write_predictions(
             out / PREDICTIONS_NAME,
@@ -589,8 +570,6 @@ def write_predictions(
     Args:
         probs: ``(S, C)`` class probabilities; labels: ``(S,)`` class indices.
     """
-    from wsigym.data.folder import atomic_write_text
-
     probs = np.asarray(probs)
     if len(slide_ids) != len(probs) or len(labels) != len(probs) or probs.shape[1] != len(class_names):
         raise ValueError(

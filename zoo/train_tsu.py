@@ -333,8 +333,8 @@ def train_and_save_tsu(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
+    from wsigym.io import atomic_write_json
     from zoo import hub
-    from zoo.train import _write_json_atomic
 
     if isinstance(hafed_name_or_path, HAFED):
         hafed, hafed_source = hafed_name_or_path, "in-memory HAFED"
@@ -376,5 +376,5 @@ def train_and_save_tsu(
         dataset_name=dataset.name,
         training={k: v for k, v in record.items() if k != "history"},
     )
-    _write_json_atomic(out / "metrics.json", record)
+    atomic_write_json(out / "metrics.json", record, sort_keys=True)
     return out

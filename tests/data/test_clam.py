@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wsigym.data.clam import CLAMDataset
-from wsigym.data.dataset import open_dataset
+from wsigym.data.formats import open_dataset
 from wsigym.errors import DataError
 
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wsigym.data.dataset import open_dataset
+from wsigym.data.formats import open_dataset
 from wsigym.data.sasha import SashaDataset
 from wsigym.errors import DataError
 

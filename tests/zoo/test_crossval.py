@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.dataset import open_dataset
+from wsigym.data.formats import open_dataset
 from wsigym.data.native import slide_path, write_bag, write_dataset_index
 from zoo.crossval import FeatureStandardiser, FoldDataset, cv_splits, stratified_folds
 

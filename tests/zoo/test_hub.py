@@ -319,7 +319,7 @@ def test_cli_push_pull_info_list(hub_server, org, tmp_path, capsys):
 
 
 def test_cli_train_wiring(monkeypatch, tmp_path):
-    import wsigym.data.dataset as dataset_module
+    import wsigym.data.formats as dataset_module
     import zoo.train
     from zoo.cli import parse_overrides
 

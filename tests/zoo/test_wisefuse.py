@@ -194,7 +194,7 @@ def test_trains_on_tiny_bags(tiny_dataset):
 def test_train_and_save_takes_vlm_width_and_text_embeddings_from_the_dataset(tmp_path):
     """``train_and_save`` reads ``vlm_dim`` from the bags and ``fit`` calls ``prepare_for``: WISE-FUSE
     trains on synth-c16-tiny without manual steps, and the saved model reloads with its embeddings."""
-    from wsigym.data.dataset import open_dataset
+    from wsigym.data.formats import open_dataset
     from zoo import hub
     from zoo.train import train_and_save
 
@@ -217,7 +217,7 @@ def test_train_and_save_takes_vlm_width_and_text_embeddings_from_the_dataset(tmp
 def test_cli_train_wisefuse_with_an_open_clip_model(tmp_path):
     """``zoo train wisefuse --clip CONFIG.json``: the class text embeddings come from that open_clip model
     (here a tiny random one, seeded by ``--seed``), not from the dataset's simulated VLM."""
-    from wsigym.data.dataset import open_dataset
+    from wsigym.data.formats import open_dataset
     from zoo import hub
     from zoo.cli import main as zoo_main
 

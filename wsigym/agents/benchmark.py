@@ -19,14 +19,13 @@ replaced (the markers must exist; nothing else in the file changes).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsigym.data.folder import atomic_write_text
 from wsigym.evaluate import EvalReport, evaluate
+from wsigym.io import atomic_write_json, atomic_write_text
 from wsigym.readme_sections import replace_section
 
 ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
@@ -181,7 +180,7 @@ def _write(
         "main": _report_dict(main),
         "ablation": {rule: _report_dict(r) for rule, r in ablations.items()},
     }
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, allow_nan=True))
+    atomic_write_json(out / "results.json", payload)
     if readme is not None:
         replace_section(readme, name, text)
     return text

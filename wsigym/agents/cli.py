@@ -250,8 +250,8 @@ def _train_ppo(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from wsigym.agents.benchmark import run_protocol
-    from wsigym.data.folder import atomic_write_text
     from wsigym.evaluate import evaluate
+    from wsigym.io import atomic_write_text
 
     out = Path(args.out)
     progress = not args.no_progress

@@ -26,10 +26,7 @@ throughput").
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,7 +44,7 @@ from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
 from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.agents.segment_ppo import SegmentMaskablePPO
-from wsigym.data.folder import atomic_write_text
+from wsigym.io import atomic_write, atomic_write_json
 
 
 def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
@@ -158,7 +155,7 @@ class ValidationCallback(BaseCallback):
             if math.isfinite(row.get(key, math.nan)):
                 self.logger.record(f"val/{key}", row[key])
         self.log_path.mkdir(parents=True, exist_ok=True)
-        _atomic_json(self.log_path / "evaluations.json", {"history": self.history})
+        atomic_write_json(self.log_path / "evaluations.json", {"history": self.history})
         if row["criterion"] < self.best:
             self.best = row["criterion"]
             save_policy(self.model, self.best_path, self.ppo_config, sb3_zip=False)
@@ -213,7 +210,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
         model.policy.load_state_dict(load_file(str(out_dir / "best" / POLICY_WEIGHTS)), strict=True)
     save_policy(model, out_dir, config)
     p, d = venv.venv.max_patches, venv.venv.dim
-    _atomic_json(
+    atomic_write_json(
         out_dir / "train.json",
         {
             "config": {**asdict(config), "env_kwargs": json_safe_kwargs(config.env_kwargs)},
@@ -240,10 +237,6 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
 # --- save without pickle ---------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2))
-
-
 def save_policy(
     model: MaskablePPO, directory: str | Path, config: PPOConfig, *, sb3_zip: bool = True
 ) -> Path:
@@ -254,14 +247,12 @@ def save_policy(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".policy.", suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"format": "wsigym.agents.policy.PatchPolicy"})
-    os.replace(tmp, directory / POLICY_WEIGHTS)
+    metadata = {"format": "wsigym.agents.policy.PatchPolicy"}
+    atomic_write(directory / POLICY_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     space = model.observation_space
     p = int(space["patch_mask"].shape[0])
     extractor = model.policy.mlp_extractor
-    _atomic_json(
+    atomic_write_json(
         directory / POLICY_CONFIG,
         {
             "algorithm": "MaskablePPO",

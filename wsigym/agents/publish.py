@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from wsigym.agents.sb3_export import SB3_SUMMARY, repo_name
-from wsigym.data.folder import atomic_write_text
 from wsigym.evaluate import EvalReport
+from wsigym.io import atomic_write_text
 
 RESULTS_NAME = "results.json"
 TABLE_NAME = "evaluation.md"

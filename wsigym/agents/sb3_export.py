@@ -24,9 +24,8 @@ Run ``wsigym sb3-export zoo/assets/weights/ppo-WSIZoom-v0`` to regenerate the sh
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from wsigym.data.folder import atomic_write_text
+from wsigym.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SB3_SUMMARY = "sb3.json"
 REPLAY_NAME = "replay.gif"
@@ -135,30 +134,26 @@ def write_zip(folder: str | Path) -> Path:
     model = sb3_model(folder)
     path = folder / zip_name(config)
 
-    def save(tmp: str) -> None:
-        model.save(tmp)  # tmp ends in .zip, so SB3 keeps the name
-        deflate_zip(tmp)
-
-    _atomic_bytes(path, save)
-    return path
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return atomic_write_bytes(path, deflated_zip(buffer.getvalue()))
 
 
-def deflate_zip(path: str | Path) -> None:
-    """Rewrite a zip with every member deflated, in place.
+def deflated_zip(data: bytes) -> bytes:
+    """The zip archive ``data`` with every member deflated.
 
     SB3 stores its members uncompressed; the pickled observation space holds the ``Box`` bounds of
     the ``P*d`` state (13 MB of one repeated float on synth-c16), which deflate shrinks to kilobytes.
     ``zipfile`` (and so ``MaskablePPO.load``) reads both forms.
     """
-    path = Path(path)
-    with zipfile.ZipFile(path) as src:
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
         members = [(info, src.read(info)) for info in src.infolist()]
-    tmp = path.with_name(path.name + ".deflate")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
-        for info, data in members:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info, content in members:
             info.compress_type = zipfile.ZIP_DEFLATED
-            dst.writestr(info, data)
-    os.replace(tmp, path)
+            dst.writestr(info, content)
+    return out.getvalue()
 
 
 def env_kwargs_for(config: dict[str, Any]) -> dict[str, Any]:
@@ -184,18 +179,6 @@ def zoo_config(config: dict[str, Any]) -> OrderedDict:
         f"tokens={str(config.get('tokens', 'state+context'))!r})"
     )
     return OrderedDict((k, params[k]) for k in sorted(params))
-
-
-def _atomic_bytes(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def replay_frames(model: Any, env: gym.Env, seed: int = 0, max_frames: int = 24) -> list[np.ndarray]:
@@ -276,12 +259,12 @@ def export_sb3(
         env = gym.make(env_id, **make_kwargs, render_mode="rgb_array")
         frames = [Image.fromarray(f) for f in replay_frames(model, env, seed=seed)]
         env.close()
-        _atomic_bytes(
+        atomic_write(
             folder / REPLAY_NAME,
             lambda tmp: frames[0].save(
                 tmp, format="GIF", save_all=True, append_images=frames[1:], duration=400, loop=0
             ),
         )
         summary["replay"] = REPLAY_NAME
-    atomic_write_text(folder / SB3_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(folder / SB3_SUMMARY, summary)
     return summary

@@ -28,8 +28,8 @@ from wsigym.calibration.tsu_information import (
     reference_metrics,
     update_agreement,
 )
-from wsigym.data.folder import atomic_write_json
 from wsigym.data.synth.dataset import SynthC16
+from wsigym.io import atomic_write_json
 
 
 def state_update_report(

@@ -50,8 +50,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     """Print :func:`~wsigym.data.describe.describe` of ``args.dataset``."""
-    from wsigym.data.dataset import open_dataset
     from wsigym.data.describe import describe, format_description
+    from wsigym.data.formats import open_dataset
 
     d = describe(open_dataset(args.dataset), fold=args.fold)
     print(json.dumps(d, indent=2) if args.json else format_description(d))
@@ -61,8 +61,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     """Open ``args.src`` with the chosen layout and write it to ``args.out`` in the native format."""
     from wsigym.data.convert import ConvertReport, convert
-    from wsigym.data.dataset import open_dataset
-    from wsigym.data.formats import detect_layout, open_layout
+    from wsigym.data.formats import detect_layout, open_dataset, open_layout
 
     if args.src in NAMED_DATASETS:
         dataset = open_dataset(args.src)

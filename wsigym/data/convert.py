@@ -14,8 +14,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from wsigym.data.dataset import SlideDataset
-from wsigym.data.native import is_temp_file, read_bag, slide_path, write_bag, write_dataset_index
+from wsigym.data.native import read_bag, slide_path, write_bag, write_dataset_index
 from wsigym.errors import DataError
+from wsigym.io import is_temp
 
 
 @dataclass
@@ -59,7 +60,7 @@ def convert(
     slides_dir.mkdir(parents=True, exist_ok=True)
     report = report if report is not None else ConvertReport()
     for p in sorted(list(slides_dir.iterdir()) + list(out_root.iterdir())):
-        if p.is_file() and is_temp_file(p):
+        if p.is_file() and is_temp(p):
             p.unlink()
             report.removed_temp.append(p.name)
     class_names = tuple(dataset.class_names)

@@ -2,14 +2,13 @@
 
 Every dataset, whatever its files, answers the same questions: which classes, which slides in which
 split of which fold, and the :class:`~wsigym.data.bag.SlideBag` of one slide.
-:func:`open_dataset` turns a name (``"synth-c16"``) or a folder into one.
+:func:`wsigym.data.formats.open_dataset` turns a name (``"synth-c16"``) or a folder into one.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from pathlib import Path
 
 from wsigym.data.bag import SlideBag
 from wsigym.errors import DataError
@@ -76,31 +75,3 @@ class SlideDataset(abc.ABC):
         return (
             f"{type(self).__name__}(name={self.name!r}, slides={len(self)}, classes={list(self.class_names)})"
         )
-
-
-def open_dataset(name_or_path: str | Path, **kwargs: object) -> SlideDataset:
-    """Open a dataset by registered name (``"synth-c16"``) or folder path.
-
-    A folder is recognised by its layout: the project's own format (``dataset.json``), CLAM
-    (``h5_files/``), TRIDENT (``*x_*px_*px_overlap/``) or SASHA grouped files (``lr/``, ``hr/``).
-    ``format`` (``"auto"`` by default, or ``"native"``, ``"clam"``, ``"trident"``, ``"sasha"``) skips
-    the detection; other keyword arguments go to the dataset's constructor (e.g. ``seed``,
-    ``cache_dir``, ``labels``, CLAM's ``hr_root``).
-
-    Raises:
-        DataError: when the name is unknown or the folder matches no layout.
-    """
-    from wsigym.data import formats  # deferred: readers import h5py
-
-    key = str(name_or_path)
-    layout = str(kwargs.pop("format", None) or "auto")
-    if key in formats.NAMED_DATASETS:
-        if layout != "auto":
-            raise DataError(key, f"a named dataset has no folder layout; got format={layout!r}")
-        return formats.NAMED_DATASETS[key](**kwargs)
-    path = Path(key).expanduser()
-    if not path.exists():
-        raise DataError(
-            key, f"no such dataset folder, and not a named dataset (known: {sorted(formats.NAMED_DATASETS)})"
-        )
-    return formats.open_layout(path, layout, **kwargs)

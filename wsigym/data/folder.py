@@ -1,4 +1,4 @@
-"""Dataset folders: labels CSVs, split files, deterministic split making and atomic writes.
+"""Dataset folders: labels CSVs, split files and deterministic split making.
 
 Every folder reader (native, CLAM, TRIDENT, SASHA) shares these pieces:
 
@@ -16,49 +16,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsigym.cachedir import new_file_mode
 from wsigym.data.content_digest import options_digest, sha256_hex, tree_digest
 from wsigym.data.dataset import SPLITS, SlideDataset
 from wsigym.errors import DataError
+from wsigym.io import atomic_write_text
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".czi", ".h5")
 
 
-# ---------------------------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    The file keeps its permissions (a new one gets ``0o644`` less the umask, not ``mkstemp``'s 0o600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically (see :func:`atomic_write_text`)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
+# ---------------------------------------------------------------------------------------------- reading
 def read_utf8_text(path: str | Path, what: str) -> str:
     """The text of ``path`` decoded as UTF-8 (a byte-order mark is dropped).
 

@@ -1,4 +1,4 @@
-"""Dataset names and folder layouts: what :func:`wsigym.data.dataset.open_dataset` dispatches to.
+"""Dataset names and folder layouts, and :func:`open_dataset`, which dispatches to them.
 
 Named datasets are built in code (``synth-c16``); folders are recognised by their layout:
 
@@ -123,3 +123,29 @@ def open_layout(path: str | Path, layout: str, **kw: Any) -> SlideDataset:
 def open_folder(path: str | Path, **kw: Any) -> SlideDataset:
     """Open a dataset folder, detecting its layout (see the module docstring)."""
     return open_layout(path, detect_layout(path), **kw)
+
+
+def open_dataset(name_or_path: str | Path, **kwargs: object) -> SlideDataset:
+    """Open a dataset by registered name (``"synth-c16"``) or folder path.
+
+    A folder is recognised by its layout: the project's own format (``dataset.json``), CLAM
+    (``h5_files/``), TRIDENT (``*x_*px_*px_overlap/``) or SASHA grouped files (``lr/``, ``hr/``).
+    ``format`` (``"auto"`` by default, or ``"native"``, ``"clam"``, ``"trident"``, ``"sasha"``) skips
+    the detection; other keyword arguments go to the dataset's constructor (e.g. ``seed``,
+    ``cache_dir``, ``labels``, CLAM's ``hr_root``).
+
+    Raises:
+        DataError: when the name is unknown or the folder matches no layout.
+    """
+    key = str(name_or_path)
+    layout = str(kwargs.pop("format", None) or "auto")
+    if key in NAMED_DATASETS:
+        if layout != "auto":
+            raise DataError(key, f"a named dataset has no folder layout; got format={layout!r}")
+        return NAMED_DATASETS[key](**kwargs)
+    path = Path(key).expanduser()
+    if not path.exists():
+        raise DataError(
+            key, f"no such dataset folder, and not a named dataset (known: {sorted(NAMED_DATASETS)})"
+        )
+    return open_layout(path, layout, **kwargs)

@@ -29,8 +29,6 @@ killed writer never leaves a half-written ``<slide_id>.h5``; temp files are name
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,7 +37,6 @@ import numpy as np
 from wsigym.data.bag import SlideBag, SlideMeta
 from wsigym.data.folder import (
     FolderDataset,
-    atomic_write_json,
     check_slide_id,
     open_h5,
     read_h5_array,
@@ -48,6 +45,7 @@ from wsigym.data.folder import (
     write_labels_csv,
 )
 from wsigym.errors import DataError
+from wsigym.io import atomic_write, atomic_write_json
 
 FORMAT = "wsigym"
 BAG_FORMAT = "wsigym-bag"
@@ -58,11 +56,6 @@ FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 def slide_path(root: str | Path, slide_id: str) -> Path:
     """``<root>/slides/<slide_id>.h5``."""
     return Path(root) / "slides" / f"{check_slide_id(slide_id, root)}.h5"
-
-
-def is_temp_file(path: Path) -> bool:
-    """True for a temp file left by :func:`write_bag` or :func:`~wsigym.data.folder.atomic_write_text`."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def write_bag(bag: SlideBag, path: str | Path, dtype: str = "float16") -> Path:
@@ -92,10 +85,7 @@ def write_bag(bag: SlideBag, path: str | Path, dtype: str = "float16") -> Path:
             )
         return np.where(np.isfinite(out), out, 0).astype(ftype)  # only masked-out children can be non-finite
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = BAG_FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -118,11 +108,8 @@ def write_bag(bag: SlideBag, path: str | Path, dtype: str = "float16") -> Path:
                 f.create_dataset("truth/hr_tumour_fraction", data=bag.hr_tumour_fraction.astype(np.float32))
             for name, view in bag.views.items():
                 f.create_dataset(f"views/{name}", data=feats(f"views/{name}", view))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _attr_json(f: object, key: str, source: Path) -> object:

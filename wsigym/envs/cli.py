@@ -11,12 +11,12 @@ HAFED attends most among the legal ones).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wsigym.envs.reward import REWARDS
+from wsigym.io import atomic_write
 
 ENV_IDS = ("WSIZoom-v0", "WSIZoomGlobal-v0", "WSIZoomNoUpdate-v0")
 
@@ -101,11 +101,7 @@ def _render(args: argparse.Namespace) -> int:
         if term or trunc:
             break
     frame = env.render()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray(frame).save(tmp)
-    tmp.replace(out)
+    out = atomic_write(args.out, lambda tmp: Image.fromarray(frame).save(tmp, format="PNG"))
     print(f"wrote {out} ({frame.shape[1]}x{frame.shape[0]}) slide {info['slide_id']}, {info['zooms']} zooms")
     return 0
 

@@ -55,7 +55,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag
-from wsigym.data.dataset import SlideDataset, open_dataset
+from wsigym.data.dataset import SlideDataset
+from wsigym.data.formats import open_dataset
 from wsigym.envs.precompute_cache import RECORD, SlideRecordCache
 from wsigym.errors import DataError
 

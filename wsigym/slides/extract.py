@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from wsigym.data.bag import SlideBag, SlideMeta
 from wsigym.errors import DataError
+from wsigym.io import atomic_write, atomic_write_json, temp_writer_pid
 from wsigym.slides.encoders import PatchEncoder
 from wsigym.slides.grid import PatchPlan, plan_patches
 from wsigym.slides.reader import SlideReader, open_slide, read_children, read_patch
@@ -167,8 +168,6 @@ def check_job_encoder(features_dir: Path, identity: Mapping[str, Any], *, overwr
                 "the network that made them is unknown. Rerun with --overwrite (overwrite=True) to "
                 "recompute, or use another --job-dir",
             )
-    from wsigym.data.folder import atomic_write_json
-
     features_dir.mkdir(parents=True, exist_ok=True)
     if not record.is_file() or _read_identity_file(record) != dict(identity):
         atomic_write_json(record, dict(identity))
@@ -184,18 +183,21 @@ def _file_identity(path: Path) -> dict[str, Any] | None:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Delete ``.<name>.<pid>.tmp`` files next to ``path`` whose writer process is gone (``kill -9``)."""
+    """Delete the temp files of ``path`` (:func:`wsigym.io.temp_name`) whose writer process is gone
+    (``kill -9``)."""
     if not path.parent.is_dir():
         return
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid_text = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        pid = temp_writer_pid(tmp, path.name)
+        if pid is None:
+            continue  # not ours
         try:
-            os.kill(int(pid_text), 0)
-            alive = int(pid_text) != os.getpid()
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
         except ProcessLookupError:
             alive = False
-        except (ValueError, PermissionError, OverflowError):
-            continue  # not ours, or another user's live process
+        except (PermissionError, OverflowError):
+            continue  # another user's live process, or not a pid
         if not alive:
             tmp.unlink(missing_ok=True)
 
@@ -283,9 +285,8 @@ def _write_h5(
     identity: Mapping[str, Any] | None = None,
 ) -> None:
     """Atomic write of a patches file (``features is None``) or a features file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             rows = _plan_rows(plan, tag)
             ds = f.create_dataset("coords", data=rows.pop("coords").astype(np.int64))
@@ -306,10 +307,8 @@ def _write_h5(
             f.attrs["children_per_side"] = plan.children_per_side
             f.attrs["mpp"] = float("nan") if mpp is None else float(mpp)
             f.attrs["wsigym_complete"] = 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def _read_plan(lr_path: Path, hr_path: Path) -> PatchPlan:

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from wsigym.io import atomic_write
+
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) level-0 px, x1/y1 exclusive
 
 _BACKGROUND = np.array([244, 242, 246], dtype=np.float32)
@@ -208,8 +210,8 @@ def write_aperio_tiff(
         f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
         f"JPEG/RGB Q={quality}|AppMag = {mag:g}|MPP = {mpp:g}|Filename = {path.stem}|wsigym = synthetic"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
             for lv in range(levels):
                 if lv == 0:
@@ -262,8 +264,6 @@ def write_aperio_tiff(
                         f"{thumb.shape[1]}x{thumb.shape[0]} - |AppMag = {mag:g}|MPP = {mpp:g}",
                         metadata=None,
                     )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
     return SyntheticSlide(path, width, height, float(mpp), regions, tuple(dims))

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wsigym.errors import DataError
+from wsigym.io import atomic_write
 from wsigym.slides.grid import PatchPlan, plan_patches
 from wsigym.slides.reader import SlideReader, open_slide
 from wsigym.slides.tissue import TissueMask, segment_tissue
@@ -81,14 +82,5 @@ def save_thumbnail(
     slide: SlideReader | str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: object
 ) -> Path:
     """:func:`render_thumbnail` written as PNG (temp file in the same folder, then renamed)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     img = render_thumbnail(slide, **kwargs)  # type: ignore[arg-type]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))

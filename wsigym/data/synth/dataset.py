@@ -30,16 +30,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from wsigym.cachedir import build_lock, cache_root, remove_stale_temps, temp_name
+from wsigym.cachedir import build_lock, cache_root, remove_stale_temps
 from wsigym.data.bag import SlideBag, SlideMeta
 from wsigym.data.content_digest import sha256_hex
 from wsigym.data.dataset import SlideDataset
-from wsigym.data.folder import atomic_write_text
 from wsigym.data.synth.config import FORMAT_VERSION, SynthConfig
 from wsigym.data.synth.generator import FeatureModel
 from wsigym.data.synth.geometry import MPP, TumourGeometry
 from wsigym.data.synth.layout import CHILD_PX, LR_PX, SlideLayout, simulate_layout
 from wsigym.errors import DataError
+from wsigym.io import atomic_write_json, temp_name
 
 CLASS_NAMES = ("normal", "tumour")
 MANIFEST = "manifest.json"
@@ -63,7 +63,7 @@ def _crc32(path: Path) -> int:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1))
+    atomic_write_json(path, data, indent=1)
 
 
 def plan_slides(config: SynthConfig, seed: int, geometry: TumourGeometry) -> list[dict[str, Any]]:
