@@ -11,7 +11,7 @@ import torch
 
 import wsigym.envs  # noqa: F401
 from wsigym.calibration import tsu_information as ti
-from wsigym.calibration.tables import format_report
+from wsigym.calibration.tables import format_agreement, format_report
 from wsigym.cli import main
 from wsigym.envs.state_update import UPDATE_RULES
 
@@ -54,6 +54,8 @@ def test_agreement_and_table_on_known_kinds(calibrated) -> None:
         assert 0.0 <= agreement["same_kind_rate"][kind] <= 1.0
         assert agreement["error"][kind]["rows"] > 0
     assert np.isnan(agreement["same_kind_rate"]["mimic"])
+    as_saved = json.loads(json.dumps(agreement).replace("NaN", "null"))  # wsigym.io writes NaN as null
+    assert "nan" in format_agreement(as_saved)
     table = ti.fixed_agent_table(source, hafed, update, budgets=(0.1, 0.5), seeds=(0, 1), progress=False)
     assert len(table) == 3 * 3 * 2
     by = {(r["agent"], r["rule"], r["budget"]): r for r in table}

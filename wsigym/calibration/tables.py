@@ -10,6 +10,11 @@ from typing import Any
 KINDS = ("other", "tumour", "mimic")
 
 
+def _nan(value: float | None) -> float:
+    """A report value; JSON stores NaN as null (:mod:`wsigym.io`)."""
+    return float("nan") if value is None else float(value)
+
+
 def format_views(report: dict[str, Any]) -> str:
     """The ABMIL part: test accuracy and AUC of each model, the oracle zooms' tumour coverage."""
     lines = [
@@ -33,13 +38,14 @@ def format_agreement(result: dict[str, Any]) -> str:
     ]
     for k in KINDS:
         lines.append(
-            f"{k:12s} {result['anchors'][k]:8d} {result['rows_per_zoom'][k]:10.1f} "
-            f"{result['same_kind_rate'][k]:10.1%} {result['base_rate'][k]:10.1%}"
+            f"{k:12s} {result['anchors'][k]:8d} {_nan(result['rows_per_zoom'][k]):10.1f} "
+            f"{_nan(result['same_kind_rate'][k]):10.1%} {_nan(result['base_rate'][k]):10.1%}"
         )
     lines.append(f"{'updated row':12s} {'rows':>8s} {'f_S MSE':>10s} {'copy Z':>10s} {'copy V(a)':>10s}")
     for k in KINDS:
         e = result["error"][k]
-        lines.append(f"{k:12s} {e['rows']:8d} {e['tsu']:10.4f} {e['copy_z']:10.4f} {e['copy_v_a']:10.4f}")
+        errors = " ".join(f"{_nan(e[key]):10.4f}" for key in ("tsu", "copy_z", "copy_v_a"))
+        lines.append(f"{k:12s} {e['rows']:8d} {errors}")
     return "\n".join(lines)
 
 
