@@ -30,11 +30,14 @@ test: $(STAMP)
 # ASMIL's queries start at std 1, see its card; TransMIL ~50 min per epoch on one CPU thread); SemaMIL
 # (pure-PyTorch scan) and LRMIL read the low-res patches.
 ZOO  := $(VENV)/bin/zoo
+# SASHA's f_S (LayerNorm MLP) by SASHA's CAMELYON16 TSU recipe (config/camelyon_tsu_config.yml; 200 epochs
+# as for SASHA-0.1); the same command is the tsu-synth-c16 card's reproduce line (zoo/pretrained.py).
+TSU_TRAIN := $(ZOO) train tsu --dataset synth-c16 --hafed runs/hafed-synth-c16 --epochs 200 --lr 4e-5 \
+	--weight-decay 4e-4 --config tau=0.95 similarity=abs_cosine anchors_per_slide=1
 SYNTH := --dataset synth-c16 --epochs 3 --lr 1e-3
 synth-weights: $(STAMP)
 	$(ZOO) train hafed --dataset synth-c16 --epochs 12 --lr 1e-3 --out runs/hafed-synth-c16
-	$(ZOO) train tsu --dataset synth-c16 --hafed runs/hafed-synth-c16 --epochs 60 --lr 4e-4 \
-		--config tau=0.95 residual=true --out runs/tsu-synth-c16
+	$(TSU_TRAIN) --out runs/tsu-synth-c16
 	for m in abmil acmil; do \
 		$(ZOO) train $$m $(SYNTH) --config view=hr --out runs/$$m-synth-c16 || exit 1; done
 	$(ZOO) train asmil $(SYNTH) --config view=hr query_init_std=1.0 --out runs/asmil-synth-c16

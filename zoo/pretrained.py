@@ -36,6 +36,14 @@ _TRAIN_DATASET_ARGS: dict[str, str] = {
     "synth-c16": "--dataset synth-c16",
 }
 
+#: SASHA's f_S recipe for ``zoo train tsu`` (``config/camelyon_tsu_config.yml``: AdamW 4e-5 / 4e-4, |cos| >= 0.95,
+#: one anchor per slide, 200 epochs as for SASHA-0.1); the Makefile's ``TSU_TRAIN`` uses the same (tested).
+TSU_RECIPE_ARGS = (
+    "--epochs 200 --lr 4e-5 --weight-decay 4e-4 --config tau=0.95 similarity=abs_cosine anchors_per_slide=1"
+)
+#: The HAFED the TSU is trained against, as the Makefile's ``synth-weights`` trains it.
+_HAFED_ARGS_FOR_TSU: dict[str, str] = {"synth-c16": " --epochs 12 --lr 1e-3"}
+
 
 def hub_org() -> str:
     """The Hub organisation of registered names: ``$ZOO_HUB_ORG`` or ``"wsigym"``."""
@@ -91,9 +99,10 @@ def _mil_entry(arch: str, dataset: str) -> PretrainedEntry:
     name = f"{arch}-{dataset}"
     data = _TRAIN_DATASET_ARGS[dataset]
     if arch == "tsu":  # the TSU regresses the high-res rows of a trained HAFED (zoo.train_tsu)
+        hafed_args = _HAFED_ARGS_FOR_TSU.get(dataset, "")
         train = (
-            f"zoo train hafed {data} --out runs/hafed-{dataset}"
-            f" && zoo train tsu {data} --hafed runs/hafed-{dataset} --out runs/{name}"
+            f"zoo train hafed {data}{hafed_args} --out runs/hafed-{dataset}"
+            f" && zoo train tsu {data} --hafed runs/hafed-{dataset} {TSU_RECIPE_ARGS} --out runs/{name}"
         )
     elif arch == "lrmil":  # distilled from a high-res ABMIL teacher
         train = (

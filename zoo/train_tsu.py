@@ -7,15 +7,18 @@ that have at least one similar patch, takes the similar set
 
 .. math:: C(a) = \{ i \ne a : \cos(Z_i, Z_a) \ge \tau \}
 
-on the **low-res features** ``Z`` (signed cosine by default; ``similarity="abs_cosine"`` gives SASHA's
-``|cos|``), and takes one AdamW step on
+on the **low-res features** ``Z`` (SASHA's ``|cos|`` by default, ``similarity="abs_cosine"``;
+``"cosine"`` is signed), and takes one AdamW step on
 
 .. math:: \mathcal{L} = \operatorname{mean}_{a,\, i \in C(a)} \big\| f_S([V(a), Z(a), Z(i)]) - V(i) \big\|^2 / d .
 
-The inputs are ``Z`` rows, not evolving states, because the environment applies ``f_S`` to exactly
-these inputs: each row is TSU-updated at most once, so a row it can still update holds
-``S_t(i) = Z(i)``, and the similarity is computed on ``Z`` as well (no train/use shift, SASHA
-pitfall 7). The learning rate follows a per-iteration half-cosine from ``lr`` to 0 (no warm-up);
+The inputs are ``Z`` rows, not evolving states, as in SASHA's ``step5_tsu_training.py``: each row is
+TSU-updated at most once, so a row the environment can still update holds ``S_t(i) = Z(i)``; the
+anchor input is ``Z(a)`` in training but ``S_t(a)`` in SASHA's environment (``update="tsu"``), which
+differs when ``a`` was TSU-updated earlier (SASHA pitfall 7; ``update="tsu-lowres"`` removes that
+shift). The defaults are SASHA's architecture and CAMELYON16 recipe (``config/camelyon_tsu_config.yml``:
+AdamW lr 4e-5, weight decay 4e-4, ``|cos| >= 0.95``; 200 epochs for SASHA-0.1, 1000 for SASHA-0.2),
+except ``anchors_per_slide`` (SASHA: 1). The learning rate follows a per-iteration half-cosine from ``lr`` to 0 (no warm-up);
 the epoch with the lowest validation MSE is kept.
 
 Validation uses a fixed, seeded set of anchors per slide (``eval_anchors_per_slide``), and reports the
@@ -172,7 +175,7 @@ def fit_tsu(
     *,
     fold: int = 0,
     tau: float = 0.95,
-    similarity: str = "cosine",
+    similarity: str = "abs_cosine",
     epochs: int = 200,
     lr: float = 4e-5,
     weight_decay: float = 4e-4,

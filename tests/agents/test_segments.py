@@ -81,6 +81,7 @@ CASES = [
     pytest.param({"tokens": "state+context"}, "tsu", id="context"),
     pytest.param({"tokens": "state+context", "standardise": True}, "tsu", id="context-standardised"),
     pytest.param({"tokens": "state"}, "tsu", id="state"),
+    pytest.param({"tokens": "state"}, "tsu-lowres", id="state-lowres"),
     pytest.param({"tokens": "state", "standardise": True}, "none", id="state-standardised-noupdate"),
     pytest.param({"tokens": "state+context"}, "global", id="context-global"),
 ]

@@ -27,14 +27,14 @@ def envs(tiny_dataset, models):
     kw = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "illegal_action": "raise"}
     return {
         (update, masked): WSIZoomEnv(**kw, update=update, mask_updated=masked, budget=0.5)
-        for update in ("tsu", "global", "none")
+        for update in ("tsu", "tsu-lowres", "global", "none")
         for masked in (False, True)
     }
 
 
 @SETTINGS
 @given(
-    update=st.sampled_from(["tsu", "global", "none"]),
+    update=st.sampled_from(["tsu", "tsu-lowres", "global", "none"]),
     masked=st.booleans(),
     seed=st.integers(0, 2**16),
     picks=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=40),

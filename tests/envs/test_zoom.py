@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import wsigym  # noqa: F401  (registers the environments)
+import zoo
 from wsigym.envs.slide_source import budget_steps
 from wsigym.envs.zoom import WSIZoomEnv
 from wsigym.envs.zoom_batch import OBSERVATION_KEYS
@@ -127,8 +128,10 @@ def test_budget_end_truncate(env_kwargs):
     assert trace[-1][2] is False and trace[-1][3] is True
 
 
-def test_tsu_updates_each_row_once(env_kwargs):
-    env = WSIZoomEnv(**env_kwargs, budget=1.0)
+@pytest.mark.parametrize("update", ["tsu", "tsu-lowres"])
+def test_tsu_updates_each_row_once(env_kwargs, update):
+    """The similar set is taken against the anchor's current state row (SASHA) or its low-res row."""
+    env = WSIZoomEnv(**env_kwargs, budget=1.0, update=update)
     obs, info = env.reset(seed=2)
     p, d = env.max_patches, env.dim
     z = obs["state"].reshape(p, d).copy()
@@ -144,7 +147,8 @@ def test_tsu_updates_each_row_once(env_kwargs):
         obs, _, term, trunc, info = env.step(a)
         s_prev, s_new = prev["state"].reshape(p, d)[:n], obs["state"].reshape(p, d)[:n]
         changed = np.flatnonzero(np.any(s_prev != s_new, axis=1))
-        similar = np.flatnonzero(zn @ zn[a] >= env.config.tau)
+        anchor = prev["state"].reshape(p, d)[a] if update == "tsu" else z[a]
+        similar = np.flatnonzero(zn @ (anchor / np.linalg.norm(anchor)) >= env.config.tau)
         expected = [i for i in similar if i != a and not prev["updated"][i]]
         tsu_rows = sorted(set(changed) - {a})
         assert tsu_rows == sorted(expected)  # exactly the new similar rows (a generic f_S changes every row)
@@ -183,7 +187,7 @@ def test_tsu_row_values(env_kwargs):
 def test_absolute_cosine_counts_anticorrelated(tiny_dataset, models):
     hafed, tsu = models
     kw = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "tau": 0.0}
-    signed, absolute = WSIZoomEnv(**kw), WSIZoomEnv(**kw, absolute_cosine=True)
+    signed, absolute = WSIZoomEnv(**kw, absolute_cosine=False), WSIZoomEnv(**kw, absolute_cosine=True)
     _, i1 = signed.reset(seed=0)
     _, i2 = absolute.reset(seed=0)
     _, _, _, _, i1 = signed.step(0)
@@ -433,3 +437,76 @@ def test_render(env_kwargs):
     assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 10
     with pytest.raises(ValueError, match="render_mode"):
         WSIZoomEnv(**env_kwargs, render_mode="human")
+
+
+def _sasha_f_s(tsu, x: torch.Tensor) -> torch.Tensor:
+    """SASHA's ``FGlobal.forward`` (``modules/fglobal_mlp.py``) written out: fc1 -> GELU -> fc2 -> LayerNorm."""
+    fc1, fc2, norm = tsu.mlp[0], tsu.mlp[2], tsu.mlp[3]
+    h = F.gelu(F.linear(x, fc1.weight, fc1.bias))
+    return F.layer_norm(F.linear(h, fc2.weight, fc2.bias), (x.shape[-1] // 3,), norm.weight, norm.bias)
+
+
+def _sasha_step(state, mask, picked, a, v, tsu, tau):
+    """One step of SASHA's ``WSICosineObservationEnv.step`` (``envs/WSI_cosine_env.py``), transcribed.
+
+    ``state (N, d)`` is the current state, ``mask (N,)`` 1 for rows not yet zoomed or TSU-updated,
+    ``picked`` the zoomed patches so far; all updated in place.
+    """
+    picked.append(a)
+    unmasked = set((mask == 1).nonzero()[:, 0].tolist())  # taken before this step's masking
+    cos = torch.cosine_similarity(state, state[a].unsqueeze(0), dim=-1)
+    hits = (torch.abs(cos) >= tau).nonzero()[:, 0]
+    mask[hits] = 0
+    targets = sorted(set(hits[hits != a].tolist()) & unmasked)
+    if not targets:
+        state[a] = v[a]
+    else:
+        n = len(targets)
+        x = torch.cat((v[a].repeat(n, 1), state[a].repeat(n, 1), state[targets]), dim=1)
+        state[targets] = _sasha_f_s(tsu, x)
+    state[picked] = v[picked]
+
+
+def test_tsu_transition_equals_a_transcription_of_sasha_step(tiny_dataset, models):
+    """``update="tsu"`` with ``|cos|`` and SASHA's f_S reproduces SASHA's step, state and reward, zoom by zoom.
+
+    The zooms deliberately include patches TSU-updated by an earlier zoom (where the anchor
+    ``S_t(a)`` differs from ``Z(a)``); the low-res variant is checked to disagree there.
+    """
+    hafed, _ = models
+    torch.manual_seed(7)
+    tsu = zoo.create_model("tsu", in_dim=hafed.config.in_dim, tau=0.9, similarity="abs_cosine").eval()
+    for p in tsu.parameters():  # non-trivial LayerNorm affine as well
+        torch.nn.init.normal_(p, std=0.3)
+    kw = {"dataset": tiny_dataset, "hafed": hafed, "tsu": tsu, "progress": False, "budget": 0.5}
+    env, lowres = WSIZoomEnv(**kw), WSIZoomEnv(**kw, update="tsu-lowres")
+    assert env.config.absolute_cosine and env.config.tau == 0.9
+    obs, info = env.reset(seed=3)
+    lowres.reset(options={"slide_index": int(env.batch.slide[0])})
+    n, p, d = int(obs["patch_mask"].sum()), env.max_patches, env.dim
+    z = torch.as_tensor(obs["state"]).reshape(p, d)[:n].clone()
+    v = env.source.v[env.source.rows(env.batch.slide[0])]
+    label = torch.tensor([info["label"]])
+    state, mask, picked = z.clone(), torch.ones(n), []
+    rng = np.random.default_rng(0)
+    reanchored = differs = 0
+    done = False
+    while not done:
+        updated_only = np.flatnonzero((obs["updated"][:n] == 1) & (obs["visited"][:n] == 0))
+        legal = np.flatnonzero(info["action_mask"])
+        a = int(rng.choice(updated_only if len(updated_only) else legal))  # prefer TSU-updated anchors
+        reanchored += bool(len(updated_only))
+        with torch.no_grad():
+            _sasha_step(state, mask, picked, a, v, tsu, 0.9)
+            expected_reward = -F.cross_entropy(hafed.classify(state[None])["logits"], label).item()
+        obs, r, term, trunc, info = env.step(a)
+        lobs, *_ = lowres.step(a)
+        assert mask.sum() > 0  # SASHA's "all patches visited" freeze (not reproduced) never applies here
+        got = torch.as_tensor(obs["state"]).reshape(p, d)
+        torch.testing.assert_close(got[:n], state, rtol=1e-5, atol=1e-5)
+        assert float(got[n:].abs().sum()) == 0.0
+        np.testing.assert_array_equal(obs["updated"][:n], (mask == 0).numpy())
+        assert r == pytest.approx(expected_reward, rel=1e-5, abs=1e-6)
+        differs += not np.allclose(lobs["state"], obs["state"], atol=1e-5)
+        done = term or trunc
+    assert reanchored >= 2 and differs >= 1

@@ -352,3 +352,18 @@ def test_cli_train_wiring(monkeypatch, tmp_path):
         "epochs": 3,
         "progress": True,
     }
+
+
+def test_tsu_card_command_matches_the_makefile():
+    """The tsu-synth-c16 card's reproduce command trains what ``make synth-weights`` trains (SASHA's f_S)."""
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    lines = makefile.replace("\\\n", " ").splitlines()
+    tsu_train = next(line.split(":=", 1)[1] for line in lines if line.startswith("TSU_TRAIN"))
+    make_args = " ".join(tsu_train.split()).replace("$(ZOO) ", "zoo ")
+    hafed = next(line for line in lines if "train hafed" in line).split("$(ZOO) ", 1)[1]
+    command = pretrained.PRETRAINED["tsu-synth-c16"].command("o")
+    assert f"{make_args} --out runs/tsu-synth-c16" in command
+    assert hafed.strip() in command
+    assert "residual" not in command and "similarity=abs_cosine" in command

@@ -22,7 +22,15 @@ def test_defaults_and_parameter_count():
         None,
         0.95,
         "v_a,s_a,s_i",
-        "cosine",
+        "abs_cosine",
+    )
+    # SASHA's FGlobal (modules/fglobal_mlp.py): fc1 -> GELU -> fc2 -> LayerNorm, 1152 -> 768 -> 384
+    kinds = [type(m).__name__ for m in model.mlp]
+    assert kinds == ["Linear", "GELU", "Linear", "LayerNorm"] and not cfg.residual
+    assert (model.mlp[0].in_features, model.mlp[0].out_features, model.mlp[2].out_features) == (
+        1152,
+        768,
+        384,
     )
     lin1, _, lin2, norm = model.mlp
     assert (lin1.in_features, lin1.out_features, lin2.out_features) == (1152, 768, 384)
@@ -123,7 +131,7 @@ def test_fit_tsu_beats_both_baselines():
         assert b[f"{split}_tsu"] < 0.6 * b[f"{split}_copy_anchor"], b
         assert b[f"{split}_tsu"] < 0.1 * b[f"{split}_no_update"], b
     assert res.history[res.best_epoch]["val_mse"] == pytest.approx(res.val_mse, rel=1e-5)
-    assert res.model.config.tau == 0.9 and res.model.config.similarity == "cosine"
+    assert res.model.config.tau == 0.9 and res.model.config.similarity == "abs_cosine"  # SASHA's default
     assert not res.model.training
 
 

@@ -2,30 +2,56 @@ r"""State-update rules after a zoom, batched over ``B`` environments in torch.
 
 Every rule acts on padded batches (``P`` = max patches, rows ``>= N`` are padding) and, for each
 active environment ``b`` with zoomed patch ``a = anchors[b]``, writes the oracle row
-``S(a) <- V(a)``. They differ in which other rows change:
+``S(a) <- V(a)``. A rule is a small frozen object (its options live in it, so the environments take
+one ``update`` name); :data:`UPDATE_RULES` names them. They differ in which other rows change:
 
-``"tsu"`` (SASHA's targeted state update, ``WSIZoom-v0``)
+``"tsu"`` (SASHA's targeted state update, the default of ``WSIZoom-v0``; :class:`TSURule`)
     .. math::
-        C = \{ i \text{ valid} : \cos(Z_i, Z_a) \ge \tau \}, \quad
+        C = \{ i \text{ valid} : \cos(S_t(i), S_t(a)) \ge \tau \}, \quad
         C_{new} = C \setminus (\{a\} \cup \text{updated}), \quad
-        S(i) \leftarrow f_S([V(a), Z(a), Z(i)]) \;\; \forall i \in C_{new}, \quad
+        S(i) \leftarrow f_S([V(a), S_t(a), S_t(i)]) \;\; \forall i \in C_{new}, \quad
         \text{updated} \leftarrow \text{updated} \cup C \cup \{a\}
 
-    (``|cos|`` with ``absolute_cosine=True``, SASHA's rule, pitfall 6). Similarity and the TSU
-    inputs use the low-res features ``Z`` (as ``f_S`` is trained; pitfall 7): a row is TSU-updated
-    at most once, so every row the rule can still update holds ``S_t(i) = Z(i)`` and this equals
-    SASHA's code on ``S_t``. A zoomed row is always overwritten by ``V`` and never changes again.
+    with ``|cos|`` when ``absolute_cosine=True`` (SASHA's code; the environment takes the TSU
+    config's ``similarity``). This is the step of SASHA's ``envs/WSI_cosine_env.py``
+    (``WSICosineObservationEnv.step``): similarity and the ``f_S`` anchor input come from the
+    **current state row** ``S_t(a)``; ``f_S`` inputs in the code's order ``[V(a), S_t(a), S_t(i)]``;
+    each row is TSU-updated at most once (SASHA's ``mask``); every zoomed row holds ``V``. A row the
+    rule can still update was never written, so ``S_t(i) = Z(i)`` there; ``S_t(a)`` differs from
+    ``Z(a)`` exactly when ``a`` was TSU-updated by an earlier zoom (allowed with the default
+    ``mask_updated=False``, as in SASHA, whose policy masks zoomed patches only).
+    ``tests/envs/test_state_update.py`` checks this rule against a plain transcription of that step.
+
+    Not reproduced from SASHA's step (on purpose): once every patch of the slide has been zoomed or
+    TSU-updated, SASHA's environment stops changing the state (later zooms do not even write
+    ``V(a)``); here a zoom always writes ``V(a)``. Cosines use ``max(||x||, 1e-12)`` norms (torch's
+    ``cosine_similarity`` clamps at ``1e-8``): equal for any non-zero row.
+
+``"tsu-lowres"`` (this project's variant, ``TSURule(anchor="lowres")``; ``WSIZoom-v0`` before v0.2)
+    the same with the anchor's **low-res** row: ``cos(Z_i, Z_a)`` and ``f_S([V(a), Z(a), Z(i)])``.
+    These are exactly the inputs :mod:`zoo.train_tsu` (and SASHA's ``step5_tsu_training.py``) trains
+    ``f_S`` on, so training and use see one input distribution (SASHA pitfall 7, "TSU input
+    shift"); it differs from ``"tsu"`` only on zooms of previously TSU-updated patches.
 
 ``"global"`` (this project's reconstruction of RLogist's global update with the same ``f_S``,
-``WSIZoomGlobal-v0``)
+``WSIZoomGlobal-v0``; :class:`GlobalRule`)
     every valid, not-yet-zoomed row ``i != a`` is set to ``f_S([V(a), Z(a), Z(i)])`` after every
-    zoom (so it reflects the latest zoom only); all of them count as updated.
+    zoom (so it reflects the latest zoom only); all of them count as updated. SASHA's ablation
+    environment (``envs/WSI_env.py``, ``WSIObservationEnv``) computes the same classifier input up to
+    the ``f_S`` input order, but is **not reproduced**, because three of its behaviours are bugs of
+    that file rather than the ablation it stands for: it resets ``current_state`` to ``Z`` at the end
+    of every step and returns that, so its agent never observes a zoom (only its own picks); it feeds
+    ``f_S`` ``[S(a), V(a), S(i)]``, an order the TSU checkpoint was not trained on (it is trained on
+    ``[V(a), Z(a), Z(i)]``); and it takes the cross-entropy of softmax outputs (a double softmax, with
+    difference rewards and a terminal ``-CE``). Here the agent observes the state the classifier
+    reads, ``f_S`` gets its trained order, and the reward is the environment's ``reward`` option.
 
-``"none"`` (``WSIZoomNoUpdate-v0``)
+``"none"`` (``WSIZoomNoUpdate-v0``; :class:`NoUpdateRule`)
     only the zoomed row changes.
 
 Each rule returns a :class:`StateChange` listing the rows it wrote with their old and new values,
-which is what :class:`wsigym.envs.classifier.IncrementalAttentionClassifier` needs.
+which is what :class:`wsigym.envs.classifier.IncrementalAttentionClassifier` and the structured PPO
+runner (:mod:`wsigym.agents.segments`) need: they never assume which rows a rule reads.
 """
 
 from __future__ import annotations
@@ -75,24 +101,29 @@ class ZoomBatchState:
     updated: Tensor
 
 
-def cosine_to_anchor(z: Tensor, z_norm: Tensor, anchors: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``cos(Z_i, Z_a)`` for every row: ``z (B, P, d)``, ``z_norm (B, P)``, ``anchors (B,)`` -> ``(B, P)``.
+def cosine_to(z: Tensor, z_norm: Tensor, query: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``cos(Z_i, q_b)`` for every row: ``z (B, P, d)``, ``z_norm (B, P)``, ``query (B, d)`` -> ``(B, P)``.
 
     One ``N x d`` scan per environment (the per-step floor of any TSU environment). On CUDA one
     ``bmm`` over the padded rows; on CPU one GEMV per environment over its real rows only (the first
     ``valid[b].sum()`` rows; padding rows get 0), which measured ~2.5x faster than CPU ``bmm`` here
-    (``benchmarks/env_speed.py``) and skips the padding to the dataset's largest slide.
+    (``benchmarks/env_speed.py``) and skips the padding to the dataset's largest slide. Norms are
+    clamped at :data:`EPS`.
     """
-    b = torch.arange(z.shape[0], device=z.device)
-    za = z[b, anchors]  # (B, d)
     if z.device.type == "cpu":
         counts = [z.shape[1]] * z.shape[0] if valid is None else valid.sum(-1).tolist()
         dots = z.new_zeros(z.shape[:2])
         for i, n in enumerate(counts):
-            dots[i, :n] = torch.mv(z[i, :n], za[i])
+            dots[i, :n] = torch.mv(z[i, :n], query[i])
     else:
-        dots = torch.bmm(z, za.unsqueeze(-1)).squeeze(-1)  # (B, P)
-    return dots / (z_norm * z_norm[b, anchors].unsqueeze(-1))
+        dots = torch.bmm(z, query.unsqueeze(-1)).squeeze(-1)  # (B, P)
+    return dots / (z_norm * query.norm(dim=-1).clamp_min(EPS).unsqueeze(-1))
+
+
+def cosine_to_anchor(z: Tensor, z_norm: Tensor, anchors: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``cos(Z_i, Z_a)`` for every row: ``anchors (B,)`` row indices; see :func:`cosine_to`."""
+    b = torch.arange(z.shape[0], device=z.device)
+    return cosine_to(z, z_norm, z[b, anchors], valid)
 
 
 def tsu_rows(
@@ -136,84 +167,130 @@ def _active(anchors: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
     return env, anchors[env]
 
 
-def tsu_update(
+def _f_s_rows(
     st: ZoomBatchState,
-    anchors: Tensor,
-    active: Tensor,
-    v_anchor: Tensor,
     tsu: Callable[[Tensor, Tensor, Tensor], Tensor],
-    tau: float,
-    absolute_cosine: bool = False,
-) -> StateChange:
-    """SASHA's targeted state update (module docstring) on the ``active (B,)`` environments.
+    env_a: Tensor,
+    v_anchor: Tensor,
+    s_anchor: Tensor,
+    env: Tensor,
+    row: Tensor,
+) -> Tensor:
+    """``f_S([V(a), s_anchor, Z(i)])`` for the rows ``(env, row)`` (``(R, d)``, the state's dtype)."""
+    if not env.numel():
+        return st.state.new_zeros(0, st.state.shape[2])
+    v_full = torch.zeros(st.z.shape[0], st.z.shape[2], dtype=v_anchor.dtype, device=v_anchor.device)
+    v_full[env_a] = v_anchor
+    return tsu_rows(tsu, v_full, s_anchor, env, st.z[env, row]).to(st.state.dtype)
 
-    ``anchors (B,)`` zoomed rows (ignored where inactive), ``v_anchor (B_active, d)`` their oracle rows.
+
+#: Where :class:`TSURule` takes the anchor row: SASHA's current state row, or the low-res row.
+TSU_ANCHORS = ("state", "lowres")
+
+
+@dataclass(frozen=True)
+class TSURule:
+    """The targeted state update (module docstring), called on the ``active (B,)`` environments.
+
+    Attributes:
+        anchor: ``"state"`` (SASHA: similarity and ``f_S`` anchor input from ``S_t(a)``) or
+            ``"lowres"`` (this project's variant: from ``Z(a)``, the inputs ``f_S`` is trained on).
     """
-    env_a, row_a = _active(anchors, active)
-    cos = cosine_to_anchor(st.z, st.z_norm, anchors, st.valid)
-    if absolute_cosine:
-        cos = cos.abs()
-    similar = (cos >= tau) & st.valid & active.unsqueeze(-1)
-    similar[env_a, row_a] = False
-    new_rows = similar & ~st.updated
-    st.updated |= similar
-    env, row = new_rows.nonzero(as_tuple=True)
-    tsu_count = new_rows.sum(-1)
-    if env.numel():
-        v_full = torch.zeros(st.z.shape[0], st.z.shape[2], dtype=v_anchor.dtype, device=v_anchor.device)
-        v_full[env_a] = v_anchor
-        z_anchor = st.z[torch.arange(st.z.shape[0], device=st.z.device), anchors]
-        new = tsu_rows(tsu, v_full, z_anchor, env, st.z[env, row]).to(st.state.dtype)
-    else:
-        new = st.state.new_zeros(0, st.state.shape[2])
-    return _write(st, env, row, new, env_a, row_a, v_anchor, tsu_count)
+
+    anchor: str = "state"
+
+    def __post_init__(self) -> None:
+        if self.anchor not in TSU_ANCHORS:
+            raise ValueError(f"TSURule.anchor must be one of {TSU_ANCHORS}, got {self.anchor!r}")
+
+    def __call__(
+        self,
+        st: ZoomBatchState,
+        anchors: Tensor,
+        active: Tensor,
+        v_anchor: Tensor,
+        tsu: Callable[[Tensor, Tensor, Tensor], Tensor],
+        tau: float,
+        absolute_cosine: bool = False,
+    ) -> StateChange:
+        """``anchors (B,)`` zoomed rows (ignored where inactive), ``v_anchor (B_active, d)`` their oracle rows.
+
+        Only rows not yet updated can enter ``C_new``, and they hold ``S_t(i) = Z(i)``, so the
+        similarity scan runs over ``Z`` (with its cached norms) against the anchor row.
+        """
+        env_a, row_a = _active(anchors, active)
+        b = torch.arange(st.z.shape[0], device=st.z.device)
+        source = st.state if self.anchor == "state" else st.z
+        s_anchor = source[b, anchors]  # (B, d)
+        cos = cosine_to(st.z, st.z_norm, s_anchor, st.valid)
+        if absolute_cosine:
+            cos = cos.abs()
+        similar = (cos >= tau) & st.valid & active.unsqueeze(-1)
+        similar[env_a, row_a] = False
+        new_rows = similar & ~st.updated
+        st.updated |= similar
+        env, row = new_rows.nonzero(as_tuple=True)
+        new = _f_s_rows(st, tsu, env_a, v_anchor, s_anchor, env, row)
+        return _write(st, env, row, new, env_a, row_a, v_anchor, new_rows.sum(-1))
 
 
-def global_update(
-    st: ZoomBatchState,
-    anchors: Tensor,
-    active: Tensor,
-    v_anchor: Tensor,
-    tsu: Callable[[Tensor, Tensor, Tensor], Tensor],
-    tau: float = 0.0,
-    absolute_cosine: bool = False,
-) -> StateChange:
+@dataclass(frozen=True)
+class GlobalRule:
     """Every valid, not-yet-zoomed row ``i != a`` <- ``f_S([V(a), Z(a), Z(i)])`` (``tau`` is unused)."""
-    env_a, row_a = _active(anchors, active)
-    targets = st.valid & ~st.visited & active.unsqueeze(-1)
-    targets[env_a, row_a] = False
-    env, row = targets.nonzero(as_tuple=True)
-    st.updated |= targets
-    if env.numel():
-        v_full = torch.zeros(st.z.shape[0], st.z.shape[2], dtype=v_anchor.dtype, device=v_anchor.device)
-        v_full[env_a] = v_anchor
+
+    def __call__(
+        self,
+        st: ZoomBatchState,
+        anchors: Tensor,
+        active: Tensor,
+        v_anchor: Tensor,
+        tsu: Callable[[Tensor, Tensor, Tensor], Tensor],
+        tau: float = 0.0,
+        absolute_cosine: bool = False,
+    ) -> StateChange:
+        env_a, row_a = _active(anchors, active)
+        targets = st.valid & ~st.visited & active.unsqueeze(-1)
+        targets[env_a, row_a] = False
+        env, row = targets.nonzero(as_tuple=True)
+        st.updated |= targets
         z_anchor = st.z[torch.arange(st.z.shape[0], device=st.z.device), anchors]
-        new = tsu_rows(tsu, v_full, z_anchor, env, st.z[env, row]).to(st.state.dtype)
-    else:
-        new = st.state.new_zeros(0, st.state.shape[2])
-    return _write(st, env, row, new, env_a, row_a, v_anchor, targets.sum(-1))
+        new = _f_s_rows(st, tsu, env_a, v_anchor, z_anchor, env, row)
+        return _write(st, env, row, new, env_a, row_a, v_anchor, targets.sum(-1))
 
 
-def no_update(
-    st: ZoomBatchState,
-    anchors: Tensor,
-    active: Tensor,
-    v_anchor: Tensor,
-    tsu: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
-    tau: float = 0.0,
-    absolute_cosine: bool = False,
-) -> StateChange:
+@dataclass(frozen=True)
+class NoUpdateRule:
     """Only the zoomed row changes: ``S(a) <- V(a)``."""
-    env_a, row_a = _active(anchors, active)
-    empty = st.state.new_zeros(0, st.state.shape[2])
-    none = torch.zeros(0, dtype=torch.long, device=st.state.device)
-    counts = torch.zeros(st.state.shape[0], dtype=torch.long, device=st.state.device)
-    return _write(st, none, none, empty, env_a, row_a, v_anchor, counts)
+
+    def __call__(
+        self,
+        st: ZoomBatchState,
+        anchors: Tensor,
+        active: Tensor,
+        v_anchor: Tensor,
+        tsu: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        tau: float = 0.0,
+        absolute_cosine: bool = False,
+    ) -> StateChange:
+        env_a, row_a = _active(anchors, active)
+        empty = st.state.new_zeros(0, st.state.shape[2])
+        none = torch.zeros(0, dtype=torch.long, device=st.state.device)
+        counts = torch.zeros(st.state.shape[0], dtype=torch.long, device=st.state.device)
+        return _write(st, none, none, empty, env_a, row_a, v_anchor, counts)
 
 
-#: Update rule name -> function ``(state, anchors, active, v_anchor, tsu, tau, absolute_cosine) -> StateChange``.
+#: The rules as plain functions (same signature), for callers that name one directly.
+tsu_update = TSURule()
+tsu_lowres_update = TSURule(anchor="lowres")
+global_update = GlobalRule()
+no_update = NoUpdateRule()
+
+#: Update rule name -> rule ``(state, anchors, active, v_anchor, tsu, tau, absolute_cosine) -> StateChange``.
 UPDATE_RULES: dict[str, Callable[..., StateChange]] = {
     "tsu": tsu_update,
+    "tsu-lowres": tsu_lowres_update,
     "global": global_update,
     "none": no_update,
 }
+#: Rules that apply ``f_S`` (and so need a TSU).
+RULES_WITH_TSU = ("tsu", "tsu-lowres", "global")

@@ -1,4 +1,4 @@
-"""``WSIZoom-v0``: SASHA's where-to-zoom MDP on one whole-slide image per episode."""
+"""``WSIZoom-v0``: SASHA's where-to-zoom MDP on one whole-slide image per episode (SASHA's transition by default)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class WSIZoomEnv(gym.Env):
     A slide is ``N`` low-res tissue patches with features ``Z (N, d)``. The state starts as
     ``S_0 = Z``. Zooming into patch ``a`` reveals its high-res row ``V(a)`` (HAFED level 1 on the
     ``k`` high-res children) and, with the Targeted State Update (TSU), updates the not-yet-updated
-    patches that look like ``a`` at low resolution. A frozen HAFED classifies the state at every
+    patches whose state looks like ``a``'s. A frozen HAFED classifies the state at every
     step; the agent is rewarded for making it confident in the true label. This is SASHA's MDP
     (Tarun G et al., "SASHA: Sequential Attention-based Sampling for Histopathological Analysis",
     NeurIPS 2025, arXiv:2507.05077; official code github.com/coglabiisc/SASHA) as a Gymnasium
@@ -85,15 +85,29 @@ class WSIZoomEnv(gym.Env):
 
     ## Transition
 
-    With ``a`` the zoomed patch (``update="tsu"``, the default): ``C = {i valid : cos(Z_i, Z_a) >= tau}``
-    (``|cos|`` with ``absolute_cosine=True``), ``C_new = C \ ({a} U updated)``,
-    ``S(i) <- f_S([V(a), Z(a), Z(i)])`` for ``i`` in ``C_new``, ``S(a) <- V(a)``, ``updated <- updated U C U {a}``.
-    Each row is TSU-updated at most once; zoomed rows always hold ``V``. Similarity and TSU inputs
-    use ``Z`` (as ``f_S`` is trained), which equals SASHA's code on ``S_t`` because rows that can still
-    be updated hold ``S_t(i) = Z(i)``. Ablations: ``update="global"`` (``WSIZoomGlobal-v0``: every
-    not-yet-zoomed row becomes ``f_S([V(a), Z(a), Z(i)])`` after every zoom; this project's
-    reconstruction of RLogist's global update with the same ``f_S``) and ``update="none"``
-    (``WSIZoomNoUpdate-v0``: only ``S(a) <- V(a)``). See :mod:`wsigym.envs.state_update`.
+    With ``a`` the zoomed patch (``update="tsu"``, the default; SASHA's step, ``envs/WSI_cosine_env.py``):
+    ``C = {i valid : |cos(S_t(i), S_t(a))| >= tau}`` (signed ``cos`` when ``absolute_cosine=False``),
+    ``C_new = C \ ({a} U updated)``, ``S(i) <- f_S([V(a), S_t(a), S_t(i)])`` for ``i`` in ``C_new``,
+    ``S(a) <- V(a)``, ``updated <- updated U C U {a}``. Each row is TSU-updated at most once (so
+    ``S_t(i) = Z(i)`` for every ``i`` in ``C_new``); zoomed rows always hold ``V``; the anchor row
+    ``S_t(a)`` is a TSU output when ``a`` was updated by an earlier zoom. Tested against a
+    transcription of SASHA's step (``tests/envs/test_zoom.py``).
+
+    **What is SASHA's and what is not.** SASHA's: the rule above, ``tau = 0.95``, ``|cos|``, the order
+    ``[V(a), S_t(a), S_t(i)]``, ``f_S`` as SASHA's ``FGlobal`` when the TSU config says
+    ``residual: false`` (:mod:`zoo.models.tsu`), the ``-CE`` reward on logits, masking zoomed patches
+    only. ``tau`` and ``absolute_cosine`` default to the TSU config's ``tau`` and ``similarity``, so a
+    TSU trained by :mod:`zoo.train_tsu`'s defaults gives SASHA's ``|cos| >= 0.95``; the
+    ``tsu-synth-c16`` weights shipped so far were trained with signed cosine and the residual ``f_S``
+    (not SASHA's) and are used as trained. Not reproduced: SASHA's freeze once every patch is zoomed
+    or updated (later zooms stop writing ``V(a)`` there), its train/inference budget mismatch, and the
+    bugs of its global-update environment (:mod:`wsigym.envs.state_update` says why).
+    Variants: ``update="tsu-lowres"`` (anchor from the low-res row: ``cos(Z_i, Z_a)`` and
+    ``f_S([V(a), Z(a), Z(i)])``, the inputs ``f_S`` is trained on; v0.1's default),
+    ``update="global"`` (``WSIZoomGlobal-v0``: every not-yet-zoomed row becomes
+    ``f_S([V(a), Z(a), Z(i)])`` after every zoom; this project's reconstruction of RLogist's global
+    update with the same ``f_S``) and ``update="none"`` (``WSIZoomNoUpdate-v0``: only ``S(a) <- V(a)``).
+    See :mod:`wsigym.envs.state_update`.
 
     ## Rewards
 
@@ -140,7 +154,7 @@ class WSIZoomEnv(gym.Env):
     - ``budget=0.2``: zoom budget as a fraction of ``N`` (``0.1`` for SASHA-0.1), in ``(0, 1]``.
     - ``tau=None``: cosine threshold of the TSU, a finite number in ``[-1, 1]`` (``None``: the TSU
       config's ``tau``, 0.95).
-    - ``update="tsu"``: ``"tsu"``, ``"global"`` or ``"none"``.
+    - ``update="tsu"``: ``"tsu"`` (SASHA's), ``"tsu-lowres"``, ``"global"`` or ``"none"`` (see Transition).
     - ``reward="ce"``: one of :data:`wsigym.envs.reward.REWARDS` (``"ce"``, ``"delta_ce"``,
       ``"delta_margin"``, ``"evidence"``, ``"terminal"``, ``"hit"``).
     - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the dataset, see
@@ -151,7 +165,8 @@ class WSIZoomEnv(gym.Env):
     - ``mask_updated=False``: also mask TSU-updated patches (the paper is ambiguous; SASHA's code masks
       zoomed patches only).
     - ``absolute_cosine=None``: ``|cos| >= tau`` (SASHA's code) instead of ``cos >= tau``;
-      ``None`` follows the TSU config's ``similarity`` (signed cosine for this project's weights).
+      ``None`` follows the TSU config's ``similarity`` (``abs_cosine``, SASHA's, for newly trained
+      weights; signed cosine for the ``tsu-synth-c16`` weights shipped so far).
     - ``budget_end="terminate"``: how the budget ends an episode (see Episode End).
     - ``device="cpu"``: torch device of the state and models.
     - ``copy_obs=True``: return fresh arrays; ``False`` shares ``state`` with the CPU buffer the
@@ -188,6 +203,14 @@ class WSIZoomEnv(gym.Env):
     ``render()`` then draws on the slide's real thumbnail.
 
     Seeding: all randomness is the slide choice, drawn from ``self.np_random``.
+
+    ## Version History
+
+    - v0 (v0.2, SASHA-faithful transition): ``update="tsu"`` takes similarity and the ``f_S`` anchor
+      input from the current state row ``S_t(a)``, as SASHA's code; new TSU weights default to SASHA's
+      ``f_S`` (LayerNorm MLP) and ``|cos|``, which the environment follows. The previous rule is
+      ``update="tsu-lowres"``. Trajectories differ from v0.1 only after a zoom of a TSU-updated patch.
+    - v0 (v0.1): first release; ``update="tsu"`` anchored on the low-res row ``Z(a)``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}

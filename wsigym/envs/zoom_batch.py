@@ -48,7 +48,7 @@ from wsigym.envs.live_source import LiveSlideSource
 from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import REWARDS, cross_entropy, patch_evidence, reward
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
-from wsigym.envs.state_update import UPDATE_RULES, StateChange, ZoomBatchState
+from wsigym.envs.state_update import RULES_WITH_TSU, UPDATE_RULES, StateChange, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 BUDGET_ENDS = ("terminate", "truncate")
@@ -183,7 +183,7 @@ def resolve_arguments(
     hafed_key = hafed if not isinstance(hafed, (str, Path)) else str(hafed)
     hafed_model = resolve_model(hafed, "hafed", "hafed").to(device).eval()
     tsu_model = None
-    if update != "none" or tau is None or absolute_cosine is None:
+    if update in RULES_WITH_TSU or tau is None or absolute_cosine is None:
         tsu_model = resolve_model(tsu, "tsu", "tsu").to(device).eval()
     if tau is None:
         tau = float(tsu_model.config.tau)

@@ -1,33 +1,37 @@
 r"""TSU: SASHA's targeted state update network ``f_S``.
 
 After the agent zooms into patch ``a`` and reveals its high-res row ``V(a)``, the environment updates
-every not-yet-updated patch ``i`` that looks like ``a`` at low resolution
-(``cos(Z_i, Z_a) >= tau``) with
+every not-yet-updated patch ``i`` similar to ``a`` (``|cos(S_t(i), S_t(a))| >= tau``; see
+:mod:`wsigym.envs.state_update`) with
 
 .. math:: S_{t+1}(i) = f_S\big([V(a),\, S_t(a),\, S_t(i)]\big), \qquad
           f_S = \mathrm{LayerNorm}_d \circ \mathrm{Linear}_{2d \to d} \circ \mathrm{GELU} \circ \mathrm{Linear}_{3d \to 2d}
 
-The concatenation order ``[V(a), S_t(a), S_t(i)]`` (``input_order="v_a,s_a,s_i"``) is the one the
-SASHA code trains and uses (the paper writes the reverse); it is stored in the config so weights in
-another order can be loaded by setting ``input_order``.
+**What is SASHA's** (official code, ``modules/fglobal_mlp.py``, ``FGlobal``): the default architecture,
+``fc1 = Linear(3d, 2d)``, GELU, ``fc2 = Linear(2d, d)``, ``LayerNorm(d)`` in that order (1152 -> 768 ->
+384 for d = 384, about 1.18 M parameters); the input order ``[V(a), S_t(a), S_t(i)]``
+(``input_order="v_a,s_a,s_i"``, used by ``envs/WSI_cosine_env.py`` and trained by
+``step5_tsu_training.py``; the paper writes the reverse), stored in the config so weights in another
+order load by setting ``input_order``; ``similarity="abs_cosine"`` (``|cos|``, which also counts
+anti-correlated patches as similar) and ``tau = 0.95`` (``config/camelyon_tsu_config.yml``). These are
+the defaults for new training (:mod:`zoo.train_tsu`).
 
-**Residual variant (a reconstruction choice, off by default).** With ``residual=True``
+**What is not SASHA's** (this project's options, stored in the config):
 
-.. math:: f_S(x) = V(a) + \mathrm{Linear}_{2d \to d}\big(\mathrm{GELU}(\mathrm{Linear}_{3d \to 2d}(x))\big)
+- ``residual=True``: :math:`f_S(x) = V(a) + \mathrm{Linear}_{2d \to d}(\mathrm{GELU}(\mathrm{Linear}_{3d \to 2d}(x)))`
+  with the last layer zero-initialised and no final LayerNorm: the untrained update copies the zoomed
+  row (a strong baseline for similar patches), and training learns the correction. The
+  ``tsu-synth-c16`` weights shipped in this package so far use it (their ``config.json`` says
+  ``"residual": true`` and ``"similarity": "cosine"``, and they load with that architecture): on
+  synth-c16 the plain MLP, trained briefly on CPU, stayed worse than copying ``V(a)``.
+- ``similarity="cosine"``: signed cosine.
 
-with the last layer zero-initialised and no final LayerNorm: the untrained update copies the zoomed
-row (a strong baseline for similar patches), and training learns the correction. The shipped
-``tsu-synth-c16`` uses it: on synth-c16 the plain MLP, trained briefly on CPU, stayed worse than simply
-copying ``V(a)``.
-
-**Consistent inputs (SASHA pitfall 7).** ``f_S`` is trained (:mod:`zoo.train_tsu`) to regress
-``V(i)`` from ``[V(a), Z(a), Z(i)]``, with the similar set ``{i != a : cos(Z_i, Z_a) >= tau}`` computed
-on the low-res features ``Z``. The environment computes similarity and the TSU inputs on ``Z`` as
-well: each row is TSU-updated at most once, so every row the TSU can still update holds
-``S_t(i) = Z(i)``, and the anchor input is ``Z(a)``. Training and use therefore see the same input
-distribution. ``similarity`` records the similarity the weights were trained with: signed cosine
-(``"cosine"``, the default) or SASHA's ``"abs_cosine"`` (``|cos|``, which also counts anti-correlated
-patches as similar, pitfall 6).
+**Training vs use (SASHA pitfall 7).** ``f_S`` is trained to regress ``V(i)`` from
+``[V(a), Z(a), Z(i)]`` with the similar set computed on the low-res features ``Z`` (as SASHA's step 5
+does). In the environment a row the TSU can still update holds ``S_t(i) = Z(i)``, but the anchor row
+``S_t(a)`` is a TSU output when ``a`` was updated by an earlier zoom; SASHA's environment (and
+``update="tsu"``) then feeds that output, while ``update="tsu-lowres"`` feeds ``Z(a)``, the trained
+input distribution.
 """
 
 from __future__ import annotations
@@ -49,18 +53,20 @@ class TSUConfig(ZooConfig):
     """Args:
     in_dim: feature width ``d``.
     hidden: hidden width of the MLP (``None`` -> ``2 * in_dim``, SASHA's 768 for d = 384).
-    tau: similarity threshold the weights were trained with (the environment should use the same).
+    tau: similarity threshold the weights were trained with (the environment should use the same;
+        SASHA C16: 0.95).
     input_order: comma-separated order of the concatenated inputs, a permutation of ``v_a,s_a,s_i``.
-    similarity: ``"cosine"`` (signed) or ``"abs_cosine"``, the similar-set rule used in training.
-    residual: predict ``V(a) + MLP(x)`` (zero-initialised last layer, no LayerNorm) instead of
-        SASHA's ``LayerNorm(MLP(x))``; see the module docstring.
+    similarity: ``"abs_cosine"`` (SASHA's ``|cos|``, the default) or ``"cosine"`` (signed), the
+        similar-set rule used in training; the environment follows it by default.
+    residual: predict ``V(a) + MLP(x)`` (zero-initialised last layer, no LayerNorm; not SASHA's)
+        instead of SASHA's ``LayerNorm(MLP(x))``; see the module docstring.
     """
 
     in_dim: int = 384
     hidden: int | None = None
     tau: float = 0.95
     input_order: str = "v_a,s_a,s_i"
-    similarity: str = "cosine"
+    similarity: str = "abs_cosine"
     residual: bool = False
 
 
