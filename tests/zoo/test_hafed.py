@@ -166,3 +166,33 @@ def test_bad_shapes_raise():
         model.classify(torch.randn(2, 5, D), torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="n_token_2"):
         HAFED(HAFEDConfig(n_token_2=0))
+
+
+def test_div_2_rule_sasha_code_is_the_official_patch_term():
+    """``div_2_rule="sasha_code"`` equals SASHA step 3's loop, transcribed: the cosine between columns
+    ``i < j < M`` of the ``(M, N)`` level-2 attention (patches, not branches), over the pairs."""
+    torch.manual_seed(1)
+    model = small().eval()
+    u = torch.randn(1, 9, K, D)
+    batch = {
+        "hr_features": u,
+        "hr_mask": torch.ones(1, 9, K, dtype=torch.bool),
+        "mask": torch.ones(1, 9, dtype=torch.bool),
+        "features": u.mean(2),
+        "coords": torch.zeros(1, 9, 2),
+        "label": torch.tensor([1]),
+    }
+    intended = model.loss(batch)
+    model.config.div_2_rule = "sasha_code"
+    official = model.loss(batch)
+    attn_2 = model.predict(batch)["branch_attention"][0]  # (M, N), softmax over patches
+    m = attn_2.shape[0]
+    expected = torch.tensor(0.0)
+    for i in range(m):
+        for j in range(i + 1, m):
+            expected += torch.cosine_similarity(attn_2[:, i], attn_2[:, j], dim=-1).mean() / (m * (m - 1) / 2)
+    torch.testing.assert_close(official["div_2"], expected)
+    assert not torch.allclose(official["div_2"], intended["div_2"])
+    torch.testing.assert_close(official["div_1"], intended["div_1"])
+    with pytest.raises(ValueError, match="div_2_rule"):
+        small(div_2_rule="patches")

@@ -32,13 +32,23 @@ In eval mode both levels are deterministic.
 pairwise cosine similarity of the branch attention maps (:func:`zoo.nn.diversity_loss`; 0 for one
 branch). All weights default to 1 as in SASHA.
 
+**Level-2 diversity: intended term vs SASHA's code** (``div_2_rule``). The default ``"branches"`` is
+the term SASHA describes and ACMIL defines: the mean pairwise cosine between the ``M`` branch
+attention maps ``w_m (N,)``. SASHA's training script (``step3_WSI_classification_HAFED.py``) computes
+``cosine_similarity(A_2[:, i], A_2[:, j])`` for ``i < j < M`` on the ``(M, N)`` attention, i.e. between
+the *columns* of patches ``0..M-1`` (each an ``M``-vector of branch weights), not between branches:
+it only touches the first ``M`` patches of the slide's patch order and does not make the branches
+diverse, so in effect the official run trains without level-2 diversity. ``div_2_rule="sasha_code"``
+reproduces that term (mean over the pairs of the first ``min(M, N)`` patches' branch-weight vectors;
+in a padded batch a slide with ``N < M`` contributes zero vectors, whose cosine is 0). Level 1 is
+computed as intended in both (SASHA's level-1 term is correct, and 0 with one branch).
+
 Defaults are SASHA's CAMELYON16 configuration (``n_token_1=1, n_token_2=5, n_masked 10/20,
 mask_drop=0.24``, gated attention hidden width 128 on ViT-S/16 features, d = 384).
 
 Note on the TSU (:mod:`zoo.models.tsu`): the update network ``f_S`` is trained on inputs
-``[V(a), Z(a), Z(i)]`` taken from the low-res features ``Z``, and the environment computes its
-similarity and TSU inputs on ``Z`` too (each row is TSU-updated at most once, so every row that can
-still be updated holds ``S_t(i) = Z(i)``), which avoids SASHA's train/use input shift (pitfall 7).
+``[V(a), Z(a), Z(i)]`` taken from the low-res features ``Z``; the environment's default (SASHA's)
+anchors on the current state row ``S_t(a)`` (:mod:`wsigym.envs.state_update`).
 """
 
 from __future__ import annotations
@@ -67,6 +77,8 @@ class HAFEDConfig(MILConfig):
     ce_branch_weight: weight of the mean branch cross-entropy (used when ``n_token_2 > 1``).
     div_weight_1: weight of the level-1 diversity term.
     div_weight_2: weight of the level-2 diversity term.
+    div_2_rule: ``"branches"`` (the intended ACMIL term, default) or ``"sasha_code"`` (the term SASHA's
+        official training computes, between patches ``0..M-1``; module docstring).
     """
 
     attn_dim: int = 128
@@ -79,6 +91,11 @@ class HAFEDConfig(MILConfig):
     ce_branch_weight: float = 1.0
     div_weight_1: float = 1.0
     div_weight_2: float = 1.0
+    div_2_rule: str = "branches"
+
+
+#: The level-2 diversity terms :class:`HAFED` can train with (see the module docstring).
+DIV_2_RULES = ("branches", "sasha_code")
 
 
 class HAFED(MILModel):
@@ -106,6 +123,10 @@ class HAFED(MILModel):
         for name in ("n_token_1", "n_token_2"):
             if getattr(config, name) < 1:
                 raise ValueError(f"HAFEDConfig.{name} must be >= 1, got {getattr(config, name)}")
+        if config.div_2_rule not in DIV_2_RULES:
+            raise ValueError(
+                f"HAFEDConfig.div_2_rule must be one of {DIV_2_RULES}, got {config.div_2_rule!r}"
+            )
         if not 0.0 <= config.mask_drop <= 1.0:
             raise ValueError(f"HAFEDConfig.mask_drop must be in [0, 1], got {config.mask_drop}")
         d = config.in_dim
@@ -242,7 +263,8 @@ class HAFED(MILModel):
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``CE(slide) + w_b * mean_m CE(branch m) + w_1 * div_1 + w_2 * div_2`` on a collated batch.
 
-        ``div_1`` averages over valid patches only (padding rows do not count).
+        ``div_1`` averages over valid patches only (padding rows do not count); ``div_2`` follows
+        ``config.div_2_rule``.
         """
         cfg = self.config
         out = self.predict(batch)
@@ -258,7 +280,12 @@ class HAFED(MILModel):
         level1 = out["level1_branch_attention"]  # (B, N, K1, k)
         valid = batch.get("mask")
         div_1 = diversity_loss(level1[valid] if valid is not None else level1.flatten(0, 1))
-        div_2 = diversity_loss(out["branch_attention"])
+        branch_attention = out["branch_attention"]  # (B, M, N)
+        if cfg.div_2_rule == "sasha_code":  # between the branch-weight vectors of patches 0..M-1
+            first = min(cfg.n_token_2, branch_attention.shape[-1])
+            div_2 = diversity_loss(branch_attention[..., :first].transpose(-1, -2))
+        else:
+            div_2 = diversity_loss(branch_attention)
         terms["div_1"], terms["div_2"] = div_1, div_2
         total = total + cfg.div_weight_1 * div_1 + cfg.div_weight_2 * div_2
         return {"loss": total, **terms, "logits": out["logits"].detach()}
