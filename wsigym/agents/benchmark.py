@@ -24,22 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsigym.agents.protocol_record import PUBLISHED_C16
 from wsigym.evaluate import EvalReport, evaluate
 from wsigym.io import atomic_write_json, atomic_write_text
 from wsigym.readme_sections import replace_section
 
 ABLATION_ENVS = {"TSU": "WSIZoom-v0", "global update": "WSIZoomGlobal-v0", "no update": "WSIZoomNoUpdate-v0"}
-
-#: SASHA's numbers on CAMELYON16 (README of the official code, coglabiisc/SASHA; arXiv 2507.05077): Acc, AUC, F1.
-PUBLISHED_C16 = (
-    ("HAFED (SASHA paper)", "100%", ".963 ± .008", ".980 ± .003", ".951 ± .011"),
-    ("SASHA-0.1", "10%", ".901 ± .021", ".918 ± .014", ".856 ± .031"),
-    ("SASHA-0.2", "20%", ".953 ± .017", ".979 ± .008", ".937 ± .024"),
-    ("RLogist-0.1 (as reported by SASHA)", "10%", ".824", ".829", "n/a"),
-    ("RLogist-0.2 (as reported by SASHA)", "20%", ".862", ".879", "n/a"),
-    ("random policy (SASHA ablation)", "20%", ".516", ".550", ".553"),
-    ("global update instead of TSU (SASHA ablation)", "20%", ".837", ".824", ".779"),
-)
 
 
 def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
@@ -56,12 +46,16 @@ def full_protocol_agents(policy: str | None) -> tuple[list[Any], list[str]]:
 
 
 def published_table() -> str:
-    """SASHA's published CAMELYON16 numbers as Markdown (a different dataset: context only)."""
+    """SASHA's published CAMELYON16 numbers as Markdown with each number's source (a different dataset:
+    context only; :data:`wsigym.agents.protocol_record.PUBLISHED_C16`)."""
     lines = [
-        "| method (CAMELYON16, published) | budget | accuracy | AUC | F1 (binary) |",
-        "|---|---|---|---|---|",
+        "| method (CAMELYON16, published) | budget | accuracy | AUC | F1 (binary) | source |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {m} | {b} | {a} | {u} | {f} |" for m, b, a, u, f in PUBLISHED_C16]
+    lines += [
+        f"| {p['method']} | {p['budget']} | {p['accuracy']} | {p['auc']} | {p['f1']} | {p['source']} |"
+        for p in PUBLISHED_C16
+    ]
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ def _common_env(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register ``train ppo``, ``evaluate`` and ``demo`` on the ``wsigym`` parser."""
+    """Register ``train ppo``, ``evaluate``, ``demo`` and ``protocol`` on the ``wsigym`` parser."""
     from wsigym.agents.policy import TOKENS
     from wsigym.agents.recipes import RECIPES, TRAINING_PATHS, PPOConfig
 
@@ -205,6 +205,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--tsu", default=None)
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_demo)
+
+    from wsigym.agents.protocol_record import add_subcommand as add_protocol
+
+    add_protocol(sub)
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
