@@ -8,7 +8,7 @@ One run, side by side, each case in a fresh process (so its start-up and peak me
 (b) ``plain``: ``MaskablePPO`` on SB3's rollout buffer of padded observations (``--path plain``);
 (c) ``segments``: the structured path (``--path segments``, the default of ``wsigym train ppo``).
 
-for the ``sasha`` recipe (with SASHA's actor width 128 and 4 PPO epochs) and ``evidence-bandit``,
+for the ``sasha-sb3`` recipe (named ``sasha`` before the faithful one; with SASHA's actor width 128 and 4 PPO epochs) and ``evidence-bandit``,
 plus ``sasha`` with SASHA's own actor/critic tokens (the state row alone, ``--tokens state``) and
 rollouts of 256 steps per environment (segments about one episode long, as SASHA's update on whole
 episodes). Reported per case: timesteps per second, seconds from process start to the first step,
@@ -39,14 +39,14 @@ START = time.perf_counter()
 
 #: name -> (kind, recipe, overrides of the recipe)
 CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "env (cold cache)": ("env", "sasha", {}),
-    "env": ("env", "sasha", {}),
-    "env+obs": ("env+obs", "sasha", {}),
-    "plain sasha": ("train", "sasha", {"path": "plain", "hidden": 128, "n_envs": 4, "n_steps": 32}),
-    "segments sasha": ("train", "sasha", {"path": "segments", "hidden": 128}),
+    "env (cold cache)": ("env", "sasha-sb3", {}),
+    "env": ("env", "sasha-sb3", {}),
+    "env+obs": ("env+obs", "sasha-sb3", {}),
+    "plain sasha": ("train", "sasha-sb3", {"path": "plain", "hidden": 128, "n_envs": 4, "n_steps": 32}),
+    "segments sasha": ("train", "sasha-sb3", {"path": "segments", "hidden": 128}),
     "segments sasha, state tokens, 256-step rollouts": (
         "train",
-        "sasha",
+        "sasha-sb3",
         {"path": "segments", "hidden": 128, "tokens": "state", "n_steps": 256, "batch_size": 1024},
     ),
     "plain evidence-bandit": ("train", "evidence-bandit", {"path": "plain"}),

@@ -227,7 +227,10 @@ def test_cli_recipe_and_overrides(cli_config):
     config = seen["config"]
     assert config.env_kwargs == {"dataset": "synth-c16", "fold": 0, "reward": "ce", "budget": 0.1}
     assert config.learning_rate == 1e-3 and not config.standardise and config.n_envs == 16
-    args = build_parser().parse_args(["train", "ppo", "--out", str(out)])  # no recipe: SASHA's settings
+    args = build_parser().parse_args(["train", "ppo", "--out", str(out)])  # no recipe: SASHA's
+    assert args.func(args) == 0
+    assert seen["config"] == ppo.ppo_config("sasha", env_kwargs={"dataset": "synth-c16", "fold": 0})
+    args = build_parser().parse_args(["train", "ppo", "--out", str(out), "--recipe", "sasha-sb3"])
     assert args.func(args) == 0
     assert seen["config"] == ppo.PPOConfig(env_kwargs={"dataset": "synth-c16", "fold": 0})
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -246,6 +249,9 @@ def test_shipped_policy_is_the_evidence_bandit_recipe():
     recipe = asdict(ppo_config("evidence-bandit", env_kwargs={"dataset": "synth-c16", "fold": 0}))
     # trained before the ``tokens`` option (its tokens are the default) and on SB3's plain buffer
     assert recipe.pop("tokens") == "state+context" and recipe.pop("path") == "segments"
+    # and before the optimiser / rollout / selection options (their defaults are what it used)
+    assert (recipe.pop("optimizer"), recipe.pop("weight_decay")) == ("adam", 0.0)
+    assert not recipe.pop("rollout_episodes") and recipe.pop("select_initial")
     assert {k: v for k, v in shipped["ppo"].items() if k in recipe} == recipe
 
 
@@ -310,3 +316,45 @@ def test_cli_evaluate_all_writes_the_policy_card(monkeypatch, tmp_path):
     assert calls["card"] == ("runs/p", main_report)
     with pytest.raises(SystemExit, match="--policy"):
         wsigym_main(["evaluate", "--all", "--card", "--out", str(tmp_path)])
+
+
+def test_sasha_recipe_is_sashas_settings():
+    """Each value of ``--recipe sasha`` against SASHA's official code (recipes.py's table cites the files)."""
+    from wsigym.agents.recipes import RECIPES, ppo_config
+
+    c = ppo_config("sasha")
+    assert (c.tokens, c.warm_start, c.hidden, c.critic_attention) == ("state", False, 128, 128)
+    assert (c.optimizer, c.learning_rate, c.weight_decay) == ("adamw", 1e-5, 1e-4)
+    assert (c.gamma, c.gae_lambda, c.clip_range, c.ent_coef, c.max_grad_norm) == (1.0, 0.95, 0.2, 0.001, 0.5)
+    assert (c.n_envs, c.n_epochs, c.rollout_episodes) == (2, 4, True)
+    assert c.normalize_advantage and not c.normalize_reward and not c.select_initial
+    assert RECIPES["sasha-sb3"] == {} and ppo_config("sasha-sb3") == PPOConfig()
+    with pytest.raises(ValueError, match="weight_decay needs optimizer='adamw'"):
+        PPOConfig(weight_decay=1e-4)
+
+
+def test_sasha_recipe_trains_on_whole_episodes(tiny_dataset, models, tmp_path):
+    """Whole-episode rollouts (n_steps = longest episode, one full batch), AdamW with weight decay, no
+    reward normalisation, and the step-0 policy evaluated but never kept as the best one."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from wsigym.agents.recipes import ppo_config
+    from wsigym.envs.slide_source import budget_steps
+
+    env_kwargs = _tiny_env_kwargs(tiny_dataset, models)
+    config = ppo_config("sasha", env_kwargs=env_kwargs, total_timesteps=1, eval_freq=10**6, eval_slides=1)
+    model = train_ppo(config, tmp_path, progress=False)
+    train_ids = tiny_dataset.splits[0]["train"]
+    longest = max(budget_steps(tiny_dataset.load(s).features.shape[0], 0.2) for s in train_ids)
+    assert model.n_steps == longest and model.batch_size == 2 * longest and model.n_epochs == 4
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["config"]["n_steps"] == longest and record["timesteps"] == 2 * longest
+    optimizer = model.policy.optimizer
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults["lr"] == 1e-5
+    assert not isinstance(model.get_env(), VecNormalize)
+    history = record["validation"]
+    assert [h["timesteps"] for h in history] == [0, 2 * longest]
+    best = load_file(str(tmp_path / "best" / POLICY_WEIGHTS))
+    last = load_file(str(tmp_path / "last" / POLICY_WEIGHTS))
+    assert all(torch.equal(best[k], last[k]) for k in last)  # only the post-update evaluation can be best

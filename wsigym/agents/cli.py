@@ -99,7 +99,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         default="sasha",
         choices=tuple(RECIPES),
-        help="named settings (wsigym.agents.recipes.RECIPES): 'sasha' (default) or 'evidence-bandit' (the shipped policy)",
+        help="named settings (wsigym.agents.recipes.RECIPES): 'sasha' (default: SASHA's agent and PPO loop), "
+        "'sasha-sb3' (SASHA's settings adapted to short CPU runs) or 'evidence-bandit' (the shipped policy)",
     )
     p.add_argument(
         "--budget", type=float, default=None, help="zoom budget fraction for training (env default 0.2)"

@@ -43,7 +43,7 @@ from wsigym.agents.policy import PatchPolicy, scale_actor_logits, warm_start_fro
 from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
 from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
-from wsigym.agents.segment_ppo import SegmentMaskablePPO
+from wsigym.agents.segment_ppo import SegmentMaskablePPO, vector_env_of
 from wsigym.io import atomic_write, atomic_write_json
 
 
@@ -51,6 +51,30 @@ def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) 
     """Bytes of SB3's rollout buffer observations (float32): ``n_steps * n_envs * P * (d + 8) * 4`` + masks."""
     per_obs = num_patches * (dim + 2 + 4) + 1  # state, coords, 4 binary keys, budget
     return int(n_steps * n_envs * (per_obs + num_patches) * 4)  # + the action masks
+
+
+def optimizer_kwargs(config: PPOConfig) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for ``config.optimizer``: none for SB3's Adam, AdamW with ``weight_decay``."""
+    if config.optimizer == "adamw":
+        return {
+            "optimizer_class": torch.optim.AdamW,
+            "optimizer_kwargs": {"weight_decay": config.weight_decay},
+        }
+    return {}
+
+
+def episode_rollout(config: PPOConfig, venv: Any) -> PPOConfig:
+    """``config`` with ``n_steps`` = the longest episode of ``venv``'s slides at its budget and
+    ``batch_size = n_envs * n_steps`` when ``config.rollout_episodes`` (else ``config`` unchanged)."""
+    if not config.rollout_episodes:
+        return config
+    from dataclasses import replace
+
+    from wsigym.envs.slide_source import budget_steps
+
+    engine = vector_env_of(venv).batch
+    longest = max(budget_steps(int(n), engine.config.budget) for n in engine.source.n_list)
+    return replace(config, n_steps=longest, batch_size=config.n_envs * longest)
 
 
 def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) -> MaskablePPO:
@@ -78,6 +102,7 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
             "critic_attention": config.critic_attention,
             "standardise": config.standardise,
             "tokens": config.tokens,
+            **optimizer_kwargs(config),
         },
         tensorboard_log=tensorboard_log,
         seed=config.seed,
@@ -156,7 +181,7 @@ class ValidationCallback(BaseCallback):
                 self.logger.record(f"val/{key}", row[key])
         self.log_path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.log_path / "evaluations.json", {"history": self.history})
-        if row["criterion"] < self.best:
+        if row["criterion"] < self.best and (self.num_timesteps > 0 or self.ppo_config.select_initial):
             self.best = row["criterion"]
             save_policy(self.model, self.best_path, self.ppo_config, sb3_zip=False)
 
@@ -192,6 +217,7 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
         if config.eval_slides
         else val_env.unwrapped.slide_ids
     )
+    config = episode_rollout(config, venv)
     model = make_model(config, train_env, tensorboard_log=str(out_dir / "tb"))
     validation = ValidationCallback(
         val_env, val_ids, config.eval_freq, out_dir / "best", out_dir / "eval", config, progress=False

@@ -1,7 +1,54 @@
 """PPO settings for :func:`wsigym.agents.ppo.train_ppo`: :class:`PPOConfig` and the named :data:`RECIPES`.
 
 
-SASHA's PPO settings (its configs and ``rl_algorithms/ppo.py`` in coglabiisc/SASHA) mapped onto SB3:
+Two SASHA recipes. ``"sasha"`` reproduces SASHA's agent and PPO loop as closely as SB3 allows;
+``"sasha-sb3"`` (the :class:`PPOConfig` defaults, called ``"sasha"`` before) keeps SASHA's loss
+settings but adapts the rest to short CPU runs.
+
+**``"sasha"``**, each value checked against the official code (coglabiisc/SASHA at ``6385fe6``):
+
+==============================  ==================================  ======================================
+SASHA                           here                                where in SASHA's code
+==============================  ==================================  ======================================
+actor/critic read the state     ``tokens="state"``                  ``rl_algorithms/ppo.py`` (``Agent``):
+row alone, gated attention 128  ``hidden=128``,                     gated attention 384->128 on the state
+                                ``critic_attention=128``
+random initial policy           ``warm_start=False``                ``step6_rl_training.py`` builds the
+                                                                    agent fresh (no HAFED warm start)
+two AdamW, lr 1e-5, wd 1e-4     one AdamW, ``learning_rate=1e-5``,  ``step6_rl_training.py`` (optimisers);
+                                ``weight_decay=1e-4``               ``config/camelyon_rl_config.yml``
+                                                                    (``lr``, ``wd``)
+gamma 1.0, GAE lambda 0.95      ``gamma=1.0, gae_lambda=0.95``      ``camelyon_rl_config.yml`` (``lam``
+                                                                    0.95; 0.94 "for sasha 0.1" on C16),
+                                                                    ``tcga_rl_config.yml``
+clip 0.2, entropy 0.001         ``clip_range=0.2, ent_coef=0.001``  ``camelyon_rl_config.yml``
+grad-norm clip 0.5              ``max_grad_norm=0.5``               ``camelyon_rl_config.yml``,
+                                                                    ``step6_rl_training.py``
+2 episodes, then 4 full-batch   ``n_envs=2``,                       ``camelyon_rl_config.yml``
+epochs on them                  ``rollout_episodes=True``           (``num_envs``,
+                                (``n_steps`` = longest episode of   ``num_epochs_on_single_roll_out``),
+                                the split, one full batch),         ``step6_rl_training.py``
+                                ``n_epochs=4``                      (``train_one_epoch``)
+advantages standardised per     ``normalize_advantage=True``        ``step6_rl_training.py``
+batch; critic MSE to GAE        (one batch), ``vf_coef=1.0``
+returns
+no reward normalisation         ``normalize_reward=False``          ``step6_rl_training.py`` (raw -CE)
+best of (2-AUC-F1)+loss on val, ``select_initial=False``            ``step6_rl_training.py`` (validation
+after each training epoch                                           after each epoch only)
+==============================  ==================================  ======================================
+
+What SB3 cannot reproduce (said, not hidden): SASHA steps two optimisers and clips the actor's and the
+critic's gradients separately; SB3 steps one optimiser on ``actor loss + vf_coef * critic loss`` and
+clips their joint norm (actor and critic share no parameter here, and AdamW's step is per parameter,
+so only the joint clip differs). SASHA runs its two episodes on the same slide in turn; here the two
+environments draw slides independently, and a rollout holds each environment's next whole episode
+plus the start of the one after (episodes end at the budget with ``terminated=True``, so nothing is
+bootstrapped across them). SASHA's scale (15 passes over the training slides, 2 episodes each) is
+``total_timesteps ~ 15 * 2 * sum_slides ceil(budget * N)``: give it with ``--timesteps``.
+Not reproduced on purpose: SASHA's unmasked update (pitfall 1) and its unrecorded visits in validation
+(pitfall 2).
+
+**``"sasha-sb3"``**: SASHA's PPO settings mapped onto SB3 for short CPU runs:
 
 ==============================  ==================================  ======================================
 SASHA (custom loop)             here (SB3 / sb3-contrib)            note
@@ -51,6 +98,8 @@ from wsigym.agents.policy import TOKENS
 #: :mod:`wsigym.agents.segment_ppo`, the default) or ``"plain"`` (SB3's buffer of padded observations).
 #: Same loss; the minibatches of ``"segments"`` are whole segments of episodes.
 TRAINING_PATHS = ("segments", "plain")
+#: Optimisers of the policy: SB3's default Adam (eps 1e-5) or AdamW (torch defaults, SASHA's).
+OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclass
@@ -62,7 +111,11 @@ class PPOConfig:
     ``hidden=None`` takes HAFED's ``attn_dim`` (needed for the warm start). The critic's attention is
     narrower (32) than SASHA's (128) to cut the per-patch cost of a forward pass by about 3/8.
     ``tokens`` (:data:`~wsigym.agents.policy.TOKENS`) is what the policy reads per patch; ``path``
-    (:data:`TRAINING_PATHS`) how rollouts are stored and evaluated.
+    (:data:`TRAINING_PATHS`) how rollouts are stored and evaluated. ``optimizer`` (:data:`OPTIMIZERS`)
+    with ``weight_decay`` (AdamW only); ``rollout_episodes=True`` sets ``n_steps`` to the longest
+    episode of the training split at the training budget and ``batch_size`` to the whole rollout
+    (``n_envs * n_steps``: one full batch per epoch, as SASHA); ``select_initial=False`` never keeps
+    the policy of step 0 (evaluated and logged all the same) as the best one.
     """
 
     env_id: str = "WSIZoom-v0"
@@ -88,6 +141,10 @@ class PPOConfig:
     tokens: str = "state+context"
     warm_start: bool = True
     warm_start_logit_std: float | None = 2.0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    rollout_episodes: bool = False
+    select_initial: bool = True
     eval_freq: int = 5_000
     eval_slides: int | None = None
     checkpoint_freq: int = 10_000
@@ -110,6 +167,12 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
         if self.path not in TRAINING_PATHS:
             raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"PPOConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(
+                "PPOConfig.weight_decay needs optimizer='adamw' (SB3's Adam couples it to the gradient)"
+            )
         if self.tokens not in TOKENS:
             raise ValueError(f"PPOConfig.tokens must be one of {TOKENS}, got {self.tokens!r}")
         if self.standardise and self.warm_start:
@@ -119,12 +182,34 @@ class PPOConfig:
 
 
 #: Named training recipes: :class:`PPOConfig` fields over its defaults (``env_kwargs`` merged).
-#: ``"sasha"`` is SASHA's settings mapped onto SB3 (the table above). ``"evidence-bandit"`` is the
+#: ``"sasha"`` is SASHA's agent and loop (the first table above); ``"sasha-sb3"`` (the defaults) is
+#: SASHA's settings adapted to short CPU runs (the second table). ``"evidence-bandit"`` is the
 #: shipped ``ppo-WSIZoom-v0``: the weakly supervised ``"evidence"`` reward with ``gamma=0`` (a contextual
 #: bandit), short episodes (2% budget) over 16 slides at a time, standardised rows, no critic loss and
 #: no gradient clip; about 32 minutes on one CPU thread on synth-c16 (README "Results").
 RECIPES: dict[str, dict[str, Any]] = {
-    "sasha": {},
+    "sasha": {
+        "tokens": "state",
+        "hidden": 128,
+        "critic_attention": 128,
+        "warm_start": False,
+        "optimizer": "adamw",
+        "learning_rate": 1e-5,
+        "weight_decay": 1e-4,
+        "gamma": 1.0,
+        "gae_lambda": 0.95,
+        "n_envs": 2,
+        "rollout_episodes": True,
+        "n_epochs": 4,
+        "clip_range": 0.2,
+        "ent_coef": 0.001,
+        "vf_coef": 1.0,
+        "max_grad_norm": 0.5,
+        "normalize_advantage": True,
+        "normalize_reward": False,
+        "select_initial": False,
+    },
+    "sasha-sb3": {},
     "evidence-bandit": {
         "env_kwargs": {"reward": "evidence", "budget": 0.02},
         "total_timesteps": 32768,
