@@ -252,6 +252,7 @@ def test_shipped_policy_is_the_evidence_bandit_recipe():
     # and before the optimiser / rollout / selection options (their defaults are what it used)
     assert (recipe.pop("optimizer"), recipe.pop("weight_decay")) == ("adam", 0.0)
     assert not recipe.pop("rollout_episodes") and recipe.pop("select_initial")
+    assert recipe.pop("checkpoint_updates") == 10
     assert {k: v for k, v in shipped["ppo"].items() if k in recipe} == recipe
 
 

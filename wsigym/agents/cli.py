@@ -94,7 +94,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description="Options left out take the recipe's value, else PPOConfig's default (shown).",
     )
     _common_env(p)
-    p.add_argument("--out", required=True, help="run folder (becomes the publishable policy folder)")
+    p.add_argument("--out", default=None, help="run folder (becomes the publishable policy folder)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint, with its saved settings "
+        "(--timesteps may raise the total; other options are not allowed)",
+    )
     p.add_argument(
         "--recipe",
         default="sasha",
@@ -212,9 +219,38 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     add_protocol(sub)
 
 
+def _resume_config(args: argparse.Namespace) -> Any:
+    """The saved :class:`PPOConfig` of ``--resume RUN_DIR`` (``--timesteps`` may raise the total)."""
+    from wsigym.agents.recipes import PPOConfig
+    from wsigym.agents.resume import saved_config
+
+    if args.out is not None and Path(args.out) != Path(args.resume):
+        raise ValueError("--resume RUN_DIR continues RUN_DIR: leave out --out (or give the same folder)")
+    record = saved_config(args.resume)
+    placeholders = [k for k, v in record["env_kwargs"].items() if isinstance(v, str) and v.startswith("<")]
+    if placeholders:
+        raise ValueError(
+            f"--resume {args.resume}: the run was started from Python with objects in env_kwargs "
+            f"({', '.join(placeholders)}); resume it with train_ppo(config, run_dir, resume=True)"
+        )
+    if args.timesteps is not None:
+        record["total_timesteps"] = args.timesteps
+    return PPOConfig.from_dict(record)
+
+
 def _train_ppo(args: argparse.Namespace) -> int:
     from wsigym.agents.ppo import train_ppo
     from wsigym.agents.recipes import ppo_config
+
+    if args.resume is not None:
+        config = _resume_config(args)
+        print(f"wsigym train ppo: resuming {args.resume} to {config.total_timesteps} timesteps")
+        train_ppo(config, args.resume, progress=not args.no_progress, resume=True)
+        record = json.loads((Path(args.resume) / "train.json").read_text())
+        print(f"trained to {record['timesteps']} timesteps; policy in {args.resume}")
+        return 0
+    if args.out is None:
+        raise ValueError("wsigym train ppo needs --out RUN_DIR (or --resume RUN_DIR)")
 
     env_kwargs = _env_kwargs(args)
     if args.budget is not None:

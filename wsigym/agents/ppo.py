@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.policy import PatchPolicy, scale_actor_logits, warm_start_from_hafed
 from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
+from wsigym.agents.resume import ResumeCheckpoint, restore
 from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.agents.segment_ppo import SegmentMaskablePPO, vector_env_of
@@ -142,15 +144,16 @@ class ValidationCallback(BaseCallback):
         self.progress = progress
         self.history: list[dict[str, float]] = []
         self.best = math.inf
-        self._next = 0
+        self.next_eval = 0
         self._start = time.perf_counter()
 
     def _on_training_start(self) -> None:
         self._start = time.perf_counter()
-        self._evaluate()  # the warm-started policy, at step 0
+        if self.num_timesteps == 0:  # the initial policy (a resumed run continues its schedule)
+            self._evaluate()
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
+        if self.num_timesteps >= self.next_eval:
             self._evaluate()
         return True
 
@@ -161,7 +164,7 @@ class ValidationCallback(BaseCallback):
     def _evaluate(self) -> None:
         from wsigym.evaluate import run_split
 
-        self._next = self.num_timesteps + self.eval_freq
+        self.next_eval = self.num_timesteps + self.eval_freq
         was_training = self.model.policy.training
         agent = PolicyAgent(self.model.policy)
         t0 = time.perf_counter()
@@ -191,7 +194,14 @@ def _split_env(config: PPOConfig, split: str, n_envs: int, seed: int, progress: 
     return make_sb3_vec_env(config.env_id, n_envs=n_envs, seed=seed, **kwargs)
 
 
-def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) -> MaskablePPO:
+def train_ppo(
+    config: PPOConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    callbacks: Sequence[BaseCallback] = (),
+) -> MaskablePPO:
     """Train a policy with MaskablePPO on ``config.env_id`` (train split), validating on the val split.
 
     Writes under ``out_dir``: ``tb/`` (TensorBoard), ``checkpoints/`` (SB3 zips), ``eval/evaluations.json``
@@ -199,7 +209,11 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     update), the kept policy in ``out_dir`` itself (``config.keep``: ``"best"`` validation criterion,
     the warm start included, or ``"last"``; :func:`save_policy`, with an SB3 zip of the same weights:
     the folder is what :mod:`wsigym.agents.publish` pushes) and ``train.json`` (config, wall time,
-    rollout memory, validation history). SB3's progress bar is shown with ``progress=True``.
+    rollout memory, validation history) and ``resume/`` (the latest resumable checkpoint, every
+    ``config.checkpoint_updates`` updates; :mod:`wsigym.agents.resume`). With ``resume=True`` the run
+    continues from ``out_dir``'s latest checkpoint to ``config.total_timesteps`` (the same
+    configuration is required; only ``total_timesteps`` may change). ``callbacks`` are added to SB3's.
+    SB3's progress bar is shown with ``progress=True``.
     """
     import gymnasium as gym
 
@@ -222,14 +236,26 @@ def train_ppo(config: PPOConfig, out_dir: str | Path, *, progress: bool = True) 
     validation = ValidationCallback(
         val_env, val_ids, config.eval_freq, out_dir / "best", out_dir / "eval", config, progress=False
     )
-    callbacks = CallbackList(
+    updates = restore(model, validation, train_env, config, out_dir) if resume else 0
+    resumable = ResumeCheckpoint(out_dir, config, validation, train_env, config.checkpoint_updates, updates)
+    callback = CallbackList(
         [
             validation,
             CheckpointCallback(max(1, config.checkpoint_freq // config.n_envs), str(out_dir / "checkpoints")),
+            resumable,
+            *callbacks,
         ]
     )
     setup = time.perf_counter() - t0
-    model.learn(config.total_timesteps, callback=callbacks, progress_bar=progress, tb_log_name="ppo")
+    remaining = max(0, config.total_timesteps - model.num_timesteps)
+    if remaining:
+        model.learn(
+            remaining,
+            callback=callback,
+            progress_bar=progress,
+            tb_log_name="ppo",
+            reset_num_timesteps=not resume,
+        )
     train_seconds = time.perf_counter() - t0 - setup
     save_policy(model, out_dir / "last", config)
     if config.keep == "best" and (out_dir / "best" / POLICY_WEIGHTS).is_file():

@@ -115,7 +115,9 @@ class PPOConfig:
     with ``weight_decay`` (AdamW only); ``rollout_episodes=True`` sets ``n_steps`` to the longest
     episode of the training split at the training budget and ``batch_size`` to the whole rollout
     (``n_envs * n_steps``: one full batch per epoch, as SASHA); ``select_initial=False`` never keeps
-    the policy of step 0 (evaluated and logged all the same) as the best one.
+    the policy of step 0 (evaluated and logged all the same) as the best one. ``checkpoint_updates``:
+    a resumable checkpoint every that many updates (:mod:`wsigym.agents.resume`); ``checkpoint_freq``:
+    SB3's own zips, every that many timesteps.
     """
 
     env_id: str = "WSIZoom-v0"
@@ -148,6 +150,7 @@ class PPOConfig:
     eval_freq: int = 5_000
     eval_slides: int | None = None
     checkpoint_freq: int = 10_000
+    checkpoint_updates: int = 10
     keep: str = "best"
     seed: int = 0
     device: str = "cpu"
@@ -167,6 +170,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
         if self.path not in TRAINING_PATHS:
             raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
+        if self.checkpoint_updates < 1:
+            raise ValueError(f"PPOConfig.checkpoint_updates must be >= 1, got {self.checkpoint_updates}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"PPOConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.weight_decay and self.optimizer != "adamw":
