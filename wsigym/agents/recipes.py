@@ -10,8 +10,9 @@ settings but adapts the rest to short CPU runs.
 ==============================  ==================================  ======================================
 SASHA                           here                                where in SASHA's code
 ==============================  ==================================  ======================================
-actor/critic read the state     ``tokens="state"``                  ``rl_algorithms/ppo.py`` (``Agent``):
-row alone, gated attention 128  ``hidden=128``,                     gated attention 384->128 on the state
+actor/critic read the state     ``tokens="state"``                  ``rl_algorithms/ppo.py`` (``Actor``,
+row alone, gated attention 128  ``hidden=128``,                     ``Critic``): ``Attention_Gated``
+                                                                    384->128 on the state rows
                                 ``critic_attention=128``
 random initial policy           ``warm_start=False``                ``step6_rl_training.py`` builds the
                                                                     agent fresh (no HAFED warm start)
@@ -37,6 +38,9 @@ best of (2-AUC-F1)+loss on val, ``select_initial=False``            ``step6_rl_t
 after each training epoch                                           after each epoch only)
 ==============================  ==================================  ======================================
 
+Not the same architecture in one place: SASHA's critic maps the attention-pooled state straight to a
+value (``Value_fc``, ``Linear(384, 1)``); :class:`~wsigym.agents.policy.PatchPolicy`'s critic passes it
+through a ``critic_hidden``-wide latent first (SB3's actor-critic split needs a latent).
 What SB3 cannot reproduce (said, not hidden): SASHA steps two optimisers and clips the actor's and the
 critic's gradients separately; SB3 steps one optimiser on ``actor loss + vf_coef * critic loss`` and
 clips their joint norm (actor and critic share no parameter here, and AdamW's step is per parameter,
@@ -44,7 +48,8 @@ so only the joint clip differs). SASHA runs its two episodes on the same slide i
 environments draw slides independently, and a rollout holds each environment's next whole episode
 plus the start of the one after (episodes end at the budget with ``terminated=True``, so nothing is
 bootstrapped across them). SASHA's scale (15 passes over the training slides, 2 episodes each) is
-``total_timesteps ~ 15 * 2 * sum_slides ceil(budget * N)``: give it with ``--timesteps``.
+``total_timesteps ~ 15 * 2 * sum_slides ceil(budget * N)``: give it with ``--timesteps``; SASHA
+validates after each pass, ``eval_freq ~ 2 * sum_slides ceil(budget * N)``.
 Not reproduced on purpose: SASHA's unmasked update (pitfall 1) and its unrecorded visits in validation
 (pitfall 2).
 
