@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from wsigym.io import atomic_write_json, atomic_write_text
 from wsigym.errors import DataError
+from wsigym.io import atomic_write_json, atomic_write_text
 from wsigym.readme_sections import replace_section
 
 #: The metrics a protocol row carries (``zoo.metrics.classification_metrics`` keys; F1 is binary, class 1).

@@ -11,7 +11,7 @@ finished) :class:`ResumeCheckpoint` writes ``<run>/resume/update-<k>/``:
   best so far), ``VecNormalize``'s reward statistics when used, numpy's and Python's global RNG states,
   and the run's :class:`~wsigym.agents.recipes.PPOConfig`.
 
-The folder is written under a temporary name and renamed; ``resume/latest.json`` (replaced
+The folder is written under a temporary name (:func:`wsigym.io.temp_name`) and renamed; ``resume/latest.json`` (replaced
 atomically) then names it, and older checkpoints are removed, so an interruption at any moment leaves
 the previous checkpoint usable. :func:`restore` puts a fresh model back in that state:
 ``train_ppo(config, run, resume=True)`` (``wsigym train ppo --resume RUN``) continues to the same
@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
-from wsigym.data.folder import atomic_write_text
 from wsigym.errors import DataError
+from wsigym.io import atomic_write_json, temp_name
 
 RESUME_DIR = "resume"
 LATEST = "latest.json"
@@ -77,7 +76,8 @@ def save_checkpoint(
     root = Path(run_dir) / RESUME_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"update-{updates:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp = root / temp_name(name)
+    tmp.mkdir()
     save_policy(model, tmp, config, sb3_zip=False)
     opt = model.policy.optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -108,12 +108,12 @@ def save_checkpoint(
             "count": float(rms.count),
             "returns": np.asarray(train_env.returns).tolist(),
         }
-    atomic_write_text(tmp / STATE, json.dumps(state, indent=1, allow_nan=True))
+    atomic_write_json(tmp / STATE, state, indent=1)  # NaN / inf -> null (wsigym.io)
     final = root / name
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    atomic_write_text(root / LATEST, json.dumps({"checkpoint": name, "updates": int(updates)}))
+    atomic_write_json(root / LATEST, {"checkpoint": name, "updates": int(updates)})
     for old in root.iterdir():  # earlier checkpoints and leftovers of interrupted writes
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
