@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zoo.models.base import ZooConfig, ZooModel
+if TYPE_CHECKING:  # annotations only: the families are imported by name (ARCHITECTURES), on first use
+    from zoo.models.base import ZooConfig, ZooModel
 
 ARCHITECTURES: dict[str, str] = {
     "abmil": "zoo.models.abmil:ABMIL",

@@ -178,10 +178,11 @@ class ZooModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | Path, **kwargs: Any) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ card) into ``directory``; see :func:`zoo.hub.save_pretrained`."""
-        from zoo import hub
+        """Write ``config.json`` + ``model.safetensors`` (+ card) into ``directory``; see
+        :func:`zoo.model_folder.save_pretrained`."""
+        from zoo import model_folder
 
-        return hub.save_pretrained(self, directory, **kwargs)
+        return model_folder.save_pretrained(self, directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload to the Hub; see :func:`zoo.hub.push_to_hub`."""
