@@ -31,9 +31,9 @@ from wsigym.io import atomic_write_json
 from zoo import hub
 from zoo.batch import collate
 from zoo.metrics import classification_metrics
-from zoo.models.lrmil import fit_lrmil
 from zoo.registry import create_model
 from zoo.train import fit
+from zoo.train_lrmil import fit_lrmil
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:

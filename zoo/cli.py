@@ -147,8 +147,8 @@ def _fold_trainer(args: argparse.Namespace, overrides: dict[str, Any], fit_kwarg
             )
         if args.arch == "lrmil":
             from zoo import hub
-            from zoo.models.lrmil import fit_lrmil
             from zoo.train import save_run
+            from zoo.train_lrmil import fit_lrmil
 
             teacher = hub.load(args.teacher) if args.teacher else None
             result = fit_lrmil(dataset, teacher, fold=fold, seed=seed, config=overrides, **fit_kwargs)

@@ -8,8 +8,9 @@ import torch
 
 from zoo.batch import collate
 from zoo.models.abmil import ABMIL
-from zoo.models.lrmil import LRMIL, child_weights, distillation_targets, fit_lrmil, train_projector
+from zoo.models.lrmil import LRMIL, child_weights, distillation_targets
 from zoo.registry import create_model, model_from_config_dict
+from zoo.train_lrmil import fit_lrmil, train_projector
 
 
 def _student(**kw) -> LRMIL:
