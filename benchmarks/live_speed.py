@@ -1,6 +1,6 @@
 """Seconds per slide of SASHA-style inference on a live slide vs full high-res extraction, and disk sizes.
 
-On ONE synthetic pyramidal Aperio TIFF (:func:`wsigym.slides.testslides.write_aperio_tiff`, default
+On ONE synthetic pyramidal Aperio TIFF (:func:`wsigym.slides.synthetic_slides.write_aperio_tiff`, default
 16384 x 16384 px at 0.25 um/px = 40x: an 8 x 8 grid of 5x patches of which the tissue keeps ``N``),
 with ONE encoder and ONE random-init HAFED / TSU of matching width, in one run:
 
@@ -35,10 +35,10 @@ import torch
 import zoo
 from wsigym.envs.zoom import WSIZoomEnv
 from wsigym.slides.encoders import timm_encoder
-from wsigym.slides.extract import _encode, _write_h5, output_paths
+from wsigym.slides.extract import encode_patches, output_paths, write_h5
 from wsigym.slides.grid import plan_patches
 from wsigym.slides.reader import SlideReader
-from wsigym.slides.testslides import write_aperio_tiff
+from wsigym.slides.synthetic_slides import write_aperio_tiff
 from wsigym.slides.tissue import segment_tissue
 
 
@@ -70,7 +70,7 @@ def full_high_res(slide: Path, encoder, hafed, batch_size: int) -> tuple[np.ndar
     reader = SlideReader(slide).open()
     tissue = segment_tissue(reader)
     plan = plan_patches(reader, tissue)
-    u = _encode(reader, plan, "hr", encoder, batch_size, progress=False)
+    u = encode_patches(reader, plan, "hr", encoder, batch_size, progress=False)
     with torch.no_grad():
         ut = torch.as_tensor(u).reshape(plan.n, plan.k, -1)
         v = hafed.aggregate(ut, torch.as_tensor(plan.hr_mask))
@@ -136,8 +136,8 @@ def main() -> None:
     # disk: the cached state (Z, N x d) vs all high-res features (N x k x d), both TRIDENT files
     z = env1.source.features(0).numpy()
     paths = output_paths(work / "job", slide.stem, encoder.name, 5, 20, 256)
-    _write_h5(paths["lr_features"], plan, "lr", slide.stem, args.mpp, z, encoder.name)
-    _write_h5(paths["hr_features"], plan, "hr", slide.stem, args.mpp, u, encoder.name)
+    write_h5(paths["lr_features"], plan, "lr", slide.stem, args.mpp, z, encoder.name)
+    write_h5(paths["hr_features"], plan, "hr", slide.stem, args.mpp, u, encoder.name)
     size_z, size_u = paths["lr_features"].stat().st_size, paths["hr_features"].stat().st_size
 
     d = encoder.dim

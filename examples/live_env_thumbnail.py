@@ -1,7 +1,7 @@
 """Write examples/live_env_thumbnail.png: one live ``WSIZoom-v0`` episode drawn on the real slide.
 
 A synthetic pyramidal Aperio TIFF (12288 x 12288 px at 0.25 um/px = 40x, two tumour ellipses:
-:func:`wsigym.slides.testslides.write_aperio_tiff`) goes through the live environment
+:func:`wsigym.slides.synthetic_slides.write_aperio_tiff`) goes through the live environment
 (:mod:`wsigym.envs.live_source`): tissue + 5x grid at construction, ``Z`` encoded at reset, and
 ``T = ceil(0.2 N)`` zooms, each reading the 16 children of the patch at 20x from the TIFF, encoding
 them and aggregating them with HAFED level 1. The zooms follow HAFED's attention (highest first, as
@@ -29,7 +29,7 @@ from PIL import Image
 import wsigym  # noqa: F401  (registers the environments)
 import zoo
 from wsigym.slides.encoders import timm_encoder
-from wsigym.slides.testslides import write_aperio_tiff
+from wsigym.slides.synthetic_slides import write_aperio_tiff
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "examples" / "live_env_thumbnail.png"

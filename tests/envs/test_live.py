@@ -18,7 +18,7 @@ from wsigym.envs.zoom import WSIZoomEnv
 from wsigym.errors import DataError
 from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
 from wsigym.slides.reader import read_children
-from wsigym.slides.testslides import SyntheticSlide, tumour_fraction, write_aperio_tiff
+from wsigym.slides.synthetic_slides import SyntheticSlide, tumour_fraction, write_aperio_tiff
 
 
 class CountingEncoder:

@@ -53,7 +53,7 @@ def model_folder(tmp_path) -> Path:
 
 
 def _write_slides(folder: Path, count: int, side: int) -> Path:
-    from wsigym.slides.testslides import write_aperio_tiff
+    from wsigym.slides.synthetic_slides import write_aperio_tiff
 
     for i in range(count):
         write_aperio_tiff(

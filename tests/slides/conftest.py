@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
-from wsigym.slides.testslides import SyntheticSlide, write_aperio_tiff
+from wsigym.slides.synthetic_slides import SyntheticSlide, write_aperio_tiff
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@ import pytest
 
 from wsigym.errors import DataError
 from wsigym.slides.extract import extract_features, extract_folder, output_paths, read_slide_bag
-from wsigym.slides.testslides import tumour_fraction
+from wsigym.slides.synthetic_slides import tumour_fraction
 
 TRIDENT_ATTRS = {
     "patch_size",

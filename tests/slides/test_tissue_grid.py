@@ -5,7 +5,7 @@ import pytest
 
 from wsigym.errors import DataError
 from wsigym.slides.grid import child_coords, grid_coords, plan_patches
-from wsigym.slides.testslides import tumour_fraction
+from wsigym.slides.synthetic_slides import tumour_fraction
 from wsigym.slides.tissue import TissueMask, otsu_threshold, segment_image, segment_tissue
 
 

@@ -25,8 +25,8 @@ It offers the engine interface of :class:`~wsigym.envs.slide_source.SlideSource`
 
 **Ground truth** (``info["hit_tumour"]``): per-slide low-res tumour fractions ``(N,)`` from
 ``truth={slide_id: f}`` with ``f`` a callable ``(coords (N, 2) level-0, size_level0) -> (N,)`` or an
-array ``(N,)`` in plan order; a :class:`~wsigym.slides.testslides.SyntheticSlide` given in ``slides``
-brings its own (the area fraction of its tumour ellipses, :func:`~wsigym.slides.testslides.tumour_fraction`).
+array ``(N,)`` in plan order; a :class:`~wsigym.slides.synthetic_slides.SyntheticSlide` given in ``slides``
+brings its own (the area fraction of its tumour ellipses, :func:`~wsigym.slides.synthetic_slides.tumour_fraction`).
 
 **Cache** (``cache_dir``): a TRIDENT job folder (:mod:`wsigym.slides.extract`):
 ``{lr}x_{P}px_0px_overlap/patches/<slide>_patches.h5`` and ``{hr}x_.../patches/<slide>_patches.h5``
@@ -57,13 +57,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wsigym.data.folder import read_labels_csv
-from wsigym.envs.slide_source import grid_cells, normalised_coords
+from wsigym.envs.slide_source import grid_cells, normalised_coords, slide_index
 from wsigym.errors import DataError
 from wsigym.slides.encoders import PatchEncoder, build_encoder
-from wsigym.slides.extract import _encode, _is_complete, _read_plan, _write_h5, list_slides, output_paths
+from wsigym.slides.extract import encode_patches, is_complete, list_slides, output_paths, read_plan, write_h5
 from wsigym.slides.grid import PatchPlan, plan_patches
 from wsigym.slides.reader import SlideReader, read_children
-from wsigym.slides.testslides import SyntheticSlide, tumour_fraction
+from wsigym.slides.synthetic_slides import SyntheticSlide, tumour_fraction
 from wsigym.slides.tissue import segment_tissue
 
 SlideSpec = str | os.PathLike | SyntheticSlide
@@ -326,8 +326,8 @@ class LiveSlideSource:
             plan = None
             if self.cache_dir is not None:
                 paths = self._paths(reader.name)
-                if all(_is_complete(paths[f"{t}_patches"], features=False) for t in ("lr", "hr")):
-                    plan = _read_plan(paths["lr_patches"], paths["hr_patches"])
+                if all(is_complete(paths[f"{t}_patches"], features=False) for t in ("lr", "hr")):
+                    plan = read_plan(paths["lr_patches"], paths["hr_patches"])
                     if plan.dimensions != reader.dimensions:
                         plan = None  # another slide under the same name: plan again
             if plan is None:
@@ -349,7 +349,7 @@ class LiveSlideSource:
                     )
                 if self.cache_dir is not None:
                     for t in ("lr", "hr"):
-                        _write_h5(self._paths(reader.name)[f"{t}_patches"], plan, t, reader.name, reader.mpp)
+                        write_h5(self._paths(reader.name)[f"{t}_patches"], plan, t, reader.name, reader.mpp)
         finally:
             reader.close()
         tumour = np.full(plan.n, np.nan, dtype=np.float32)
@@ -385,19 +385,8 @@ class LiveSlideSource:
         return len(self.slides)
 
     def index_of(self, slide: str | int) -> int:
-        """Position of a slide from its id (file stem) or its position.
-
-        Raises:
-            ValueError: unknown id or position out of range.
-        """
-        if isinstance(slide, (int, np.integer)) and not isinstance(slide, bool):
-            if not 0 <= int(slide) < len(self):
-                raise ValueError(f"slide index must be in [0, {len(self)}), got {slide}")
-            return int(slide)
-        try:
-            return self.slide_ids.index(str(slide))
-        except ValueError:
-            raise ValueError(f"slide_id {slide!r} is not one of the live slides {self.slide_ids}") from None
+        """Position of a slide from its id (file stem) or its position (:func:`slide_index`)."""
+        return slide_index(slide, self.slide_ids, f"the live slides {self.slide_ids}")
 
     def plan(self, index: int) -> PatchPlan:
         """The patch plan of slide ``index``."""
@@ -414,17 +403,17 @@ class LiveSlideSource:
         tag = f"{self.encoder.name}@{self.fingerprint}"
         if self.cache_dir is not None:
             path = self._paths(s.slide_id)["lr_features"]
-            if _is_complete(path, features=True, encoder=tag):
+            if is_complete(path, features=True, encoder=tag):
                 with h5py.File(path, "r") as f:
                     coords = f["coords"][:]
                     if np.array_equal(coords, s.plan.coords) and f["features"].shape[1] == self.dim:
                         arr = f["features"][:].astype(np.float32)
                         self.counters["z_from_cache"] += 1
         if arr is None:
-            arr = _encode(s.reader, s.plan, "lr", self.encoder, self.batch_size, self.progress)
+            arr = encode_patches(s.reader, s.plan, "lr", self.encoder, self.batch_size, self.progress)
             self.counters["lr_encoded"] += s.plan.n
             if self.cache_dir is not None:
-                _write_h5(
+                write_h5(
                     self._paths(s.slide_id)["lr_features"],
                     s.plan,
                     "lr",

@@ -45,6 +45,7 @@ env) shares one copy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,22 @@ def grid_cells(coords: np.ndarray, patch_size: int) -> np.ndarray:
     """``(N, 2)`` level-0 corners -> integer cells ``(col, row)`` of a grid of ``patch_size`` pixels."""
     c = coords.astype(np.int64)
     return (c - c.min(axis=0)) // max(1, int(patch_size))
+
+
+def slide_index(slide: str | int, slide_ids: Sequence[str], where: str) -> int:
+    """Position of ``slide`` in ``slide_ids``, given its id or its position (a non-bool integer).
+
+    Raises:
+        ValueError: for a position out of range or an id not in ``slide_ids`` (naming ``where``).
+    """
+    if isinstance(slide, (int, np.integer)) and not isinstance(slide, bool):
+        if not 0 <= int(slide) < len(slide_ids):
+            raise ValueError(f"slide index must be in [0, {len(slide_ids)}), got {slide}")
+        return int(slide)
+    try:
+        return list(slide_ids).index(str(slide))
+    except ValueError:
+        raise ValueError(f"slide_id {slide!r} is not in {where}") from None
 
 
 @dataclass
@@ -267,21 +284,10 @@ class SlideSource:
         return len(self.slide_ids)
 
     def index_of(self, slide: str | int) -> int:
-        """Position of a slide in the split, from its id or its position.
-
-        Raises:
-            ValueError: for an id not in the split or a position out of range.
-        """
-        if isinstance(slide, (int, np.integer)) and not isinstance(slide, bool):
-            if not 0 <= int(slide) < len(self):
-                raise ValueError(f"slide index must be in [0, {len(self)}), got {slide}")
-            return int(slide)
-        try:
-            return self.slide_ids.index(str(slide))
-        except ValueError:
-            raise ValueError(
-                f"slide_id {slide!r} is not in split {self.split!r} (fold {self.fold}) of {self.dataset.name!r}"
-            ) from None
+        """Position of a slide in the split, from its id or its position (:func:`slide_index`)."""
+        return slide_index(
+            slide, self.slide_ids, f"split {self.split!r} (fold {self.fold}) of {self.dataset.name!r}"
+        )
 
     def rows(self, index: int) -> slice:
         """Rows of slide ``index`` in the flat tensors."""

@@ -225,9 +225,12 @@ def output_paths(
     return out
 
 
-def _is_complete(
+def is_complete(
     path: Path, *, features: bool, encoder: str | None = None, identity: Mapping[str, Any] | None = None
 ) -> bool:
+    """True when ``path`` is a patches file (``features=False``) or features file written whole by
+    :func:`write_h5`: marked complete, with coordinates (and as many feature rows), made by ``encoder``
+    (its ``encoder`` attribute) and by the network of ``identity`` when given. Unreadable files are not."""
     if not path.is_file():
         return False
     try:
@@ -274,7 +277,7 @@ def _plan_rows(plan: PatchPlan, tag: str) -> dict[str, np.ndarray]:
     }
 
 
-def _write_h5(
+def write_h5(
     path: Path,
     plan: PatchPlan,
     tag: str,
@@ -311,7 +314,7 @@ def _write_h5(
     atomic_write(path, write)
 
 
-def _read_plan(lr_path: Path, hr_path: Path) -> PatchPlan:
+def read_plan(lr_path: Path, hr_path: Path) -> PatchPlan:
     """Rebuild a :class:`PatchPlan` from the two patches files."""
     with h5py.File(lr_path, "r") as f:
         coords = f["coords"][:].astype(np.int64)
@@ -362,9 +365,15 @@ def _batched_images(slide: SlideReader, plan: PatchPlan, tag: str, batch_size: i
         yield np.concatenate(buf, axis=0)
 
 
-def _encode(
+def encode_patches(
     slide: SlideReader, plan: PatchPlan, tag: str, encoder: PatchEncoder, batch_size: int, progress: bool
 ) -> np.ndarray:
+    """Features of every patch of ``plan`` at ``tag`` (``"lr"``: ``(N, d)``; ``"hr"``: the children,
+    ``(N * k, d)`` in plan order), read from ``slide`` and encoded ``batch_size`` patches at a time.
+
+    Raises:
+        ValueError: the encoder returned another shape or NaN/inf features.
+    """
     total = plan.n * (plan.k if tag == "hr" else 1)
     out = np.empty((total, encoder.dim), dtype=np.float32)
     i = 0
@@ -435,17 +444,17 @@ def extract_features(
     for path in paths.values():
         _remove_stale_temps(path)
     patches_done = not overwrite and all(
-        _is_complete(paths[f"{t}_patches"], features=False) for t in ("lr", "hr")
+        is_complete(paths[f"{t}_patches"], features=False) for t in ("lr", "hr")
     )
     feats_done = {
         t: not overwrite
-        and _is_complete(paths[f"{t}_features"], features=True, encoder=encoder.name, identity=identity)
+        and is_complete(paths[f"{t}_features"], features=True, encoder=encoder.name, identity=identity)
         for t in ("lr", "hr")
     }
     if patches_done and all(feats_done.values()):
         return paths
     if patches_done:
-        plan = _read_plan(paths["lr_patches"], paths["hr_patches"])
+        plan = read_plan(paths["lr_patches"], paths["hr_patches"])
     else:
         tissue = segment_tissue(slide, **dict(tissue_kwargs or {}))
         plan = plan_patches(
@@ -458,12 +467,12 @@ def extract_features(
                 f"(tissue covers {tissue.tissue_fraction_total:.1%} of the slide); lower min_tissue or lr_mag",
             )
         for t in ("lr", "hr"):
-            _write_h5(paths[f"{t}_patches"], plan, t, slide.name, slide.mpp)
+            write_h5(paths[f"{t}_patches"], plan, t, slide.name, slide.mpp)
     for t in ("lr", "hr"):
         if feats_done[t] and patches_done:
             continue
-        feats = _encode(slide, plan, t, encoder, batch_size, progress)
-        _write_h5(paths[f"{t}_features"], plan, t, slide.name, slide.mpp, feats, encoder.name, identity)
+        feats = encode_patches(slide, plan, t, encoder, batch_size, progress)
+        write_h5(paths[f"{t}_features"], plan, t, slide.name, slide.mpp, feats, encoder.name, identity)
     return paths
 
 
@@ -545,7 +554,7 @@ def read_slide_bag(
     paths = output_paths(job_dir, slide_name, encoder_name, lr_mag, hr_mag, patch_size)
     src = paths["lr_features"]
     for key in ("lr_features", "hr_features"):
-        if not _is_complete(paths[key], features=True):
+        if not is_complete(paths[key], features=True):
             raise DataError(paths[key], "missing or incomplete feature file (run extract_features first)")
         record = paths[key].parent / IDENTITY_FILE
         if record.is_file():
