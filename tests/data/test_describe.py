@@ -10,9 +10,9 @@ import pytest
 
 from wsigym.cli import main
 from wsigym.data.describe import describe, format_description
-from wsigym.data.folder import make_splits
 from wsigym.data.formats import NAMED_DATASETS, detect_layout, open_dataset
 from wsigym.data.native import NativeDataset, slide_path, write_bag, write_dataset_index
+from wsigym.data.splits import make_splits
 from wsigym.errors import DataError
 
 

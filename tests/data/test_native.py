@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from wsigym.data.folder import make_splits
 from wsigym.data.formats import open_dataset
 from wsigym.data.native import NativeDataset, read_bag, slide_path, write_bag, write_dataset_index
+from wsigym.data.splits import make_splits
 from wsigym.errors import DataError
 
 

@@ -9,7 +9,8 @@ import pytest
 from faultkit import one_line_error, run_console, tiny_encoder
 
 from wsigym.cli import main as wsigym_main
-from wsigym.data.folder import read_clam_splits, read_json_splits, read_labels_csv
+from wsigym.data.labels_csv import read_labels_csv
+from wsigym.data.splits import read_clam_splits, read_json_splits
 from wsigym.errors import DataError
 from wsigym.slides.extract import extract_features
 from zoo.cli import main as zoo_main

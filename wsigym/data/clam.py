@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.folder import FolderDataset, open_h5, read_h5_array, read_labels_csv, resolve_splits
+from wsigym.data.folder import FolderDataset
+from wsigym.data.h5 import open_h5, read_h5_array
+from wsigym.data.labels_csv import read_labels_csv
 from wsigym.data.pairing import children_per_side, pair_children
+from wsigym.data.splits import resolve_splits
 from wsigym.errors import DataError
 
 
@@ -74,7 +77,7 @@ class CLAMDataset(FolderDataset):
         root: folder with ``h5_files/`` (and/or ``pt_files/``).
         labels_csv: ``case_id,slide_id,label`` CSV (class names as labels).
         splits_dir: folder of CLAM ``splits_<k>.csv`` (or ``split_<n>.json``); ``None`` makes
-            ``n_folds`` stratified splits with ``seed`` (:func:`~wsigym.data.folder.make_splits`).
+            ``n_folds`` stratified splits with ``seed`` (:func:`~wsigym.data.splits.make_splits`).
         class_names: class order; default the sorted distinct labels.
         patch_size_level0: low-res patch side in level-0 pixels.
         hr_root: CLAM folder of high-res features of the same slides (optional).

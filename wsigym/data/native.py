@@ -35,15 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.folder import (
-    FolderDataset,
-    check_slide_id,
-    open_h5,
-    read_h5_array,
-    read_json_splits,
-    read_labels_csv,
-    write_labels_csv,
-)
+from wsigym.data.folder import FolderDataset
+from wsigym.data.h5 import open_h5, read_h5_array
+from wsigym.data.labels_csv import check_slide_id, read_labels_csv, write_labels_csv
+from wsigym.data.splits import read_json_splits
 from wsigym.errors import DataError
 from wsigym.io import atomic_write, atomic_write_json
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.folder import FolderDataset, open_h5, read_h5_array, resolve_splits
+from wsigym.data.folder import FolderDataset
+from wsigym.data.h5 import open_h5, read_h5_array
+from wsigym.data.splits import resolve_splits
 from wsigym.errors import DataError
 
 SASHA_SPLIT_KEYS = {"train": "train_names", "val": "val_names", "test": "test_names"}

@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.folder import FolderDataset, open_h5, read_h5_array, read_labels_csv, resolve_splits
+from wsigym.data.folder import FolderDataset
+from wsigym.data.h5 import open_h5, read_h5_array
+from wsigym.data.labels_csv import read_labels_csv
 from wsigym.data.pairing import children_per_side, pair_children
+from wsigym.data.splits import resolve_splits
 from wsigym.errors import DataError
 
 JOB_FOLDER = re.compile(r"(\d+(?:\.\d+)?)x_(\d+)px_(\d+)px_overlap")

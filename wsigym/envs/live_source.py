@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wsigym.data.folder import read_labels_csv
+from wsigym.data.labels_csv import read_labels_csv
 from wsigym.envs.slide_source import grid_cells, normalised_coords, slide_index
 from wsigym.errors import DataError
 from wsigym.slides.encoders import PatchEncoder, build_encoder
@@ -99,7 +99,7 @@ def resolve_labels(
 ) -> tuple[list[int], tuple[str, ...]]:
     """Labels of ``slide_ids`` and the class names.
 
-    ``labels`` is a CSV (``slide_id,label`` with class names, :func:`~wsigym.data.folder.read_labels_csv`)
+    ``labels`` is a CSV (``slide_id,label`` with class names, :func:`~wsigym.data.labels_csv.read_labels_csv`)
     or a mapping ``slide_id -> class index or class name``. Without ``class_names``: the CSV's sorted
     classes; for a mapping of names, the sorted distinct names; for indices, ``("negative", "positive")``
     when they are 0/1, else ``class_0 ... class_{C-1}``.
