@@ -33,40 +33,26 @@ import torch.nn.functional as F
 
 import zoo
 from wsigym.data.bag import SlideBag
-from wsigym.data.dataset import SlideDataset
+from wsigym.data.memory import MemoryDataset
 from wsigym.envs.slide_source import ORACLE_VIEW
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom import WSIZoomEnv
 
 
-class BenchDataset(SlideDataset):
+def bench_dataset(n: int, dim: int, slides: int, seed: int = 0) -> MemoryDataset:
     """``slides`` synthetic slides of ``n`` patches: clustered ``Z`` (cos >= 0.95 within ~half a
     cluster of ~20), oracle rows ``V`` as the view ``"oracle"``."""
-
-    def __init__(self, n: int, dim: int, slides: int, seed: int = 0) -> None:
-        self.name = f"bench-n{n}"
-        self.class_names = ("normal", "tumour")
-        rng = np.random.default_rng(seed)
-        self._bags = {}
-        for j in range(slides):
-            centres = rng.normal(size=(max(1, n // 20), dim)).astype(np.float32)
-            z = centres[rng.integers(0, len(centres), n)] + 0.2 * rng.normal(size=(n, dim)).astype(np.float32)
-            v = z + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-            side = math.ceil(math.sqrt(n))
-            coords = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(np.int64) * 2048
-            bag = SlideBag(f"s{j}", z, coords, j % 2, self.class_names, views={ORACLE_VIEW: v})
-            self._bags[bag.slide_id] = bag
-        ids = list(self._bags)
-        self.splits = [{"train": ids, "val": [], "test": []}]
-
-    def slide_ids(self) -> list[str]:
-        return list(self._bags)
-
-    def label(self, slide_id: str) -> int:
-        return self._bags[slide_id].label
-
-    def load(self, slide_id: str, hr: bool = True) -> SlideBag:
-        return self._bags[slide_id]
+    class_names = ("normal", "tumour")
+    rng = np.random.default_rng(seed)
+    bags = []
+    for j in range(slides):
+        centres = rng.normal(size=(max(1, n // 20), dim)).astype(np.float32)
+        z = centres[rng.integers(0, len(centres), n)] + 0.2 * rng.normal(size=(n, dim)).astype(np.float32)
+        v = z + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+        side = math.ceil(math.sqrt(n))
+        coords = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(np.int64) * 2048
+        bags.append(SlideBag(f"s{j}", z, coords, j % 2, class_names, views={ORACLE_VIEW: v}))
+    return MemoryDataset(f"bench-n{n}", bags)
 
 
 def median_time(fn, reps: int, warmup: int = 3) -> float:
@@ -175,7 +161,7 @@ def time_vector_env(vec, rng, args, device) -> tuple[float, int]:
 
 def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, float, float, float]]:
     dim = args.dim
-    data = BenchDataset(n, dim, slides=args.slides)
+    data = bench_dataset(n, dim, slides=args.slides)
     kw = {"dataset": data, "hafed": hafed, "tsu": tsu, "progress": False, "device": device}
     rng = np.random.default_rng(0)
     rows = []

@@ -8,13 +8,13 @@ import torch
 
 import zoo
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.dataset import SlideDataset
+from wsigym.data.memory import MemoryDataset
 
 DIM = 16
 K = 4
 
 
-class TinyDataset(SlideDataset):
+class TinyDataset(MemoryDataset):
     """``count`` slides with N in [20, 60], d = 16, k = 4 children, clustered features, tumour truth.
 
     Features come from a few cluster centres plus noise, so that a cosine threshold of 0.9 puts
@@ -24,10 +24,9 @@ class TinyDataset(SlideDataset):
     def __init__(
         self, count: int = 6, seed: int = 0, truth: bool = True, name: str = "tiny", n: int | None = None
     ) -> None:
-        self.name = name
-        self.class_names = ("normal", "tumour")
+        class_names = ("normal", "tumour")
         rng = np.random.default_rng(seed)
-        self._bags: dict[str, SlideBag] = {}
+        bags: dict[str, SlideBag] = {}
         centres = rng.normal(size=(4, DIM))
         for j in range(count):
             n_j = int(rng.integers(20, 61)) if n is None else n
@@ -47,27 +46,17 @@ class TinyDataset(SlideDataset):
                 features=z.astype(np.float32),
                 coords=coords,
                 label=label,
-                class_names=self.class_names,
+                class_names=class_names,
                 hr_features=u.astype(np.float32),
                 hr_mask=hr_mask,
                 hr_coords=hr_coords.astype(np.int64),
                 tumour_fraction=tumour,
                 meta=SlideMeta(patch_size_level0=2048, hr_patch_size_level0=512),
             )
-            self._bags[bag.slide_id] = bag.validate()
-        ids = list(self._bags)
-        self.splits = [
-            {"train": ids[: count - 2], "val": ids[count - 2 : count - 1], "test": ids[count - 1 :]}
-        ]
-
-    def slide_ids(self) -> list[str]:
-        return list(self._bags)
-
-    def label(self, slide_id: str) -> int:
-        return self._bags[slide_id].label
-
-    def load(self, slide_id: str, hr: bool = True) -> SlideBag:
-        return self._bags[slide_id]
+            bags[bag.slide_id] = bag
+        ids = list(bags)
+        splits = [{"train": ids[: count - 2], "val": ids[count - 2 : count - 1], "test": ids[count - 1 :]}]
+        super().__init__(name, bags.values(), splits, class_names)
 
 
 @pytest.fixture(scope="session", autouse=True)

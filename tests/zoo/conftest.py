@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from wsigym.data.bag import SlideBag, SlideMeta
-from wsigym.data.dataset import SlideDataset
-from wsigym.errors import DataError
+from wsigym.data.memory import MemoryDataset
 
 
-class TinyDataset(SlideDataset):
+class TinyDataset(MemoryDataset):
     """Random bags where class ``c > 0`` slides hold a few instances shifted along feature block ``c``.
 
     Each slide has ``N`` in [12, 30] low-res patches of width ``dim`` on a grid and ``k`` high-res
@@ -22,12 +21,11 @@ class TinyDataset(SlideDataset):
     def __init__(
         self, n_slides: int = 24, dim: int = 32, k: int = 4, num_classes: int = 2, seed: int = 0
     ) -> None:
-        self.name = f"tiny-{num_classes}c"
-        self.class_names = tuple(f"class{c}" for c in range(num_classes))
+        class_names = tuple(f"class{c}" for c in range(num_classes))
         rng = np.random.default_rng(seed)
         meta = SlideMeta(patch_size_level0=2048, hr_patch_size_level0=1024, encoder="random")
         block = max(1, dim // max(1, num_classes))
-        self._bags: dict[str, SlideBag] = {}
+        bags: dict[str, SlideBag] = {}
         for i in range(n_slides):
             label = i % num_classes
             n = int(rng.integers(12, 31))
@@ -44,19 +42,19 @@ class TinyDataset(SlideDataset):
             offsets = np.stack([np.arange(k) % per, np.arange(k) // per], axis=1) * meta.hr_patch_size_level0
             hr_coords = (coords[:, None, :] + offsets[None]).astype(np.int64)
             sid = f"s{i:03d}"
-            self._bags[sid] = SlideBag(
+            bags[sid] = SlideBag(
                 slide_id=sid,
                 features=z,
                 coords=coords,
                 label=label,
-                class_names=self.class_names,
+                class_names=class_names,
                 hr_features=u,
                 hr_mask=np.ones((n, k), dtype=bool),
                 hr_coords=hr_coords,
                 meta=meta,
             ).validate(sid)
-        ids = list(self._bags)
-        by_class = [[s for s in ids if self._bags[s].label == c] for c in range(num_classes)]
+        ids = list(bags)
+        by_class = [[s for s in ids if bags[s].label == c] for c in range(num_classes)]
         split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         for members in by_class:
             m = len(members)
@@ -64,28 +62,7 @@ class TinyDataset(SlideDataset):
             split["train"] += members[:n_train]
             split["val"] += members[n_train : n_train + n_val]
             split["test"] += members[n_train + n_val :]
-        self.splits = [split]
-
-    def slide_ids(self) -> list[str]:
-        return list(self._bags)
-
-    def label(self, slide_id: str) -> int:
-        return self._bags[slide_id].label
-
-    def load(self, slide_id: str, hr: bool = True) -> SlideBag:
-        if slide_id not in self._bags:
-            raise DataError(f"dataset {self.name!r}", f"no slide {slide_id!r}")
-        bag = self._bags[slide_id]
-        if hr:
-            return bag
-        return SlideBag(
-            slide_id=bag.slide_id,
-            features=bag.features,
-            coords=bag.coords,
-            label=bag.label,
-            class_names=bag.class_names,
-            meta=bag.meta,
-        )
+        super().__init__(f"tiny-{num_classes}c", bags.values(), [split], class_names)
 
 
 @pytest.fixture(scope="session")

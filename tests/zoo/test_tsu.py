@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsigym.data.bag import SlideBag
-from wsigym.data.dataset import SlideDataset
+from wsigym.data.memory import MemoryDataset
 from zoo.models.hafed import HAFED, HAFEDConfig
 from zoo.models.tsu import TSU, TSUConfig, similar_set
 from zoo.registry import create_model, model_from_config_dict
@@ -83,7 +83,7 @@ def test_similar_set_signed_and_absolute():
 # ---------------------------------------------------------------- fit_tsu on a small structured dataset
 
 
-class _MemoryDataset(SlideDataset):
+class _MemoryDataset(MemoryDataset):
     """Slides whose high-res rows are a fixed nonlinear map of the low-res rows: V(i) = g(Z(i)).
 
     Z rows come in tight clusters (so similar sets exist at tau), each child of a patch equals
@@ -93,9 +93,9 @@ class _MemoryDataset(SlideDataset):
 
     def __init__(self, n_slides: int = 12, n: int = 48, d: int = 8, k: int = 4, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.name, self.class_names = "memory", ("normal", "tumour")
+        class_names = ("normal", "tumour")
         a = rng.normal(size=(d, d)) / np.sqrt(d) * 0.5
-        self._bags = {}
+        bags = []
         for s in range(n_slides):
             centres = rng.normal(size=(6, d))
             z = centres[rng.integers(0, 6, n)] + 0.3 * rng.normal(size=(n, d))
@@ -103,20 +103,9 @@ class _MemoryDataset(SlideDataset):
             g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
             u = np.repeat(g[:, None, :], k, axis=1).astype(np.float32)
             coords = np.stack([np.arange(n) * 2048, np.zeros(n)], 1).astype(np.int64)
-            self._bags[f"s{s}"] = SlideBag(
-                f"s{s}", z.astype(np.float32), coords, s % 2, self.class_names, hr_features=u
-            ).validate()
-        ids = list(self._bags)
-        self.splits = [{"train": ids[:8], "val": ids[8:10], "test": ids[10:]}]
-
-    def slide_ids(self):
-        return list(self._bags)
-
-    def label(self, slide_id):
-        return self._bags[slide_id].label
-
-    def load(self, slide_id, hr=True):
-        return self._bags[slide_id]
+            bags.append(SlideBag(f"s{s}", z.astype(np.float32), coords, s % 2, class_names, hr_features=u))
+        ids = [b.slide_id for b in bags]
+        super().__init__("memory", bags, [{"train": ids[:8], "val": ids[8:10], "test": ids[10:]}])
 
 
 def test_fit_tsu_beats_both_baselines():
