@@ -77,10 +77,9 @@ critic target A + V_old         SB3's GAE returns                   same as the 
 masks only in rollout           masks in rollout *and* update       fixes SASHA pitfall 1
 ==============================  ==================================  ======================================
 
-**Options beyond SASHA's settings.** On ``synth-c16`` SASHA's reward teaches little per step: only 11.7%
-of random zooms on tumour patches change HAFED's cross-entropy by more than 0.05, because after the first
-tumour zoom the slide is classified and the cross-entropy saturates (``examples/reward_information.py``).
-These options exist to make such rewards count, and the README reports what each did:
+**Options beyond SASHA's settings.** On ``synth-c16`` SASHA's reward teaches little per step: after the
+first tumour zoom the slide is classified and the cross-entropy saturates, so most tumour zooms change it
+by almost nothing (``examples/reward_information.py``; measured in ``docs/lab-notes.md``). These options exist to make such rewards count, and the README reports what each did:
 ``reward="evidence"`` (the environment's weakly supervised per-zoom evidence, see
 :mod:`wsigym.envs.reward`) or ``"delta_ce"`` / ``"delta_margin"`` with ``gamma=0`` (each zoom credited
 with what it reveals or changes: a contextual bandit); ``standardise=True`` (the policy sees
@@ -196,7 +195,7 @@ class PPOConfig:
 #: SASHA's settings adapted to short CPU runs (the second table). ``"evidence-bandit"`` is the
 #: shipped ``ppo-WSIZoom-v0``: the weakly supervised ``"evidence"`` reward with ``gamma=0`` (a contextual
 #: bandit), short episodes (2% budget) over 16 slides at a time, standardised rows, no critic loss and
-#: no gradient clip; about 32 minutes on one CPU thread on synth-c16 (README "Results").
+#: no gradient clip (its training run and time: ``docs/lab-notes.md``).
 RECIPES: dict[str, dict[str, Any]] = {
     "sasha": {
         "tokens": "state",

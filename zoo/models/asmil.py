@@ -34,10 +34,9 @@ frozen random network. Defaults (8 tokens, 8 heads, token_drop 4, dropout 0.1, e
 temperature 0.2, consistency weight 1) are those of MIL_BASELINE's corrected ``AS_MIL``; the projection
 384 -> 128 is ASMIL's for ViT-S features.
 
-``query_init_std`` defaults to the reference's :math:`10^{-6}`. Measured on ``synth-c16`` by
-``examples/asmil_query_init.py`` (hr view, 80 training slides, 3 epochs at lr 1e-3, anchor loss and token
-dropping off): at :math:`10^{-6}` the validation AUC stays at 0.48-0.49; with the queries drawn at std 1.0
-it is 0.99 after two epochs. A likely reason (not verified further): with near-zero queries every
+``query_init_std`` defaults to the reference's :math:`10^{-6}`. On ``synth-c16`` the queries at
+:math:`10^{-6}` stay at chance while queries drawn at std 1.0 learn (``examples/asmil_query_init.py``;
+the measured numbers are in ``docs/lab-notes.md``). A likely reason (not verified further): with near-zero queries every
 branch token starts as :math:`\mathrm{LN}(\mathrm{MHA}_t(q_t, h))`, the layer-normalised pooled bag,
 whose slide-to-slide variation drowns the rare-instance signal. The shipped ``asmil-synth-c16`` therefore uses
 ``query_init_std=1.0`` (its card says so).
