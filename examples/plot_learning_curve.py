@@ -48,7 +48,9 @@ def main() -> None:
         record = json.loads((run / "train.json").read_text())
     else:  # a run still going (or stopped): the validation callback's file
         record = {"validation": json.loads((run / "eval" / "evaluations.json").read_text())["history"]}
-    history = record["validation"]
+    history = [
+        {k: float("nan") if v is None else v for k, v in h.items()} for h in record["validation"]
+    ]  # null: NaN
     t = [h["timesteps"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("accuracy", "auc", "f1"):

@@ -281,9 +281,12 @@ def _train_ppo(args: argparse.Namespace) -> int:
     train_ppo(config, args.out, progress=not args.no_progress)
     record = json.loads((Path(args.out) / "train.json").read_text())
     last = record["validation"][-1] if record["validation"] else {}
+    accuracy, auc = (
+        float("nan") if last.get(k) is None else last[k] for k in ("accuracy", "auc")
+    )  # null: NaN
     print(
         f"trained {record['timesteps']} timesteps in {time.perf_counter() - t0:.0f} s; "
-        f"validation accuracy {last.get('accuracy', float('nan')):.3f}, AUC {last.get('auc', float('nan')):.3f}; "
+        f"validation accuracy {accuracy:.3f}, AUC {auc:.3f}; "
         f"policy in {args.out} (TensorBoard: tensorboard --logdir {args.out}/tb)"
     )
     return 0
