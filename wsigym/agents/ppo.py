@@ -20,7 +20,7 @@ observation is 6.5 MB and a rollout of 4 x 32 = 128 observations about 0.83 GB
 scores depend on a row's version alone: the structured path is then much faster (README, "PPO training
 throughput").
 
-**Saving.** :func:`save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
+**Saving.** :func:`~wsigym.agents.policy_writer.save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
 :func:`~wsigym.agents.saved_policy.load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
 """
 
@@ -34,19 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.policy import PatchPolicy, scale_actor_logits, warm_start_from_hafed
+from wsigym.agents.policy_writer import save_policy
 from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
 from wsigym.agents.resume import ResumeCheckpoint, restore
-from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, PolicyAgent
+from wsigym.agents.saved_policy import POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
 from wsigym.agents.segment_ppo import SegmentMaskablePPO, vector_env_of
-from wsigym.io import atomic_write, atomic_write_json
+from wsigym.io import atomic_write_json
 
 
 def rollout_buffer_bytes(num_patches: int, dim: int, n_steps: int, n_envs: int) -> int:
@@ -284,44 +285,3 @@ def train_ppo(
     train_env.close()
     val_env.close()
     return model
-
-
-# --- save without pickle ---------------------------------------------------------------------------
-
-
-def save_policy(
-    model: MaskablePPO, directory: str | Path, config: PPOConfig, *, sb3_zip: bool = True
-) -> Path:
-    """Write ``policy.safetensors`` + ``policy.json`` (no pickle), plus a slim SB3 zip ``ppo-<env>.zip``.
-
-    :func:`load_policy` reads only the safetensors and JSON files.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
-    metadata = {"format": "wsigym.agents.policy.PatchPolicy"}
-    atomic_write(directory / POLICY_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    space = model.observation_space
-    p = int(space["patch_mask"].shape[0])
-    extractor = model.policy.mlp_extractor
-    atomic_write_json(
-        directory / POLICY_CONFIG,
-        {
-            "algorithm": "MaskablePPO",
-            "policy": "wsigym.agents.policy.PatchPolicy",
-            "num_patches": p,
-            "dim": int(model.policy.features_extractor.dim),
-            "tokens": model.policy.tokens,
-            "hidden": int(extractor.actor.tanh_branch.out_features),
-            "critic_hidden": int(extractor.latent_dim_vf),
-            "critic_attention": int(extractor.critic_attention.tanh_branch.out_features),
-            "standardise": bool(model.policy.standardise),
-            "env_id": config.env_id,
-            "ppo": {**asdict(config), "env_kwargs": json_safe_kwargs(config.env_kwargs)},
-        },
-    )
-    if sb3_zip:  # slim: the weights just written and a fresh optimiser (wsigym.agents.sb3_export)
-        from wsigym.agents.sb3_export import write_zip
-
-        write_zip(directory)
-    return directory

@@ -3,7 +3,7 @@ r"""Training that survives interruption: resumable checkpoints of a PPO run and 
 Every ``PPOConfig.checkpoint_updates`` updates (at the start of the next rollout, so the update has
 finished) :class:`ResumeCheckpoint` writes ``<run>/resume/update-<k>/``:
 
-- ``policy.safetensors`` + ``policy.json`` (:func:`wsigym.agents.ppo.save_policy`, no pickle);
+- ``policy.safetensors`` + ``policy.json`` (:func:`wsigym.agents.policy_writer.save_policy`, no pickle);
 - ``optimizer.safetensors`` (every tensor of the optimiser state, keys ``<param index>.<name>``) and
   ``rng.safetensors`` (torch's CPU generator, and CUDA's when used);
 - ``state.json``: ``num_timesteps``, ``updates``, SB3's episode counter, the optimiser's
@@ -71,7 +71,7 @@ def save_checkpoint(
     model: Any, validation: Any, train_env: Any, config: PPOConfig, run_dir: str | Path, updates: int
 ) -> Path:
     """Write ``run_dir/resume/update-<updates>/`` and point ``resume/latest.json`` at it (module docstring)."""
-    from wsigym.agents.ppo import save_policy
+    from wsigym.agents.policy_writer import save_policy
 
     root = Path(run_dir) / RESUME_DIR
     root.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The saved zoom policy: :func:`load_policy` and the greedy :class:`PolicyAgent` that runs it.
 
-**Saving.** :func:`wsigym.agents.ppo.save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
+**Saving.** :func:`wsigym.agents.policy_writer.save_policy` writes ``policy.safetensors`` + ``policy.json`` (loaded by
 :func:`load_policy` without pickle) and SB3's own zip for SB3 tooling (pickle: trusted use only).
 The policy is defined for any number of patches, so a loaded :class:`PolicyAgent` runs on any split.
 """
@@ -136,7 +136,7 @@ class PolicyAgent:
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
-    """Rebuild the :class:`PatchPolicy` saved by :func:`wsigym.agents.ppo.save_policy` and load its weights strictly.
+    """Rebuild the :class:`PatchPolicy` saved by :func:`wsigym.agents.policy_writer.save_policy` and load its weights strictly.
 
     ``directory`` may also be a registered name or Hub repo id (e.g. ``"ppo-WSIZoom-v0"``), pulled
     with :func:`zoo.hub.pull`.
@@ -152,7 +152,9 @@ def load_policy(directory: str | Path, device: str = "cpu") -> PolicyAgent:
     cfg_path, weights_path = directory / POLICY_CONFIG, directory / POLICY_WEIGHTS
     for path in (cfg_path, weights_path):
         if not path.is_file():
-            raise ValueError(f"{path}: missing (expected a policy saved by wsigym.agents.ppo.save_policy)")
+            raise ValueError(
+                f"{path}: missing (expected a policy saved by wsigym.agents.policy_writer.save_policy)"
+            )
     try:
         config = json.loads(cfg_path.read_text())
         policy = _policy_for(

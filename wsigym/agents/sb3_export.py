@@ -1,6 +1,6 @@
 r"""SB3-native files for a policy folder, as rl-zoo3 / ``huggingface_sb3`` users expect them.
 
-From a folder written by :func:`wsigym.agents.ppo.save_policy` (``policy.safetensors`` +
+From a folder written by :func:`wsigym.agents.policy_writer.save_policy` (``policy.safetensors`` +
 ``policy.json``), :func:`export_sb3` writes next to them:
 
 - ``ppo-<env>.zip``: a **slim** ``MaskablePPO`` zip (``MaskablePPO.save``) holding the policy
