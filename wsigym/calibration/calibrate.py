@@ -11,6 +11,7 @@ Two parts, each optional, saved together as ``calibration.json`` in the dataset'
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -89,21 +90,36 @@ def calibrate(
 ) -> dict[str, Any]:
     """Run the parts asked for (module docstring) and return the report.
 
-    With ``save`` it is written atomically to ``path`` (default ``dataset.calibration_path``).
+    With ``save`` it is written atomically to ``path`` (default ``dataset.calibration_path``). A report
+    already there for the same dataset config and seed keeps the parts not run now, so the parts can
+    be measured by separate runs.
     """
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    report: dict[str, Any] = {
+    target = Path(path) if path is not None else dataset.calibration_path
+    header: dict[str, Any] = {
         "dataset": dataset.name,
         "seed": dataset.seed,
         "config_digest": dataset.config.digest(),
         "coherence": dataset.config.coherence,
         "fold": fold,
     }
+    report = _previous(target, header) if save else {}
+    report.update(header)
     if views:
         report.update(epochs=epochs, train_seed=seed, zoom_fraction=zoom_fraction, lr=lr)
         report.update(train_views(dataset, epochs, seed, fold, zoom_fraction, progress, lr))
     if state_update:
         report["state_update"] = state_update_report(dataset, hafed, tsu, budgets, seeds, progress=progress)
     if save:
-        atomic_write_json(Path(path) if path is not None else dataset.calibration_path, report)
+        atomic_write_json(target, report)
     return report
+
+
+def _previous(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The report at ``path`` when it was measured on the same dataset config and seed, else ``{}``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get(k) == header[k] for k in ("dataset", "seed", "config_digest", "fold"))
+    return old if isinstance(old, dict) and same else {}
