@@ -6,7 +6,8 @@
 - ``wsigym evaluate --agent random --agent runs/ppo-WSIZoom-v0 ...`` runs the protocol
   (:func:`wsigym.evaluate.evaluate`) and writes a Markdown table and a JSON file; ``--all`` runs the full
   protocol (every baseline, the policy, both ablations) and can rewrite the README's results section;
-  ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it.
+  ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it; ``--backend ray
+  [--address A]`` runs one Ray task per (agent, budget, seed) (:mod:`wsigym.distributed.evaluation`).
 - ``wsigym demo``: a short warm-started PPO run on synth-c16, then the evaluation table.
 """
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wsigym.distributed.cluster import add_backend_arguments, connect_from_args
 from wsigym.envs.reward import REWARDS
 
 DEMO_TIMESTEPS = 512
@@ -189,6 +191,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--card", action="store_true", help="write the policy folder's Hub card")
     e.add_argument("--push", default=None, metavar="REPO", help="publish the policy folder to this Hub repo")
     e.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(e)
     e.set_defaults(func=_evaluate)
 
     x = sub.add_parser(
@@ -306,6 +309,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(
             "wsigym evaluate: --slides/--sample select slides without --all (--all takes --max-slides)"
         )
+    connect_from_args(args)
     if args.all:
         protocol = run_protocol(
             policy=args.policy,
@@ -321,6 +325,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             ablation_budgets=args.ablation_budgets,
             ablation_slides=args.ablation_slides,
             progress=progress,
+            backend=args.backend,
         )
         print(protocol.markdown)
         _card_and_push(args, protocol.main)
@@ -344,6 +349,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         sample_seed=args.seed,
         names=names,
         progress=progress,
+        backend=args.backend,
     )
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "results.json")

@@ -335,18 +335,29 @@ def slide_source(
     ``hafed_key`` identifies the HAFED weights (its name, or the instance itself).
     """
     ds_key: Any = dataset if isinstance(dataset, SlideDataset) else str(dataset)
-    key = (
+    key = _cache_key(ds_key, split, fold, hafed_key, device)
+    src = _CACHE.get(key)
+    if src is None or (not isinstance(ds_key, str) and src.dataset is not ds_key):
+        src = SlideSource(resolve_dataset(dataset), split, fold, hafed, device, progress)
+        _CACHE[key] = src
+    return src
+
+
+def _cache_key(ds_key: Any, split: str, fold: int, hafed_key: Any, device: torch.device | str) -> tuple:
+    return (
         ds_key if isinstance(ds_key, str) else id(ds_key),
         split,
         fold,
         hafed_key,
         str(torch.device(device)),
     )
-    src = _CACHE.get(key)
-    if src is None or (not isinstance(ds_key, str) and src.dataset is not ds_key):
-        src = SlideSource(resolve_dataset(dataset), split, fold, hafed, device, progress)
-        _CACHE[key] = src
-    return src
+
+
+def adopt_source(source: SlideSource, hafed_key: Any) -> None:
+    """Let :func:`slide_source` serve ``source`` (built in another process and received whole, e.g. from
+    Ray's object store) to environments made on ``dataset=source.dataset`` with ``hafed=hafed_key``
+    (a HAFED instance) on the source's split, fold and device."""
+    _CACHE[_cache_key(source.dataset, source.split, source.fold, hafed_key, source.device)] = source
 
 
 def clear_cache() -> None:
