@@ -109,3 +109,25 @@ def test_run_sweep_reports_a_failed_trial(ray_cluster, tmp_path):
         run_sweep(trial, {"seed": [0, 1]}, tmp_path / "s", backend="ray", name="failing")
     record = run_sweep(trial, {"seed": [0]}, tmp_path / "t", backend="ray", name="fine")
     assert record == [{"point": {"seed": 0}, "run": "seed0", "metrics": {"score": 0.0}}]
+
+
+def test_zoo_train_sweep_on_ray_equals_local(ray_cluster, folders, tmp_path, capsys):
+    from zoo.cli import main as zoo_main
+
+    argv = ["--threads", "1", "--quiet", "train", "abmil", "acmil", "--dataset", str(folders["dataset"])]
+    argv += ["--epochs", "1", "--seeds", "0"]
+    records = {}
+    for backend in ("local", "ray"):
+        out = tmp_path / backend
+        assert zoo_main([*argv, "--out", str(out), "--backend", backend]) == 0
+        records[backend] = json.loads((out / "sweep.json").read_text())
+        for run in ("abmil-seed0", "acmil-seed0"):
+            assert (out / run / "metrics.json").is_file() and (out / run / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "| abmil" in printed and "| acmil" in printed
+    for a, b in zip(records["local"]["trials"], records["ray"]["trials"]):
+        assert a["run"] == b["run"] and "test_accuracy" in a["metrics"]
+        for key, x in a["metrics"].items():
+            if "per_s" not in key and "seconds" not in key:
+                y = b["metrics"][key]
+                assert x == y or (math.isnan(x) and math.isnan(y)), (a["run"], key)
