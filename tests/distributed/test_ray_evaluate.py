@@ -115,3 +115,34 @@ def test_cli_evaluate_backend_ray(setting, tmp_path, capsys):
             assert {k: v for k, v in sa.items() if k != "seconds_per_slide"} == {
                 k: v for k, v in sb.items() if k != "seconds_per_slide"
             }
+
+
+def test_sources_are_shared_read_only_in_the_object_store(setting, ray_cluster):
+    """A worker maps a source's flat tensors from the object store (no private copy) and gets the same rows."""
+    import pickle
+
+    import gymnasium as gym
+
+    big = _envs.TinyDataset(
+        count=4, n=1000, name="tiny-1000"
+    )  # > 100 kB per tensor: Ray keeps it in shared memory
+    env = gym.make("WSIZoom-v0", dataset=big, split="train", **setting["env_kwargs"])
+    source = env.unwrapped.source
+    again = pickle.loads(pickle.dumps(source))
+    assert torch.equal(again.v, source.v) and again.slide_ids == source.slide_ids
+
+    @ray_cluster.remote(num_cpus=1)
+    def probe(refs):
+        import ray
+
+        one, two = ray.get(refs[0]), ray.get(refs[0])  # two reads: one shared buffer, or two private copies
+        return [
+            one.v.data_ptr() == two.v.data_ptr(),
+            float(one.v.double().sum()),
+            one.index_of(one.slide_ids[-1]),
+        ]
+
+    shared, total, last = ray_cluster.get(probe.remote([ray_cluster.put(source)]))
+    assert shared  # both are views of the object store's one copy
+    assert total == pytest.approx(float(source.v.double().sum())) and last == len(source.slide_ids) - 1
+    env.close()

@@ -25,7 +25,8 @@ from __future__ import annotations
 import weakref
 
 from wsigym.data.bag import SlideBag
-from wsigym.data.dataset import SlideDataset, open_dataset
+from wsigym.data.dataset import SlideDataset
+from wsigym.data.formats import open_dataset
 from wsigym.errors import DataError
 
 _BY_FOLDER: dict[tuple[str, str, str], int] = {}

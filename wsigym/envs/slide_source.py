@@ -45,6 +45,7 @@ env) shares one copy.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ from wsigym.errors import DataError
 ORACLE_VIEW = "oracle"
 
 _CACHE: dict[tuple[Any, ...], SlideSource] = {}
+#: The per-row tensors of a source (``(sum N, ...)``), shared read-only when a source is sent to workers.
+_FLAT_TENSORS = ("z", "v", "coords", "tumour")
 
 
 def resolve_dataset(dataset: str | Path | SlideDataset) -> SlideDataset:
@@ -279,6 +282,23 @@ class SlideSource:
             grid=grid_cells(bag.coords, bag.meta.patch_size_level0),
             tumour=tumour,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the flat tensors as numpy arrays (CPU sources), so that Ray's object store holds
+        them once and every worker maps them read-only instead of unpickling a copy each."""
+        state = self.__dict__.copy()
+        if self.device.type == "cpu":
+            for name in _FLAT_TENSORS:
+                state[name] = state[name].numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in _FLAT_TENSORS:
+            if isinstance(state.get(name), np.ndarray):
+                with warnings.catch_warnings():  # a read-only shared buffer: the source never writes into it
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    state[name] = torch.from_numpy(state[name])
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.slide_ids)
