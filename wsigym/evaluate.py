@@ -370,6 +370,12 @@ def evaluate(
     agents = list(agents) if isinstance(agents, (list, tuple)) else [agents]
     if names is not None and len(names) != len(agents):
         raise ValueError(f"names: expected {len(agents)} labels, got {len(names)}")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "ray" and env is not None:
+        raise ValueError(
+            "backend='ray' builds its environments from env_id/dataset/env_kwargs; env= is local only"
+        )
     rows: list[EvalRow] = []
     envs: dict[float, gym.Env] = {}
     owned: list[gym.Env] = []
@@ -427,16 +433,10 @@ def evaluate(
                 plan.append((label, float(budget), index))
         if backend == "local":
             results = run_jobs_locally(jobs, envs, progress=progress)
-        elif backend == "ray":
-            if env is not None:
-                raise ValueError(
-                    "backend='ray' builds its environments from env_id/dataset/env_kwargs; env= is local only"
-                )
+        else:
             from wsigym.distributed.evaluation import run_jobs_ray
 
             results = run_jobs_ray(jobs, envs, run_job, progress=progress)
-        else:
-            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         for label, budget, index in plan:
             per_seed = [dict(results[j]) for j in index]
             keys = per_seed[0].keys()
