@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wsigym.distributed.cluster import check_backend, connect
+from wsigym.io import atomic_write_json
 
 SWEEP_RECORD = "sweep.json"
 
@@ -74,8 +75,6 @@ def run_sweep(
     else:
         metrics = _tune(trial, grid, points, out, name, dict(resources or {"cpu": 1}), address)
     record = [{"point": point, "run": trial_name(point), "metrics": m} for point, m in zip(points, metrics)]
-    from wsigym.data.folder import atomic_write_json
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SWEEP_RECORD, {"name": name, "backend": backend, "trials": record})
     return record
