@@ -31,7 +31,6 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     paths = [str(ROOT), str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     started = not ray.is_initialized()
     if started:
         ray.init(
