@@ -131,7 +131,7 @@ def main() -> None:
     import ray
 
     from wsigym.distributed.cluster import connect
-    from wsigym.slides.testslides import write_aperio_tiff
+    from wsigym.slides.synthetic_slides import write_aperio_tiff
 
     rows: dict[str, dict[str, Any]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="ray-scaling-"))

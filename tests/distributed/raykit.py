@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wsigym.slides.encoders import TorchPatchEncoder
-from wsigym.slides.testslides import write_aperio_tiff
+from wsigym.slides.synthetic_slides import write_aperio_tiff
 
 
 class MeanColour(torch.nn.Module):
