@@ -24,6 +24,14 @@ not closed) or a factory ``env(budget) -> gym.Env`` (called once per budget; tho
 ``sample=K`` slides drawn without replacement with ``numpy.random.default_rng(sample_seed)`` (in
 split order), or the first ``max_slides``.
 
+**Jobs and backends.** The protocol is a list of independent jobs, one per (agent, budget, seed):
+each runs every selected slide once with an agent built for that job (a baseline name or a policy is
+built afresh with the job's seed, so a cell never depends on which cells ran before it; an agent given
+as an object is used as given, and on Ray each task gets its own copy, so such an agent must not carry
+state from one episode to the next except through ``reset``). ``backend="local"`` runs the jobs one
+after another here; ``backend="ray"`` runs one Ray task per job
+(:mod:`wsigym.distributed.evaluation`) with the same results, timings aside.
+
 Every slide is visited once per (budget, seed) in order (an agent whose
 ``deterministic`` attribute is True, e.g. the greedy policy and the ranked baselines, is run for the
 first seed only and its result repeated: with the slide fixed, its episode does not depend on the seed)
@@ -252,6 +260,44 @@ def full_hafed(env: gym.Env, slide_ids: Sequence[str], progress: bool = False) -
     return out
 
 
+@dataclass
+class EvalJob:
+    """One job of the protocol: ``agent`` on ``slide_ids`` of the environment of ``budget``, at ``seed``.
+
+    ``kind`` is ``"episodes"`` (:func:`run_split`), ``"no-zoom"`` (episodes of zero steps) or
+    ``"full-hafed"`` (:func:`full_hafed`); ``desc`` labels its progress bar.
+    """
+
+    agent: Callable[[dict, dict], int] | None
+    budget: float
+    seed: int
+    slide_ids: list[str]
+    kind: str = "episodes"
+    desc: str = ""
+
+
+def run_job(job: EvalJob, env: gym.Env, progress: bool = False) -> dict[str, float]:
+    """The metrics of one job (:func:`run_split` or :func:`full_hafed`) on ``env``."""
+    if job.kind == "full-hafed":
+        return full_hafed(env, job.slide_ids, progress=progress)
+    return run_split(
+        job.agent,  # type: ignore[arg-type]
+        env,
+        job.slide_ids,
+        seed=job.seed,
+        zero_steps=job.kind == "no-zoom",
+        progress=progress,
+        desc=job.desc,
+    )
+
+
+def run_jobs_locally(
+    jobs: Sequence[EvalJob], envs: dict[float, gym.Env], progress: bool = True
+) -> list[dict]:
+    """``backend="local"``: the jobs one after another in this process, on ``envs[job.budget]``."""
+    return [run_job(job, envs[job.budget], progress=progress) for job in jobs]
+
+
 def select_slides(
     ids: Sequence[str],
     *,
@@ -299,6 +345,7 @@ def evaluate(
     max_slides: int | None = None,
     names: Sequence[str] | None = None,
     progress: bool = True,
+    backend: str = "local",
 ) -> EvalReport:
     """Score agents on every slide of ``split`` at each budget and seed (see the module docstring).
 
@@ -315,12 +362,20 @@ def evaluate(
             ``split``, ``fold``, ``env_id`` and ``env_kwargs`` are ignored) or a factory
             ``env(budget) -> gym.Env``.
         slides, sample, sample_seed: which slides (module docstring, Slides).
+        backend: ``"local"`` or ``"ray"`` (module docstring, Jobs and backends; Ray joins the cluster
+            :func:`wsigym.distributed.cluster.connect` gives: ``$RAY_ADDRESS`` or a local one).
 
     ``no-zoom`` and ``full-hafed`` are evaluated once, at budget 0% and 100%.
     """
     agents = list(agents) if isinstance(agents, (list, tuple)) else [agents]
     if names is not None and len(names) != len(agents):
         raise ValueError(f"names: expected {len(agents)} labels, got {len(names)}")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "ray" and env is not None:
+        raise ValueError(
+            "backend='ray' builds its environments from env_id/dataset/env_kwargs; env= is local only"
+        )
     rows: list[EvalRow] = []
     envs: dict[float, gym.Env] = {}
     owned: list[gym.Env] = []
@@ -346,6 +401,8 @@ def evaluate(
             owned.append(made)
         return envs[budget]
 
+    jobs: list[EvalJob] = []
+    plan: list[tuple[str, float, list[int]]] = []  # (row label, row budget, job index of each seed)
     try:
         for i, agent_spec in enumerate(agents):
             name = agent_spec if isinstance(agent_spec, str) and agent_spec in BUDGET_FREE else None
@@ -353,38 +410,39 @@ def evaluate(
             label = names[i] if names is not None else label
             agent_budgets = [BUDGET_FREE[name]] if name else list(budgets)
             for budget in agent_budgets:
-                env_b = env_for(min(budgets) if name else budget)
+                env_budget = min(budgets) if name else budget
                 slide_ids = select_slides(
-                    env_b.unwrapped.slide_ids,
+                    env_for(env_budget).unwrapped.slide_ids,
                     slides=slides,
                     sample=sample,
                     sample_seed=sample_seed,
                     max_slides=max_slides,
                 )
-                per_seed = []
+                index: list[int] = []
                 for seed in seeds:
-                    if name == "full-hafed":
-                        per_seed.append(full_hafed(env_b, slide_ids, progress=progress))
+                    if index and (name == "full-hafed" or getattr(built, "deterministic", False)):
+                        index.append(index[0])  # same slides, same actions: identical
                         continue
-                    if per_seed and getattr(built, "deterministic", False):
-                        per_seed.append(dict(per_seed[0]))  # same slides, same actions: identical
-                        continue
-                    agent = built if seed == seeds[0] else as_agent(agent_spec, seed=seed)[1]
-                    per_seed.append(
-                        run_split(
-                            agent,
-                            env_b,
-                            slide_ids,
-                            seed=seed,
-                            zero_steps=name == "no-zoom",
-                            progress=progress,
-                            desc=f"{label} @ {budget:.0%} seed {seed}",
-                        )
-                    )
-                keys = per_seed[0].keys()
-                mean = {k: _nanmean([s[k] for s in per_seed]) for k in keys}
-                std = {k: _nanstd([s[k] for s in per_seed]) for k in keys}
-                rows.append(EvalRow(label, float(budget), mean, std, per_seed))
+                    if name == "full-hafed" or getattr(built, "deterministic", False):
+                        agent = None if name == "full-hafed" else built  # no state that depends on history
+                    else:
+                        agent = as_agent(agent_spec, seed=seed)[1]  # fresh: a cell is its own random stream
+                    desc = f"{label} @ {budget:.0%} seed {seed}"
+                    jobs.append(EvalJob(agent, env_budget, seed, slide_ids, name or "episodes", desc))
+                    index.append(len(jobs) - 1)
+                plan.append((label, float(budget), index))
+        if backend == "local":
+            results = run_jobs_locally(jobs, envs, progress=progress)
+        else:
+            from wsigym.distributed.evaluation import run_jobs_ray
+
+            results = run_jobs_ray(jobs, envs, run_job, progress=progress)
+        for label, budget, index in plan:
+            per_seed = [dict(results[j]) for j in index]
+            keys = per_seed[0].keys()
+            mean = {k: _nanmean([s[k] for s in per_seed]) for k in keys}
+            std = {k: _nanstd([s[k] for s in per_seed]) for k in keys}
+            rows.append(EvalRow(label, budget, mean, std, per_seed))
     finally:
         for made in owned:
             made.close()

@@ -6,6 +6,8 @@
 - ``zoo info NAME_OR_REPO_OR_PATH``          config, parameter count and card metrics
 - ``zoo train ARCH --dataset NAME_OR_FOLDER ...``  train, evaluate and save (config + weights + card)
 - ``zoo train ARCH --dataset D --cv K [--repeats R]``  stratified K-fold cross-validation
+- ``zoo train ARCH [ARCH ...] --seeds S [S ...] --dataset D [--backend ray [--address A]]``  a sweep: one
+  run per family and seed, one after another or as Ray Tune trials (:mod:`wsigym.distributed.sweeps`)
 - ``zoo results DIR... [--out FILE]``        results table of training runs (mean ± std for CV folders)
 
 Global options: ``zoo --threads N`` (torch CPU threads), ``zoo --quiet`` (no progress bars), ``zoo --debug``
@@ -21,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from wsigym.distributed.cluster import add_backend_arguments
 
 
 def _parse_value(text: str) -> Any:
@@ -169,7 +173,9 @@ def _fold_trainer(args: argparse.Namespace, overrides: dict[str, Any], fit_kwarg
     return train
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _train_setup(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any], str, Any]:
+    """``(dataset, model overrides, fit kwargs, out folder, trainer)`` of ``zoo train``'s options for
+    one family ``args.arch``."""
     import dataclasses
 
     from wsigym.data.formats import open_dataset
@@ -195,7 +201,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for key in ("epochs", "lr", "weight_decay", "patience", "selection", "max_slides"):
         if getattr(args, key) is not None:
             fit_kwargs[key] = getattr(args, key)
-    train = _fold_trainer(args, overrides, fit_kwargs)
+    return dataset, overrides, fit_kwargs, out, _fold_trainer(args, overrides, fit_kwargs)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    families = list(dict.fromkeys(args.arch))
+    if len(families) > 1 or args.seeds or args.backend == "ray":
+        return _sweep_train(args, families)
+    args.arch = families[0]
+    dataset, overrides, fit_kwargs, out, train = _train_setup(args)
     if args.cv is None:
         if args.repeats != 1 or args.val_fraction is not None or args.standardise:
             raise ValueError("--repeats, --val-fraction and --standardise need --cv K")
@@ -221,6 +235,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(results_table([path]), end="")
     print(f"saved {path} ({args.cv} folds x {args.repeats} repeat(s))")
+    return 0
+
+
+def _sweep_trial(args: argparse.Namespace, out: Path, point: dict[str, Any]) -> dict[str, float]:
+    """One run of a ``zoo train`` sweep, in ``out/<family>-seed<N>``; its validation and test metrics."""
+    import copy
+
+    from wsigym.distributed.sweeps import trial_name
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    one = copy.copy(args)
+    one.arch, one.seed, one.quiet = point["family"], point["seed"], True
+    dataset, _, _, _, train = _train_setup(one)
+    run = train(dataset, out / trial_name(point), args.fold, point["seed"])
+    record = json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))
+    return {
+        f"{part}_{k}": float(v)
+        for part in ("val", "test")
+        for k, v in (record.get(part) or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _sweep_train(args: argparse.Namespace, families: list[str]) -> int:
+    """``zoo train FAMILY [FAMILY ...] [--seeds S ...] [--backend ray]``: one run per (family, seed)."""
+    import functools
+
+    from wsigym.distributed.cluster import connect_from_args
+    from wsigym.distributed.sweeps import run_sweep
+
+    if args.cv is not None:
+        raise ValueError(
+            "--cv runs its own folds: sweep one family and seed at a time (no --seeds, one ARCH)"
+        )
+    connect_from_args(args)
+    out = Path(args.out or f"runs/sweep-{Path(str(args.dataset)).name}").resolve()
+    grid = {"family": families, "seed": args.seeds or [args.seed]}
+    record = run_sweep(
+        functools.partial(_sweep_trial, args, out),
+        grid,
+        out,
+        backend=args.backend,
+        name="zoo-train",
+        resources={"cpu": args.threads or 1},
+    )
+    from zoo.results import results_table
+
+    print(results_table([out / trial["run"] for trial in record]), end="")
+    print(f"saved {len(record)} runs under {out} ({args.backend} backend; sweep record {out / 'sweep.json'})")
     return 0
 
 
@@ -323,7 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=TRAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("arch", choices=list_architectures())
+    p.add_argument(
+        "arch",
+        nargs="+",
+        choices=list_architectures(),
+        help="model family; several (or --seeds, or --backend ray) make a sweep: one run per family and "
+        "seed in --out/<family>-seed<N>, plus --out/sweep.json",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="sweep: one run per seed")
     p.add_argument("--dataset", required=True, help="named dataset (synth-c16) or a features folder")
     p.add_argument(
         "--format", default=None, help="folder layout (clam, trident, sasha, native); default: detected"
@@ -412,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides (JSON values)"
     )
+    add_backend_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("results", help="results table of training run folders")

@@ -96,8 +96,11 @@ def run_protocol(
     ablation_budgets: Sequence[float] | None = None,
     ablation_slides: int | None = None,
     progress: bool = True,
+    backend: str = "local",
 ) -> ProtocolResult:
     """Run the full protocol (module docstring): the Markdown written to ``out/results.md`` and the reports.
+
+    ``backend`` is :func:`~wsigym.evaluate.evaluate`'s (``"ray"``: one Ray task per agent, budget, seed).
 
     ``results.md``/``results.json`` are written once the main table is done (so a long ablation cannot
     lose it) and again, complete, at the end.
@@ -114,6 +117,7 @@ def run_protocol(
         max_slides=max_slides,
         names=names,
         progress=progress,
+        backend=backend,
     )
     _write(main, {}, out, readme=None)
     ablations: dict[str, EvalReport] = {}
@@ -138,6 +142,7 @@ def run_protocol(
                 max_slides=subset,
                 names=abl_names,
                 progress=progress,
+                backend=backend,
             )
     return ProtocolResult(_write(main, ablations, out, readme), main, ablations)
 

@@ -2,11 +2,13 @@
 
 - ``wsigym train ppo --env WSIZoom-v0 --dataset synth-c16 --out runs/ppo-WSIZoom-v0`` trains MaskablePPO
   (:func:`wsigym.agents.ppo.train_ppo`) with SB3's progress bar, TensorBoard logs, checkpoints and the
-  validation callback; the run folder is the publishable policy folder.
+  validation callback; the run folder is the publishable policy folder. ``--seeds``/``--recipes``/``--updates``
+  sweep: one such run per combination, one after another or as Ray Tune trials (``--backend ray``).
 - ``wsigym evaluate --agent random --agent runs/ppo-WSIZoom-v0 ...`` runs the protocol
   (:func:`wsigym.evaluate.evaluate`) and writes a Markdown table and a JSON file; ``--all`` runs the full
   protocol (every baseline, the policy, both ablations) and can rewrite the README's results section;
-  ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it.
+  ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it; ``--backend ray
+  [--address A]`` runs one Ray task per (agent, budget, seed) (:mod:`wsigym.distributed.evaluation`).
 - ``wsigym demo``: a short warm-started PPO run on synth-c16, then the evaluation table.
 """
 
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wsigym.distributed.cluster import add_backend_arguments, connect_from_args
 from wsigym.envs.reward import REWARDS
 
 DEMO_TIMESTEPS = 512
@@ -86,6 +89,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train ppo``, ``evaluate``, ``demo`` and ``protocol`` on the ``wsigym`` parser."""
     from wsigym.agents.policy import TOKENS
     from wsigym.agents.recipes import RECIPES, TRAINING_PATHS, PPOConfig
+    from wsigym.envs.state_update import UPDATE_RULES
 
     d = PPOConfig()
     p = _train_parser(sub).add_parser(
@@ -148,6 +152,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    sweep = p.add_argument_group(
+        "sweeps",
+        "--seeds/--recipes/--updates (or --backend ray) run one normal run per combination, "
+        "in --out/<recipe>[-<update>]-seed<N>, and write --out/sweep.json",
+    )
+    sweep.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds")
+    sweep.add_argument("--recipes", nargs="+", default=None, choices=tuple(RECIPES), help="recipes")
+    sweep.add_argument(
+        "--updates",
+        nargs="+",
+        default=None,
+        choices=tuple(UPDATE_RULES),
+        help="state-update rules (env update=)",
+    )
+    sweep.add_argument(
+        "--threads-per-trial", type=int, default=None, help="torch threads (and Ray CPUs) of one run"
+    )
+    add_backend_arguments(sweep)
     p.set_defaults(func=_train_ppo)
 
     e = sub.add_parser("evaluate", help="the evaluation protocol (any agent, budgets, seeds)")
@@ -189,6 +211,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--card", action="store_true", help="write the policy folder's Hub card")
     e.add_argument("--push", default=None, metavar="REPO", help="publish the policy folder to this Hub repo")
     e.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(e)
     e.set_defaults(func=_evaluate)
 
     x = sub.add_parser(
@@ -238,27 +261,20 @@ def _resume_config(args: argparse.Namespace) -> Any:
     return PPOConfig.from_dict(record)
 
 
-def _train_ppo(args: argparse.Namespace) -> int:
-    from wsigym.agents.ppo import train_ppo
+def _ppo_config(args: argparse.Namespace, point: dict[str, Any] | None = None) -> Any:
+    """The PPOConfig of ``train ppo``'s options, with a sweep point's ``seed``/``recipe``/``update``."""
     from wsigym.agents.recipes import ppo_config
 
-    if args.resume is not None:
-        config = _resume_config(args)
-        print(f"wsigym train ppo: resuming {args.resume} to {config.total_timesteps} timesteps")
-        train_ppo(config, args.resume, progress=not args.no_progress, resume=True)
-        record = json.loads((Path(args.resume) / "train.json").read_text())
-        print(f"trained to {record['timesteps']} timesteps; policy in {args.resume}")
-        return 0
-    if args.out is None:
-        raise ValueError("wsigym train ppo needs --out RUN_DIR (or --resume RUN_DIR)")
-
+    point = point or {}
     env_kwargs = _env_kwargs(args)
     if args.budget is not None:
         env_kwargs["budget"] = args.budget
+    if point.get("update") is not None:
+        env_kwargs["update"] = point["update"]
     overrides: dict[str, Any] = {
         "env_id": args.env,
         "env_kwargs": env_kwargs,
-        "seed": args.seed,
+        "seed": point.get("seed", args.seed),
         "device": args.device,
     }
     for flag, name in _NUMERIC_FLAGS.items():
@@ -269,9 +285,46 @@ def _train_ppo(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     try:
-        config = ppo_config(args.recipe, **overrides)
+        return ppo_config(point.get("recipe", args.recipe), **overrides)
     except ValueError as exc:
         raise SystemExit(f"wsigym train ppo: {exc}") from None
+
+
+def _ppo_sweep_trial(args: argparse.Namespace, point: dict[str, Any]) -> dict[str, float]:
+    """One trial of a ``train ppo`` sweep: a normal run in ``--out/<trial name>``; its last validation."""
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.distributed.sweeps import trial_name
+
+    if args.threads_per_trial:
+        import torch
+
+        torch.set_num_threads(args.threads_per_trial)
+    run_dir = Path(args.out).resolve() / trial_name(point)
+    train_ppo(_ppo_config(args, point), run_dir, progress=False)
+    record = json.loads((run_dir / "train.json").read_text())
+    last = record["validation"][-1] if record["validation"] else {}
+    metrics = {k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "timesteps"}
+    return {"timesteps": float(record["timesteps"]), **metrics}
+
+
+def _train_ppo(args: argparse.Namespace) -> int:
+    from wsigym.agents.ppo import train_ppo
+
+    sweep = bool(args.seeds or args.recipes or args.updates or args.backend == "ray")
+    if args.resume is not None and sweep:
+        raise ValueError("--resume continues one run: leave out --seeds/--recipes/--updates/--backend ray")
+    if args.resume is not None:
+        config = _resume_config(args)
+        print(f"wsigym train ppo: resuming {args.resume} to {config.total_timesteps} timesteps")
+        train_ppo(config, args.resume, progress=not args.no_progress, resume=True)
+        record = json.loads((Path(args.resume) / "train.json").read_text())
+        print(f"trained to {record['timesteps']} timesteps; policy in {args.resume}")
+        return 0
+    if args.out is None:
+        raise ValueError("wsigym train ppo needs --out RUN_DIR (or --resume RUN_DIR)")
+    if sweep:
+        return _sweep_ppo(args)
+    config = _ppo_config(args)
     print(
         f"wsigym train ppo: recipe {args.recipe!r}, {config.path!r} path "
         f"({'episodes stored as changed rows' if config.path == 'segments' else 'SB3 padded observations'}), "
@@ -292,6 +345,42 @@ def _train_ppo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_ppo(args: argparse.Namespace) -> int:
+    """``train ppo --seeds/--recipes/--updates``: one run per point (:mod:`wsigym.distributed.sweeps`)."""
+    import functools
+
+    from wsigym.distributed.sweeps import grid_points, run_sweep
+
+    connect_from_args(args)
+    grid = {
+        "recipe": args.recipes or [args.recipe],
+        "update": args.updates or [None],
+        "seed": args.seeds or [args.seed],
+    }
+    for point in grid_points(grid):
+        _ppo_config(args, point)  # every point's settings are checked before any run starts
+    t0 = time.perf_counter()
+    record = run_sweep(
+        functools.partial(_ppo_sweep_trial, args),
+        grid,
+        args.out,
+        backend=args.backend,
+        name="train-ppo",
+        resources={"cpu": args.threads_per_trial or 1, "gpu": 1.0 if args.device.startswith("cuda") else 0.0},
+    )
+    print(
+        f"wsigym train ppo: {len(record)} runs in {time.perf_counter() - t0:.0f} s ({args.backend} backend)"
+    )
+    for trial in record:
+        m = trial["metrics"]
+        print(
+            f"  {Path(args.out) / trial['run']}: validation accuracy {m.get('accuracy', float('nan')):.3f}, "
+            f"AUC {m.get('auc', float('nan')):.3f}"
+        )
+    print(f"sweep record {Path(args.out) / 'sweep.json'} (TensorBoard: tensorboard --logdir {args.out})")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from wsigym.agents.benchmark import run_protocol
     from wsigym.evaluate import evaluate
@@ -306,6 +395,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(
             "wsigym evaluate: --slides/--sample select slides without --all (--all takes --max-slides)"
         )
+    connect_from_args(args)
     if args.all:
         protocol = run_protocol(
             policy=args.policy,
@@ -321,6 +411,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             ablation_budgets=args.ablation_budgets,
             ablation_slides=args.ablation_slides,
             progress=progress,
+            backend=args.backend,
         )
         print(protocol.markdown)
         _card_and_push(args, protocol.main)
@@ -344,6 +435,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         sample_seed=args.seed,
         names=names,
         progress=progress,
+        backend=args.backend,
     )
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "results.json")

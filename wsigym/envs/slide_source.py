@@ -45,6 +45,7 @@ env) shares one copy.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ from wsigym.errors import DataError
 ORACLE_VIEW = "oracle"
 
 _CACHE: dict[tuple[Any, ...], SlideSource] = {}
+#: The per-row tensors of a source (``(sum N, ...)``), shared read-only when a source is sent to workers.
+_FLAT_TENSORS = ("z", "v", "coords", "tumour")
 
 
 def resolve_dataset(dataset: str | Path | SlideDataset) -> SlideDataset:
@@ -280,6 +283,23 @@ class SlideSource:
             tumour=tumour,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the flat tensors as numpy arrays (CPU sources), so that Ray's object store holds
+        them once and every worker maps them read-only instead of unpickling a copy each."""
+        state = self.__dict__.copy()
+        if self.device.type == "cpu":
+            for name in _FLAT_TENSORS:
+                state[name] = state[name].numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in _FLAT_TENSORS:
+            if isinstance(state.get(name), np.ndarray):
+                with warnings.catch_warnings():  # a read-only shared buffer: the source never writes into it
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    state[name] = torch.from_numpy(state[name])
+        self.__dict__.update(state)
+
     def __len__(self) -> int:
         return len(self.slide_ids)
 
@@ -335,18 +355,29 @@ def slide_source(
     ``hafed_key`` identifies the HAFED weights (its name, or the instance itself).
     """
     ds_key: Any = dataset if isinstance(dataset, SlideDataset) else str(dataset)
-    key = (
+    key = _cache_key(ds_key, split, fold, hafed_key, device)
+    src = _CACHE.get(key)
+    if src is None or (not isinstance(ds_key, str) and src.dataset is not ds_key):
+        src = SlideSource(resolve_dataset(dataset), split, fold, hafed, device, progress)
+        _CACHE[key] = src
+    return src
+
+
+def _cache_key(ds_key: Any, split: str, fold: int, hafed_key: Any, device: torch.device | str) -> tuple:
+    return (
         ds_key if isinstance(ds_key, str) else id(ds_key),
         split,
         fold,
         hafed_key,
         str(torch.device(device)),
     )
-    src = _CACHE.get(key)
-    if src is None or (not isinstance(ds_key, str) and src.dataset is not ds_key):
-        src = SlideSource(resolve_dataset(dataset), split, fold, hafed, device, progress)
-        _CACHE[key] = src
-    return src
+
+
+def adopt_source(source: SlideSource, hafed_key: Any) -> None:
+    """Let :func:`slide_source` serve ``source`` (built in another process and received whole, e.g. from
+    Ray's object store) to environments made on ``dataset=source.dataset`` with ``hafed=hafed_key``
+    (a HAFED instance) on the source's split, fold and device."""
+    _CACHE[_cache_key(source.dataset, source.split, source.fold, hafed_key, source.device)] = source
 
 
 def clear_cache() -> None:

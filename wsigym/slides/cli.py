@@ -4,7 +4,8 @@
 - ``wsigym slides thumbnail SLIDE --out PNG [--mpp X] [--lr-mag 5] [--hr-mag 20] [--patch-size 256]``
 - ``wsigym slides extract SLIDES... --job-dir DIR --encoder timm:NAME|open_clip:NAME [--weights FILE]
   [--lr-mag 5] [--hr-mag 20] [--patch-size 256] [--batch-size 32] [--mpp X] [--min-tissue 0.25]
-  [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress]``
+  [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress] [--backend ray [--address A]]``
+  (``--backend ray``: one Ray task per slide, :mod:`wsigym.distributed.extraction`)
 
 ``extract`` records the encoder's identity (name, weights SHA-256, preprocessing, weights source) in
 every features file and in ``features_<encoder>/encoder.json``; rerunning into a job folder made by
@@ -15,8 +16,12 @@ another network (other ``--weights``, another ``--seed`` without weights) is ref
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from typing import Any
+
+from wsigym.distributed.cluster import add_backend_arguments
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -45,19 +50,28 @@ def _thumbnail(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     import torch
 
+    from wsigym.distributed.cluster import connect_from_args
     from wsigym.slides.encoders import build_encoder
     from wsigym.slides.extract import encoder_identity, extract_folder
 
     slides = args.slides[0] if len(args.slides) == 1 else args.slides
+    distributed = connect_from_args(args) is not None
     torch.manual_seed(args.seed)  # the initialisation of every weight the --weights do not set
-    encoder = build_encoder(args.encoder, args.weights, device=args.device)
+    # on Ray the network is built here on the CPU, put in the object store once, moved to --device per task
+    encoder = build_encoder(args.encoder, args.weights, device="cpu" if distributed else args.device)
     if args.weights is not None:
         source = str(args.weights)
     elif "hf-hub:" in args.encoder:
         source = args.encoder.split(":", 1)[1]
     else:
         source = f"random initialisation (torch seed {args.seed})"
-    done, failed = extract_folder(
+    if distributed:
+        from wsigym.distributed.extraction import extract_folder_ray
+
+        run: Any = functools.partial(extract_folder_ray, device=args.device)
+    else:
+        run = extract_folder
+    done, failed = run(
         slides,
         args.job_dir,
         encoder,
@@ -126,4 +140,5 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="recompute existing files, also when the job folder records another encoder",
     )
     p.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(p)
     p.set_defaults(func=_extract)

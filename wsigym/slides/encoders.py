@@ -91,6 +91,13 @@ class TorchPatchEncoder:
             )
         self.dim = int(probe.shape[1])
 
+    def to(self, device: str | torch.device) -> TorchPatchEncoder:
+        """Move the network and the normalisation to ``device`` (in place; returns ``self``)."""
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        self._mean_t, self._std_t = self._mean_t.to(self.device), self._std_t.to(self.device)
+        return self
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(self.module, x) if self._forward is not None else self.module(x)
 

@@ -486,6 +486,51 @@ def list_slides(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     return [Path(q) for q in source]
 
 
+def prepare_job(
+    job_dir: str | os.PathLike[str],
+    encoder: PatchEncoder,
+    identity: Mapping[str, Any] | None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Check (and record) the encoder of a job folder once, before any slide is read; return its identity.
+
+    ``kwargs`` are :func:`extract_features`'s (``lr_mag``, ``hr_mag``, ``patch_size``, ``overwrite``
+    are read). Shared by every backend of :func:`extract_folder`.
+
+    Raises:
+        EncoderMismatchError: the job folder holds features of another network under this name.
+    """
+    identity = dict(identity) if identity is not None else encoder_identity(encoder)
+    defaults = inspect.signature(extract_features).parameters
+    geometry = {k: kwargs.get(k, defaults[k].default) for k in ("lr_mag", "hr_mag", "patch_size")}
+    for key in ("lr_features", "hr_features"):
+        features_dir = output_paths(job_dir, "_", encoder.name, **geometry)[key].parent
+        check_job_encoder(features_dir, identity, overwrite=bool(kwargs.get("overwrite", False)))
+    return identity
+
+
+def slide_mpp(path: Path, mpp: float | Mapping[str, float] | None) -> float | None:
+    """The mpp override of one slide: ``mpp`` itself, or ``mpp[slide_id]`` from a mapping."""
+    return mpp.get(path.stem) if isinstance(mpp, Mapping) else mpp
+
+
+def extract_or_report(
+    path: Path, job_dir: str | os.PathLike[str], encoder: PatchEncoder, *, on_error: str, **kwargs: Any
+) -> tuple[dict[str, Path] | None, str | None]:
+    """:func:`extract_features` of one slide: ``(paths, None)``, or with ``on_error="skip"``
+    ``(None, message)`` for a bad slide (:class:`DataError`, ``ValueError``); an
+    :class:`EncoderMismatchError` is always raised. One slide of :func:`extract_folder`, whatever the backend.
+    """
+    try:
+        return extract_features(path, job_dir, encoder, **kwargs), None
+    except EncoderMismatchError:
+        raise
+    except (DataError, ValueError) as e:
+        if on_error == "raise":
+            raise
+        return None, str(e)
+
+
 def extract_folder(
     slides: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     job_dir: str | os.PathLike[str],
@@ -497,7 +542,8 @@ def extract_folder(
     identity: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Path]], dict[str, str]]:
-    """:func:`extract_features` over a folder or list of slides.
+    """:func:`extract_features` over a folder or list of slides, one after another in this process
+    (:func:`wsigym.distributed.extraction.extract_folder_ray` runs one Ray task per slide).
 
     Args:
         mpp: one override for all slides, or ``{slide_id: mpp}`` for some.
@@ -511,27 +557,24 @@ def extract_folder(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    identity = dict(identity) if identity is not None else encoder_identity(encoder)
-    defaults = inspect.signature(extract_features).parameters
-    geometry = {k: kwargs.get(k, defaults[k].default) for k in ("lr_mag", "hr_mag", "patch_size")}
-    for key in ("lr_features", "hr_features"):
-        features_dir = output_paths(job_dir, "_", encoder.name, **geometry)[key].parent
-        check_job_encoder(features_dir, identity, overwrite=bool(kwargs.get("overwrite", False)))
+    identity = prepare_job(job_dir, encoder, identity, **kwargs)
     done: dict[str, dict[str, Path]] = {}
     failed: dict[str, str] = {}
-    paths = list_slides(slides)
-    for p in tqdm(paths, disable=not progress, desc="slides", unit="slide"):
-        m = mpp.get(p.stem) if isinstance(mpp, Mapping) else mpp
-        try:
-            done[p.stem] = extract_features(
-                p, job_dir, encoder, mpp=m, progress=progress, identity=identity, **kwargs
-            )
-        except EncoderMismatchError:
-            raise
-        except (DataError, ValueError) as e:
-            if on_error == "raise":
-                raise
-            failed[p.stem] = str(e)
+    for p in tqdm(list_slides(slides), disable=not progress, desc="slides", unit="slide"):
+        paths, error = extract_or_report(
+            p,
+            job_dir,
+            encoder,
+            on_error=on_error,
+            mpp=slide_mpp(p, mpp),
+            progress=progress,
+            identity=identity,
+            **kwargs,
+        )
+        if error is None:
+            done[p.stem] = paths
+        else:
+            failed[p.stem] = error
     return done, failed
 
 
