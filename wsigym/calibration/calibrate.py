@@ -12,14 +12,12 @@ Two parts, each optional, saved together as ``calibration.json`` in the dataset'
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 
 import wsigym.envs  # noqa: F401  (registers the environments)
 from wsigym.calibration.abmil_views import train_views
@@ -94,7 +92,6 @@ def calibrate(
     already there for the same dataset config and seed keeps the parts not run now, so the parts can
     be measured by separate runs.
     """
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     target = Path(path) if path is not None else dataset.calibration_path
     header: dict[str, Any] = {
         "dataset": dataset.name,
