@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean synth-weights
+.PHONY: install demo test lint clean synth-weights synth-calibration
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,17 @@ synth-weights: $(STAMP)
 	$(ZOO) train wisefuse $(SYNTH) --out runs/wisefuse-synth-c16
 	$(ZOO) results $(foreach m,hafed abmil acmil transmil asmil semamil lrmil wisefuse,runs/$(m)-synth-c16) \
 		--readme README.md
+
+# The calibration reports shipped in wsigym/data/assets/ (docs/synth-c16.md). The incoherent variant is
+# measured with a HAFED and f_S trained on it, by the same commands as the shipped ones.
+WSIGYM := $(VENV)/bin/wsigym --threads 1
+synth-calibration: $(STAMP)
+	$(WSIGYM) synth calibrate --out wsigym/data/assets/synth-c16-calibration.json
+	$(ZOO) train hafed --dataset synth-c16-incoherent --epochs 12 --lr 1e-3 --out runs/hafed-synth-c16-incoherent
+	$(subst synth-c16,synth-c16-incoherent,$(TSU_TRAIN)) --out runs/tsu-synth-c16-incoherent
+	$(WSIGYM) synth calibrate --variant synth-c16-incoherent --part state-update \
+		--hafed runs/hafed-synth-c16-incoherent --tsu runs/tsu-synth-c16-incoherent \
+		--out wsigym/data/assets/synth-c16-incoherent-calibration.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
