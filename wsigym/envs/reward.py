@@ -22,15 +22,20 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
 - ``"hit"``: :math:`r_t = 1` when the zoomed patch holds tumour (ground truth), else 0. Not
   SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
   tumour is at all. Needs slides with tumour ground truth.
+
+Each rule is an object (like the update rules of :mod:`wsigym.envs.state_update`) that declares in
+``needs`` which extra inputs beyond the logits, labels and ``done`` it reads (``"hit"``,
+``"evidence"``); :data:`REWARD_RULES` names them, and :func:`reward_rule` resolves a name or a rule.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-REWARDS = ("ce", "delta_ce", "delta_margin", "evidence", "terminal", "hit")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -56,8 +61,174 @@ def patch_evidence(hafed: torch.nn.Module, v: Tensor, chunk: int = 65536) -> Ten
     )
 
 
+#: The extra inputs a rule may declare in ``needs``: what the engine computes only for rules that read them.
+REWARD_INPUTS = ("hit", "evidence")
+
+
+class RewardRule(Protocol):
+    """A reward rule: ``name``, the extra inputs it ``needs`` (of :data:`REWARD_INPUTS`), and
+    ``rule(logits_before (B, C), logits_after (B, C), labels (B,), done (B,), hit, evidence) -> (B,)``."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]]
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class CERule:
+    """``"ce"``: :math:`r_t = -\\mathrm{CE}_{t+1}` every step."""
+
+    name: ClassVar[str] = "ce"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        return -cross_entropy(logits_after, labels)
+
+
+@dataclass(frozen=True)
+class DeltaCERule:
+    """``"delta_ce"``: :math:`r_t = \\mathrm{CE}_t - \\mathrm{CE}_{t+1}`."""
+
+    name: ClassVar[str] = "delta_ce"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        return cross_entropy(logits_before, labels) - cross_entropy(logits_after, labels)
+
+
+@dataclass(frozen=True)
+class DeltaMarginRule:
+    """``"delta_margin"``: :math:`r_t = m_{t+1} - m_t`, the gain in log-odds of the true class."""
+
+    name: ClassVar[str] = "delta_margin"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        return log_odds(logits_after, labels) - log_odds(logits_before, labels)
+
+
+@dataclass(frozen=True)
+class TerminalRule:
+    """``"terminal"``: 0 except at the last step, :math:`r_{T-1} = -\\mathrm{CE}_T`."""
+
+    name: ClassVar[str] = "terminal"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        ce_after = cross_entropy(logits_after, labels)
+        return torch.where(done, -ce_after, torch.zeros_like(ce_after))
+
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """``"evidence"``: the zoomed patch's centred evidence ``(B,)`` for the slide label."""
+
+    name: ClassVar[str] = "evidence"
+    needs: ClassVar[tuple[str, ...]] = ("evidence",)
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        return evidence.float()
+
+
+@dataclass(frozen=True)
+class HitRule:
+    """``"hit"``: 1 where the zoomed patch holds tumour (ground truth ``hit (B,)``), else 0."""
+
+    name: ClassVar[str] = "hit"
+    needs: ClassVar[tuple[str, ...]] = ("hit",)
+
+    def __call__(
+        self,
+        logits_before: Tensor,
+        logits_after: Tensor,
+        labels: Tensor,
+        done: Tensor,
+        hit: Tensor | None = None,
+        evidence: Tensor | None = None,
+    ) -> Tensor:
+        return hit.float()
+
+
+#: Reward rule name -> rule.
+REWARD_RULES: dict[str, RewardRule] = {
+    rule.name: rule
+    for rule in (CERule(), DeltaCERule(), DeltaMarginRule(), EvidenceRule(), TerminalRule(), HitRule())
+}
+#: The rule names (what ``reward=`` and ``--reward`` accept as strings).
+REWARDS = tuple(REWARD_RULES)
+
+_MISSING_INPUT = {
+    "hit": "the tumour ground truth of the zoomed patches",
+    "evidence": "the centred evidence of the zoomed patches",
+}
+
+
+def reward_rule(rule: str | RewardRule) -> RewardRule:
+    """The rule named ``rule`` in :data:`REWARD_RULES`, or ``rule`` itself when it is a rule object.
+
+    Raises:
+        ValueError: for an unknown name, naming it and the choices.
+    """
+    if isinstance(rule, str):
+        if rule not in REWARD_RULES:
+            raise ValueError(f"reward must be one of {REWARDS}, got {rule!r}")
+        return REWARD_RULES[rule]
+    if not callable(rule) or not isinstance(getattr(rule, "needs", None), tuple):
+        raise ValueError(f"reward must be one of {REWARDS} or a reward rule object, got {rule!r}")
+    return rule
+
+
 def reward(
-    rule: str,
+    rule: str | RewardRule,
     logits_before: Tensor,
     logits_after: Tensor,
     labels: Tensor,
@@ -66,28 +237,16 @@ def reward(
     evidence: Tensor | None = None,
 ) -> Tensor:
     """Reward ``(B,)`` of one step from HAFED's logits ``(B, C)`` on the state before and after it, the
-    labels, whether the episode ends, and the rule's extra input ``(B,)``: for ``"hit"`` whether the
-    zoomed patch holds tumour, for ``"evidence"`` the centred evidence of the zoomed patch
+    labels, whether the episode ends, and the extra inputs ``(B,)`` the rule ``needs``: for ``"hit"``
+    whether the zoomed patch holds tumour, for ``"evidence"`` the centred evidence of the zoomed patch
     (:func:`patch_evidence`, indexed by the label, minus the slide mean).
 
     Raises:
-        ValueError: for an unknown rule, or a rule without its extra input.
+        ValueError: for an unknown rule, or a rule without an input it needs.
     """
-    if rule == "hit":
-        if hit is None:
-            raise ValueError("reward 'hit' needs the tumour ground truth of the zoomed patches")
-        return hit.float()
-    if rule == "evidence":
-        if evidence is None:
-            raise ValueError("reward 'evidence' needs the centred evidence of the zoomed patches")
-        return evidence.float()
-    if rule == "delta_margin":
-        return log_odds(logits_after, labels) - log_odds(logits_before, labels)
-    ce_after = cross_entropy(logits_after, labels)
-    if rule == "ce":
-        return -ce_after
-    if rule == "delta_ce":
-        return cross_entropy(logits_before, labels) - ce_after
-    if rule == "terminal":
-        return torch.where(done, -ce_after, torch.zeros_like(ce_after))
-    raise ValueError(f"reward must be one of {REWARDS}, got {rule!r}")
+    r = reward_rule(rule)
+    given = {"hit": hit, "evidence": evidence}
+    for name in r.needs:
+        if given.get(name) is None:
+            raise ValueError(f"reward {r.name!r} needs {_MISSING_INPUT.get(name, name)}")
+    return r(logits_before, logits_after, labels, done, hit=hit, evidence=evidence)
