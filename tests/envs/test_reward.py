@@ -34,13 +34,17 @@ def test_evidence_needs_its_input():
 
 def test_reward_rule_registry():
     """Names resolve to rule objects that declare their extra inputs; a bad name is named with the choices."""
-    from wsigym.envs.reward import REWARD_RULES, REWARDS, HitRule, reward_rule
+    from wsigym.envs.reward import REWARD_RULES, REWARDS, RewardRule, reward_rule
 
     assert tuple(REWARD_RULES) == REWARDS and "ce" in REWARDS
     assert reward_rule("hit") is REWARD_RULES["hit"] and reward_rule("hit").needs == ("hit",)
     assert reward_rule("evidence").needs == ("evidence",) and reward_rule("ce").needs == ()
-    rule = HitRule()
+    rule = RewardRule("hit_twice", ("hit",), lambda x: 2 * x.hit.float())
     assert reward_rule(rule) is rule
+    with pytest.raises(ValueError, match="'hit' needs the tumour ground truth"):
+        reward("hit", torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0]), torch.tensor([False]))
+    with pytest.raises(ValueError, match=r"RewardRule\.needs"):
+        RewardRule("odd", ("tumour",), lambda x: x.hit)
     with pytest.raises(ValueError, match=r"got 'accuracy'") as err:
         reward_rule("accuracy")
     assert all(name in str(err.value) for name in REWARDS)

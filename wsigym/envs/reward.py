@@ -23,15 +23,16 @@ With :math:`\mathrm{CE}_t = \mathrm{CE}(y, \mathrm{HAFED.classify}(S_t))` (on lo
   SASHA's and not from HAFED: a diagnostic reward that tells whether an agent can learn where
   tumour is at all. Needs slides with tumour ground truth.
 
-Each rule is an object (like the update rules of :mod:`wsigym.envs.state_update`) that declares in
-``needs`` which extra inputs beyond the logits, labels and ``done`` it reads (``"hit"``,
-``"evidence"``); :data:`REWARD_RULES` names them, and :func:`reward_rule` resolves a name or a rule.
+Each rule is a :class:`RewardRule` object (like the update rules of :mod:`wsigym.envs.state_update`)
+that declares in ``needs`` which extra inputs beyond the logits, labels and ``done`` it reads
+(``"hit"``, ``"evidence"``), so the engine computes those only for the rules that need them;
+:data:`REWARD_RULES` names them, and :func:`reward_rule` resolves a name or a rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -61,170 +62,100 @@ def patch_evidence(hafed: torch.nn.Module, v: Tensor, chunk: int = 65536) -> Ten
     )
 
 
-#: The extra inputs a rule may declare in ``needs``: what the engine computes only for rules that read them.
-REWARD_INPUTS = ("hit", "evidence")
-
-
-class RewardRule(Protocol):
-    """A reward rule: ``name``, the extra inputs it ``needs`` (of :data:`REWARD_INPUTS`), and
-    ``rule(logits_before (B, C), logits_after (B, C), labels (B,), done (B,), hit, evidence) -> (B,)``."""
-
-    name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]]
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class CERule:
-    """``"ce"``: :math:`r_t = -\\mathrm{CE}_{t+1}` every step."""
-
-    name: ClassVar[str] = "ce"
-    needs: ClassVar[tuple[str, ...]] = ()
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        return -cross_entropy(logits_after, labels)
-
-
-@dataclass(frozen=True)
-class DeltaCERule:
-    """``"delta_ce"``: :math:`r_t = \\mathrm{CE}_t - \\mathrm{CE}_{t+1}`."""
-
-    name: ClassVar[str] = "delta_ce"
-    needs: ClassVar[tuple[str, ...]] = ()
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        return cross_entropy(logits_before, labels) - cross_entropy(logits_after, labels)
-
-
-@dataclass(frozen=True)
-class DeltaMarginRule:
-    """``"delta_margin"``: :math:`r_t = m_{t+1} - m_t`, the gain in log-odds of the true class."""
-
-    name: ClassVar[str] = "delta_margin"
-    needs: ClassVar[tuple[str, ...]] = ()
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        return log_odds(logits_after, labels) - log_odds(logits_before, labels)
-
-
-@dataclass(frozen=True)
-class TerminalRule:
-    """``"terminal"``: 0 except at the last step, :math:`r_{T-1} = -\\mathrm{CE}_T`."""
-
-    name: ClassVar[str] = "terminal"
-    needs: ClassVar[tuple[str, ...]] = ()
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        ce_after = cross_entropy(logits_after, labels)
-        return torch.where(done, -ce_after, torch.zeros_like(ce_after))
-
-
-@dataclass(frozen=True)
-class EvidenceRule:
-    """``"evidence"``: the zoomed patch's centred evidence ``(B,)`` for the slide label."""
-
-    name: ClassVar[str] = "evidence"
-    needs: ClassVar[tuple[str, ...]] = ("evidence",)
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        return evidence.float()
-
-
-@dataclass(frozen=True)
-class HitRule:
-    """``"hit"``: 1 where the zoomed patch holds tumour (ground truth ``hit (B,)``), else 0."""
-
-    name: ClassVar[str] = "hit"
-    needs: ClassVar[tuple[str, ...]] = ("hit",)
-
-    def __call__(
-        self,
-        logits_before: Tensor,
-        logits_after: Tensor,
-        labels: Tensor,
-        done: Tensor,
-        hit: Tensor | None = None,
-        evidence: Tensor | None = None,
-    ) -> Tensor:
-        return hit.float()
-
-
-#: Reward rule name -> rule.
-REWARD_RULES: dict[str, RewardRule] = {
-    rule.name: rule
-    for rule in (CERule(), DeltaCERule(), DeltaMarginRule(), EvidenceRule(), TerminalRule(), HitRule())
-}
-#: The rule names (what ``reward=`` and ``--reward`` accept as strings).
-REWARDS = tuple(REWARD_RULES)
-
-_MISSING_INPUT = {
+#: The extra inputs a rule may declare in ``needs``, with what each one is.
+REWARD_INPUTS = {
     "hit": "the tumour ground truth of the zoomed patches",
     "evidence": "the centred evidence of the zoomed patches",
 }
 
 
-def reward_rule(rule: str | RewardRule) -> RewardRule:
-    """The rule named ``rule`` in :data:`REWARD_RULES`, or ``rule`` itself when it is a rule object.
+@dataclass(frozen=True)
+class RewardInputs:
+    """What one step gives a rule: HAFED's ``logits_before``/``logits_after (B, C)``, ``labels (B,)``,
+    ``done (B,)`` bool, and the extra inputs ``hit (B,)`` bool / ``evidence (B,)`` (``None`` unless given)."""
+
+    logits_before: Tensor
+    logits_after: Tensor
+    labels: Tensor
+    done: Tensor
+    hit: Tensor | None = None
+    evidence: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RewardRule:
+    """A reward rule: its ``name``, the extra inputs it ``needs`` (keys of :data:`REWARD_INPUTS`) and
+    ``compute(RewardInputs) -> (B,)``. Calling it on :class:`RewardInputs` checks that the inputs it needs are given.
 
     Raises:
-        ValueError: for an unknown name, naming it and the choices.
+        ValueError: at construction, for an unknown entry of ``needs``.
     """
-    if isinstance(rule, str):
-        if rule not in REWARD_RULES:
-            raise ValueError(f"reward must be one of {REWARDS}, got {rule!r}")
-        return REWARD_RULES[rule]
-    if not callable(rule) or not isinstance(getattr(rule, "needs", None), tuple):
-        raise ValueError(f"reward must be one of {REWARDS} or a reward rule object, got {rule!r}")
-    return rule
+
+    name: str
+    needs: tuple[str, ...]
+    compute: Callable[[RewardInputs], Tensor]
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.needs if n not in REWARD_INPUTS]
+        if unknown:
+            raise ValueError(f"RewardRule.needs must hold names of {tuple(REWARD_INPUTS)}, got {unknown}")
+
+    def __call__(self, x: RewardInputs) -> Tensor:
+        """Reward ``(B,)`` of one step.
+
+        Raises:
+            ValueError: when an input the rule needs is missing.
+        """
+        for need in self.needs:
+            if getattr(x, need) is None:
+                raise ValueError(f"reward {self.name!r} needs {REWARD_INPUTS[need]}")
+        return self.compute(x)
+
+
+def _ce(x: RewardInputs) -> Tensor:
+    return -cross_entropy(x.logits_after, x.labels)
+
+
+def _delta_ce(x: RewardInputs) -> Tensor:
+    return cross_entropy(x.logits_before, x.labels) - cross_entropy(x.logits_after, x.labels)
+
+
+def _delta_margin(x: RewardInputs) -> Tensor:
+    return log_odds(x.logits_after, x.labels) - log_odds(x.logits_before, x.labels)
+
+
+def _terminal(x: RewardInputs) -> Tensor:
+    ce_after = cross_entropy(x.logits_after, x.labels)
+    return torch.where(x.done, -ce_after, torch.zeros_like(ce_after))
+
+
+#: Reward rule name -> rule (module docstring for each).
+REWARD_RULES: dict[str, RewardRule] = {
+    rule.name: rule
+    for rule in (
+        RewardRule("ce", (), _ce),
+        RewardRule("delta_ce", (), _delta_ce),
+        RewardRule("delta_margin", (), _delta_margin),
+        RewardRule("evidence", ("evidence",), lambda x: x.evidence.float()),
+        RewardRule("terminal", (), _terminal),
+        RewardRule("hit", ("hit",), lambda x: x.hit.float()),
+    )
+}
+#: The rule names (what ``reward=`` and ``--reward`` accept as strings).
+REWARDS = tuple(REWARD_RULES)
+
+
+def reward_rule(rule: str | RewardRule) -> RewardRule:
+    """The rule named ``rule`` in :data:`REWARD_RULES`, or ``rule`` itself when it is a :class:`RewardRule`.
+
+    Raises:
+        ValueError: for anything else, naming it and the choices.
+    """
+    if isinstance(rule, RewardRule):
+        return rule
+    if not isinstance(rule, str) or rule not in REWARD_RULES:
+        raise ValueError(f"reward must be one of {REWARDS} or a RewardRule, got {rule!r}")
+    return REWARD_RULES[rule]
 
 
 def reward(
@@ -244,9 +175,4 @@ def reward(
     Raises:
         ValueError: for an unknown rule, or a rule without an input it needs.
     """
-    r = reward_rule(rule)
-    given = {"hit": hit, "evidence": evidence}
-    for name in r.needs:
-        if given.get(name) is None:
-            raise ValueError(f"reward {r.name!r} needs {_MISSING_INPUT.get(name, name)}")
-    return r(logits_before, logits_after, labels, done, hit=hit, evidence=evidence)
+    return reward_rule(rule)(RewardInputs(logits_before, logits_after, labels, done, hit, evidence))
