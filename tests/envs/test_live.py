@@ -265,3 +265,23 @@ def test_real_slides(encoder, models, cmu, tcga):
                 break
         frame = env.render()
         assert frame.ndim == 3 and frame.dtype == np.uint8
+
+
+def test_both_sources_share_index_of():
+    """One slide lookup for cached and live slides; its error names what the slides are."""
+    from wsigym.envs.live_source import LiveSlideSource
+    from wsigym.envs.slide_source import SlideIndex, SlideSource
+
+    assert LiveSlideSource.index_of is SlideSource.index_of is SlideIndex.index_of
+
+    class Two(SlideIndex):
+        slide_ids = ("a", "b")
+
+        def describe(self) -> str:
+            return "the two slides"
+
+    assert Two().index_of("b") == 1 and Two().index_of(0) == 0
+    with pytest.raises(ValueError, match="'c' is not in the two slides"):
+        Two().index_of("c")
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\), got 2"):
+        Two().index_of(2)

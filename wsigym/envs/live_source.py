@@ -57,7 +57,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wsigym.data.labels_csv import read_labels_csv
-from wsigym.envs.slide_source import grid_cells, normalised_coords, slide_index
+from wsigym.envs.slide_source import SlideIndex, grid_cells, normalised_coords
 from wsigym.errors import DataError
 from wsigym.slides.encoders import PatchEncoder, build_encoder
 from wsigym.slides.extract import encode_patches, is_complete, list_slides, output_paths, read_plan, write_h5
@@ -198,7 +198,7 @@ class LiveSlide:
     cells: np.ndarray
 
 
-class LiveSlideSource:
+class LiveSlideSource(SlideIndex):
     """Slides read live (module docstring).
 
     Args:
@@ -384,9 +384,9 @@ class LiveSlideSource:
     def __len__(self) -> int:
         return len(self.slides)
 
-    def index_of(self, slide: str | int) -> int:
-        """Position of a slide from its id (file stem) or its position (:func:`slide_index`)."""
-        return slide_index(slide, self.slide_ids, f"the live slides {self.slide_ids}")
+    def describe(self) -> str:
+        """``"the live slides [ids]"`` (:class:`~wsigym.envs.slide_source.SlideIndex`; ids are file stems)."""
+        return f"the live slides {self.slide_ids}"
 
     def plan(self, index: int) -> PatchPlan:
         """The patch plan of slide ``index``."""

@@ -110,20 +110,31 @@ def grid_cells(coords: np.ndarray, patch_size: int) -> np.ndarray:
     return (c - c.min(axis=0)) // max(1, int(patch_size))
 
 
-def slide_index(slide: str | int, slide_ids: Sequence[str], where: str) -> int:
-    """Position of ``slide`` in ``slide_ids``, given its id or its position (a non-bool integer).
+class SlideIndex:
+    """A slide's position from its id or its position, shared by both slide sources
+    (:class:`SlideSource`, :class:`~wsigym.envs.live_source.LiveSlideSource`): they hold ``slide_ids``
+    and say in :meth:`describe` what the slides are, for the error."""
 
-    Raises:
-        ValueError: for a position out of range or an id not in ``slide_ids`` (naming ``where``).
-    """
-    if isinstance(slide, (int, np.integer)) and not isinstance(slide, bool):
-        if not 0 <= int(slide) < len(slide_ids):
-            raise ValueError(f"slide index must be in [0, {len(slide_ids)}), got {slide}")
-        return int(slide)
-    try:
-        return list(slide_ids).index(str(slide))
-    except ValueError:
-        raise ValueError(f"slide_id {slide!r} is not in {where}") from None
+    slide_ids: Sequence[str]
+
+    def describe(self) -> str:
+        """What the slides are (``"split 'test' (fold 0) of 'synth-c16'"``), for error messages."""
+        raise NotImplementedError
+
+    def index_of(self, slide: str | int) -> int:
+        """Position of ``slide`` in ``slide_ids``, given its id or its position (a non-bool integer).
+
+        Raises:
+            ValueError: for a position out of range or an id not in ``slide_ids`` (naming :meth:`describe`).
+        """
+        if isinstance(slide, (int, np.integer)) and not isinstance(slide, bool):
+            if not 0 <= int(slide) < len(self.slide_ids):
+                raise ValueError(f"slide index must be in [0, {len(self.slide_ids)}), got {slide}")
+            return int(slide)
+        try:
+            return list(self.slide_ids).index(str(slide))
+        except ValueError:
+            raise ValueError(f"slide_id {slide!r} is not in {self.describe()}") from None
 
 
 @dataclass
@@ -136,7 +147,7 @@ class _Slide:
     tumour: np.ndarray
 
 
-class SlideSource:
+class SlideSource(SlideIndex):
     """All slides of one split as flat device tensors (see the module docstring).
 
     Args:
@@ -303,11 +314,9 @@ class SlideSource:
     def __len__(self) -> int:
         return len(self.slide_ids)
 
-    def index_of(self, slide: str | int) -> int:
-        """Position of a slide in the split, from its id or its position (:func:`slide_index`)."""
-        return slide_index(
-            slide, self.slide_ids, f"split {self.split!r} (fold {self.fold}) of {self.dataset.name!r}"
-        )
+    def describe(self) -> str:
+        """``"split 'test' (fold 0) of 'synth-c16'"`` (:class:`SlideIndex`)."""
+        return f"split {self.split!r} (fold {self.fold}) of {self.dataset.name!r}"
 
     def rows(self, index: int) -> slice:
         """Rows of slide ``index`` in the flat tensors."""

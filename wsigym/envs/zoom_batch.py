@@ -46,7 +46,7 @@ from wsigym.data.dataset import SlideDataset
 from wsigym.envs.classifier import IncrementalAttentionClassifier
 from wsigym.envs.live_source import LiveSlideSource
 from wsigym.envs.padding import dataset_max_patches
-from wsigym.envs.reward import REWARDS, cross_entropy, patch_evidence, reward
+from wsigym.envs.reward import RewardRule, cross_entropy, patch_evidence, reward, reward_rule
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
 from wsigym.envs.state_update import RULES_WITH_TSU, UPDATE_RULES, StateChange, ZoomBatchState
 
@@ -85,7 +85,7 @@ class ZoomConfig:
     budget: float
     tau: float
     update: str
-    reward: str
+    reward: str | RewardRule
     max_patches: int
     mask_updated: bool
     absolute_cosine: bool
@@ -140,7 +140,7 @@ def resolve_arguments(
     budget: float,
     tau: float | None,
     update: str,
-    reward: str,
+    reward: str | RewardRule,
     max_patches: int | None,
     hafed: Any,
     tsu: Any,
@@ -163,8 +163,7 @@ def resolve_arguments(
     """
     if update not in UPDATE_RULES:
         raise ValueError(f"update must be one of {tuple(UPDATE_RULES)}, got {update!r}")
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    reward_rule(reward)  # raises for an unknown name
     if budget_end not in BUDGET_ENDS:
         raise ValueError(f"budget_end must be one of {BUDGET_ENDS}, got {budget_end!r}")
     if illegal_action not in ILLEGAL_ACTIONS:
@@ -277,17 +276,20 @@ class ZoomBatch:
         self.tumour_np = np.full((b, p), np.nan, dtype=np.float32)
         self.ce = torch.zeros(b, dtype=torch.float32, device=dev)
         self.logits = torch.zeros(b, hafed.config.num_classes, device=dev)
-        self.evidence = self._evidence() if config.reward == "evidence" else None
+        #: The reward rule (:mod:`wsigym.envs.reward`); its ``needs`` say which extra inputs to compute.
+        self.reward_rule = reward_rule(config.reward)
+        self.evidence = self._evidence() if "evidence" in self.reward_rule.needs else None
         #: The rows the last :meth:`step` wrote (torch, on the engine's device): what a learner that
         #: stores episodes as their changed rows reads (:mod:`wsigym.agents.segments`).
         self.last_change: StateChange | None = None
 
     def _evidence(self) -> torch.Tensor:
-        """For ``reward="evidence"``: HAFED's probabilities on every oracle row alone minus their mean
-        over the row's slide, ``(sum N, C)`` (:func:`~wsigym.envs.reward.patch_evidence`)."""
+        """For a reward rule that needs ``"evidence"``: HAFED's probabilities on every oracle row alone
+        minus their mean over the row's slide, ``(sum N, C)`` (:func:`~wsigym.envs.reward.patch_evidence`)."""
         if not isinstance(self.source, SlideSource):
             raise ValueError(
-                "reward='evidence' needs the oracle rows V of every patch, which live slides do not precompute"
+                f"reward={self.reward_rule.name!r} needs the oracle rows V of every patch, "
+                "which live slides do not precompute"
             )
         n = torch.as_tensor(self.source.n_list, device=self.device)
         slide = torch.repeat_interleave(torch.arange(len(n), device=self.device), n)  # (sum N,)
@@ -322,9 +324,14 @@ class ZoomBatch:
         for e, k in zip(envs, slides, strict=True):
             n = src.n_list[k]
             z, coords, tumour = src.episode_arrays(k)
-            if self.config.reward == "hit" and not np.isfinite(np.asarray(tumour, dtype=np.float32)).all():
+            if (
+                "hit" in self.reward_rule.needs
+                and not np.isfinite(np.asarray(tumour, dtype=np.float32)).all()
+            ):
                 name = src.slide_ids[k] if hasattr(src, "slide_ids") else f"#{k}"
-                raise ValueError(f"reward='hit' needs tumour ground truth, and slide {name!r} has none")
+                raise ValueError(
+                    f"reward={self.reward_rule.name!r} needs tumour ground truth, and slide {name!r} has none"
+                )
             t.z[e].zero_()
             t.z[e, :n] = z
             t.state[e].copy_(t.z[e])
@@ -439,7 +446,7 @@ class ZoomBatch:
         dev = self.device
         zeros = torch.zeros(b, device=dev)
         r = reward(
-            self.config.reward,
+            self.reward_rule,
             self.logits,
             self.logits,
             self.labels,
@@ -529,13 +536,13 @@ class ZoomBatch:
         tumour = self.tumour_np[np.arange(self.num_envs), anchors_np]
         out["has_truth"] = active & np.isfinite(tumour)
         out["hit_tumour"] = out["has_truth"] & (tumour > TUMOUR_HIT_FRACTION)  # NaN compares False
-        hit = torch.as_tensor(out["hit_tumour"], device=dev) if self.config.reward == "hit" else None
+        hit = torch.as_tensor(out["hit_tumour"], device=dev) if "hit" in self.reward_rule.needs else None
         evidence = None
         if self.evidence is not None:  # the zoomed rows' centred evidence for the slide label
             flat = torch.as_tensor(src.offsets_list_np[self.slide] + anchors_np, device=dev)
             evidence = self.evidence[flat, self.labels]
         done_t = torch.as_tensor(done, device=dev)
-        r = reward(self.config.reward, self.logits, logits, self.labels, done_t, hit, evidence)
+        r = reward(self.reward_rule, self.logits, logits, self.labels, done_t, hit, evidence)
         out["reward"] = np.where(active, r.double().cpu().numpy(), 0.0)
         out["tsu_updates"] = np.where(active, change.tsu_count.cpu().numpy(), 0)
         keep = active_t.unsqueeze(-1)
