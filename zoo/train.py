@@ -269,6 +269,35 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, np.ndarray)}
 
 
+def _train_step(
+    model: MILModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    clip: float | None,
+    batch: dict[str, Tensor],
+    where: str,
+) -> dict[str, float]:
+    """One optimizer step on a collated ``batch``; returns the scalar loss terms (``loss`` included).
+
+    Raises FloatingPointError naming ``where`` (epoch and slide) on a non-finite loss.
+    """
+    terms = model.loss(batch)
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"fit: non-finite loss {loss.item()} at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, float(clip))
+    optimizer.step()
+    model.after_optimizer_step()
+    return {
+        name: float(value.detach())
+        for name, value in terms.items()
+        if name != "logits" and isinstance(value, Tensor) and value.numel() == 1
+    }
+
+
 def fit(
     model: MILModel,
     dataset: SlideDataset,
@@ -366,23 +395,12 @@ def fit(
             for i in tqdm(order, desc=f"epoch {epoch}", disable=not progress, leave=False):
                 lr_now = schedule.next()
                 batch = collate([load(ids["train"][i])], device=device, hr=hr)
-                terms = model.loss(batch)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fit: non-finite loss {loss.item()} at epoch {epoch}, slide {ids['train'][i]!r}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                optimizer.step()
-                model.after_optimizer_step()
+                where = f"epoch {epoch}, slide {ids['train'][i]!r}"
+                terms = _train_step(model, optimizer, params, clip, batch, where)
                 for name, value in terms.items():
-                    if name != "logits" and isinstance(value, Tensor) and value.numel() == 1:
-                        sums[name] = sums.get(name, 0.0) + float(value.detach())
+                    sums[name] = sums.get(name, 0.0) + value
                 if writer is not None:
-                    writer.add_scalar("train/loss_step", float(loss.detach()), schedule.step)
+                    writer.add_scalar("train/loss_step", terms["loss"], schedule.step)
                     writer.add_scalar("train/lr", lr_now, schedule.step)
             record: dict[str, float] = {"epoch": float(epoch), "lr": lr_now}
             record.update({f"train_{k}": v / len(order) for k, v in sums.items()})
