@@ -59,12 +59,12 @@ def teacher_on_views(teacher, student, dataset, ids: list[str]) -> dict[str, obj
         labels.append(int(bag.label))
         batch = collate([bag], hr=True)
         probs["children"].append(teacher.predict_proba(batch)[0].numpy())
-        z = batch["features"][0]
+        z = batch["features"]  # (1, N, d): models take batched input only
         gz = student.projector(z)
         for name, x in (("lowres_raw", z), ("lowres_projected", gz)):
             out = teacher(x)
-            probs[name].append(torch.softmax(out["logits"], -1).numpy())
-        patch_scores.append(teacher(gz)["attention"].numpy())
+            probs[name].append(torch.softmax(out["logits"][0], -1).numpy())
+        patch_scores.append(teacher(gz)["attention"][0].numpy())
         patch_truth.append(np.asarray(bag.tumour_fraction) > 0)
     y = np.asarray(labels)
     report: dict[str, object] = {}

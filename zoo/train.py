@@ -47,6 +47,7 @@ from wsigym.io import atomic_write_json, atomic_write_text
 from zoo.batch import collate
 from zoo.metrics import classification_metrics
 from zoo.models.base import MILModel
+from zoo.schedule import BestEpoch, HalfCosineLR
 
 _BASE: dict[str, Any] = {
     "epochs": 50,
@@ -268,6 +269,35 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, np.ndarray)}
 
 
+def _train_step(
+    model: MILModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    clip: float | None,
+    batch: dict[str, Tensor],
+    where: str,
+) -> dict[str, float]:
+    """One optimizer step on a collated ``batch``; returns the scalar loss terms (``loss`` included).
+
+    Raises FloatingPointError naming ``where`` (epoch and slide) on a non-finite loss.
+    """
+    terms = model.loss(batch)
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"fit: non-finite loss {loss.item()} at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, float(clip))
+    optimizer.step()
+    model.after_optimizer_step()
+    return {
+        name: float(value.detach())
+        for name, value in terms.items()
+        if name != "logits" and isinstance(value, Tensor) and value.numel() == 1
+    }
+
+
 def fit(
     model: MILModel,
     dataset: SlideDataset,
@@ -342,7 +372,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = float(recipe["lr"])
     optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=float(recipe["weight_decay"]))
-    total_steps = n_epochs * len(ids["train"])
+    schedule = HalfCosineLR(optimizer, base_lr, n_epochs * len(ids["train"]))
     clip = recipe["grad_clip"]
 
     writer = None
@@ -352,11 +382,8 @@ def fit(
         writer = SummaryWriter(log_dir=str(log_dir))
 
     history: list[dict[str, float]] = []
-    best_key: tuple[float, ...] | None = None
-    best_epoch, best_state = -1, None
+    best = BestEpoch()
     best_val: dict[str, Any] = {}
-    stale = 0
-    step = 0
     start = time.perf_counter()
     bar = tqdm(range(n_epochs), desc=f"{model.family} {dataset.name}", disable=not progress)
     try:
@@ -366,29 +393,15 @@ def fit(
             order = torch.randperm(len(ids["train"]), generator=shuffle_gen).tolist()
             sums: dict[str, float] = {}
             for i in tqdm(order, desc=f"epoch {epoch}", disable=not progress, leave=False):
-                lr_now = 0.5 * base_lr * (1.0 + math.cos(math.pi * step / total_steps))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_now
+                lr_now = schedule.next()
                 batch = collate([load(ids["train"][i])], device=device, hr=hr)
-                terms = model.loss(batch)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fit: non-finite loss {loss.item()} at epoch {epoch}, slide {ids['train'][i]!r}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
-                optimizer.step()
-                model.after_optimizer_step()
+                where = f"epoch {epoch}, slide {ids['train'][i]!r}"
+                terms = _train_step(model, optimizer, params, clip, batch, where)
                 for name, value in terms.items():
-                    if name != "logits" and isinstance(value, Tensor) and value.numel() == 1:
-                        sums[name] = sums.get(name, 0.0) + float(value.detach())
+                    sums[name] = sums.get(name, 0.0) + value
                 if writer is not None:
-                    writer.add_scalar("train/loss_step", float(loss.detach()), step)
-                    writer.add_scalar("train/lr", lr_now, step)
-                step += 1
+                    writer.add_scalar("train/loss_step", terms["loss"], schedule.step)
+                    writer.add_scalar("train/lr", lr_now, schedule.step)
             record: dict[str, float] = {"epoch": float(epoch), "lr": lr_now}
             record.update({f"train_{k}": v / len(order) for k, v in sums.items()})
 
@@ -397,11 +410,8 @@ def fit(
                 record.update({f"val_{k}": v for k, v in _scalars(val).items()})
                 key = selection_key(val, rule, epoch)
                 record["score"] = key[0]  # the rule's primary value (loss: -val NLL; last: epoch)
-                if best_key is None or key > best_key:
-                    best_key, best_epoch, best_val, stale = key, epoch, val, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    stale += 1
+                if best.offer(key, epoch, model):
+                    best_val = val
             record["seconds"] = time.perf_counter() - epoch_start
             history.append(record)
             if writer is not None:
@@ -411,16 +421,15 @@ def fit(
             bar.set_postfix(
                 loss=f"{record.get('train_loss', float('nan')):.3f}",
                 val=f"{record.get('score', float('nan')):.3f}",
-                best=best_epoch,
+                best=best.epoch,
             )
-            if recipe["patience"] is not None and stale >= int(recipe["patience"]):
+            if recipe["patience"] is not None and best.stale >= int(recipe["patience"]):
                 break
     finally:
         if writer is not None:
             writer.close()
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore(model)
     model.eval()
     test = _evaluate_ids(model, load, ids["test"], hr, device, progress, "test")
     seconds = time.perf_counter() - start
@@ -435,7 +444,7 @@ def fit(
     return TrainResult(
         model=model,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=best.epoch,
         val_metrics=_scalars(best_val),
         test_metrics=_scalars(test),
         seconds=seconds,

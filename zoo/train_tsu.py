@@ -45,6 +45,7 @@ from wsigym.data.dataset import SlideDataset
 from wsigym.errors import DataError
 from zoo.models.hafed import HAFED
 from zoo.models.tsu import SIMILARITIES, TSU, TSUConfig
+from zoo.schedule import BestEpoch, HalfCosineLR
 
 
 @dataclasses.dataclass
@@ -244,10 +245,9 @@ def fit_tsu(
     )
     optimizer = torch.optim.AdamW(tsu.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    total_steps = epochs * len(train)
-    step = 0
+    schedule = HalfCosineLR(optimizer, lr, epochs * len(train))
     history: list[dict[str, float]] = []
-    best_mse, best_epoch, best_state = math.inf, -1, None
+    best = BestEpoch()
     bar = tqdm(range(epochs), desc=f"tsu {dataset.name}", disable=not progress)
     for epoch in bar:
         epoch_start = time.perf_counter()
@@ -255,9 +255,7 @@ def fit_tsu(
         total, count = 0.0, 0
         for s_idx in torch.randperm(len(train), generator=gen).tolist():
             slide = train[s_idx]
-            lr_now = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
+            lr_now = schedule.next()
             pick = torch.randint(len(slide.anchors), (anchors_per_slide,), generator=gen)
             a, i = _similar_pairs(slide.z, slide.anchors[pick.to(slide.anchors.device)], tau, similarity)
             if len(a) > max_pairs_per_step:
@@ -267,20 +265,17 @@ def fit_tsu(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count, step = total + float(loss.detach()), count + 1, step + 1
+            total, count = total + float(loss.detach()), count + 1
         record = {"epoch": float(epoch), "lr": lr_now, "train_mse": total / max(count, 1)}
         val_mse = _pair_mse(tsu, data["val"], val_pairs)["tsu"] if val_pairs else float("nan")
         record["val_mse"] = val_mse
         score = val_mse if math.isfinite(val_mse) else -float(epoch)  # no val pairs: keep the last
-        if score < best_mse:
-            best_mse, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in tsu.state_dict().items()}
+        best.offer((-score,), epoch, tsu)  # lowest score wins
         record["seconds"] = time.perf_counter() - epoch_start
         history.append(record)
-        bar.set_postfix(train=f"{record['train_mse']:.4f}", val=f"{val_mse:.4f}", best=best_epoch)
+        bar.set_postfix(train=f"{record['train_mse']:.4f}", val=f"{val_mse:.4f}", best=best.epoch)
 
-    if best_state is not None:
-        tsu.load_state_dict(best_state)
+    best.restore(tsu)
     tsu.eval()
     baselines: dict[str, float] = {}
     for split, pairs in (("val", val_pairs), ("test", test_pairs)):
@@ -311,7 +306,7 @@ def fit_tsu(
         val_mse=baselines.get("val_tsu", float("nan")),
         baselines=baselines,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=best.epoch,
         seconds=time.perf_counter() - start_time,
         recipe=recipe,
     )

@@ -83,7 +83,11 @@ def test_cli_state_update_part(tmp_path, capsys) -> None:
     assert report["dataset"] == "synth-c16-tiny" and "models" not in report
     su = report["state_update"]
     assert su["slides"] == 12 and su["agreement"]["anchors"]["tumour"] > 0
-    views = {"epochs": 3, "zoom_fraction": 0.2, "oracle_zoom_tumour_hit": 0.5}  # a part measured by another run
+    views = {
+        "epochs": 3,
+        "zoom_fraction": 0.2,
+        "oracle_zoom_tumour_hit": 0.5,
+    }  # a part measured by another run
     report.update(views, models={"kept": {"test": {"accuracy": 1.0, "auc": 1.0}}})
     out.write_text(json.dumps(report))
     assert main([*args, "--budgets", "0.2", "--seeds", "1", "--out", str(out)]) == 0

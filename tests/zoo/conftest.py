@@ -92,7 +92,7 @@ def _padding_check(
     mask[0, :n_a], mask[1] = True, True
     model.eval()
     with torch.no_grad():
-        single_a, single_b = model(a), model(b)
+        single_a, single_b = ({k: v[0] for k, v in model(x[None]).items()} for x in (a, b))
         batched = model(feats, mask=mask)
     for key in ("logits", "attention"):
         assert single_a[key].shape[0] == (model.config.num_classes if key == "logits" else n_a)

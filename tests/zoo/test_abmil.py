@@ -7,10 +7,10 @@ from zoo.models.abmil import ABMIL, ABMILConfig
 from zoo.registry import create_model
 
 
-def test_shapes_unbatched_and_batched():
+def test_shapes_batched_only():
     model = create_model("abmil", in_dim=24, num_classes=4).eval()
-    out = model(torch.randn(13, 24))
-    assert out["logits"].shape == (4,) and out["attention"].shape == (13,)
+    with pytest.raises(ValueError, match=r"ABMIL takes batched input \(B, N, D\), got \(13, 24\)"):
+        model(torch.randn(13, 24))
     out = model(torch.randn(3, 13, 24))
     assert out["logits"].shape == (3, 4) and out["embedding"].shape == (3, 128)
     torch.testing.assert_close(out["attention"].sum(-1), torch.ones(3))

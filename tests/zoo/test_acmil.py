@@ -10,12 +10,12 @@ from zoo.registry import create_model
 from zoo.train import fit
 
 
-def test_shapes_unbatched_and_batched_multiclass():
+def test_shapes_batched_multiclass():
     model = create_model("acmil", in_dim=24, num_classes=3)
     assert isinstance(model, ACMIL) and model.config.n_token == 5
-    out = model.eval()(torch.randn(30, 24))
-    assert out["logits"].shape == (3,) and out["attention"].shape == (30,)
-    assert out["branch_attention"].shape == (5, 30) and out["branch_logits"].shape == (5, 3)
+    out = model.eval()(torch.randn(1, 30, 24))
+    assert out["logits"].shape == (1, 3) and out["attention"].shape == (1, 30)
+    assert out["branch_attention"].shape == (1, 5, 30) and out["branch_logits"].shape == (1, 5, 3)
     out = model(torch.randn(2, 30, 24))
     assert out["logits"].shape == (2, 3) and out["attention"].shape == (2, 30)
     torch.testing.assert_close(out["attention"], out["branch_attention"].mean(1))

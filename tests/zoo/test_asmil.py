@@ -39,9 +39,9 @@ def test_defaults_and_shapes():
         0.2,
     )
     assert RECIPES["asmil"]["grad_clip"] == 5.0
-    out = model.eval()(torch.randn(50, 384))
-    assert out["logits"].shape == (3,) and out["attention"].shape == (50,)
-    assert out["branch_scores"].shape == (8, 8, 50) and out["kept_tokens"].all()
+    out = model.eval()(torch.randn(1, 50, 384))
+    assert out["logits"].shape == (1, 3) and out["attention"].shape == (1, 50)
+    assert out["branch_scores"].shape == (1, 8, 8, 50) and out["kept_tokens"].all()
     out = model.train()(torch.randn(2, 50, 384))
     assert out["logits"].shape == (2, 3)
     assert (out["kept_tokens"].sum(-1) == 4).all()  # token_drop 4 of 8 in training

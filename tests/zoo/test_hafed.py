@@ -41,11 +41,12 @@ def test_shapes_batched_and_unbatched():
     assert out["level1_branch_attention"].shape == (2, 7, 2, K)
     assert model.aggregate(u).shape == (2, 7, D)
     assert model.attention_logits(torch.randn(2, 7, D)).shape == (2, 3, 7)
-    single = model(u[1])
-    assert single["logits"].shape == (C,) and single["attention"].shape == (7,)
-    torch.testing.assert_close(single["logits"], out["logits"][1])
+    single = model(u[1:2])
+    assert single["logits"].shape == (1, C) and single["attention"].shape == (1, 7)
+    torch.testing.assert_close(single["logits"][0], out["logits"][1])
     assert model.aggregate(u[0]).shape == (7, D)
-    assert model.classify(torch.randn(7, D))["logits"].shape == (C,)
+    with pytest.raises(ValueError, match=r"HAFED\.classify takes batched input \(B, N, D\), got \(7, 16\)"):
+        model.classify(torch.randn(7, D))
     torch.testing.assert_close(out["attention"].sum(-1), torch.ones(2))
     torch.testing.assert_close(out["level1_attention"].sum(-1), torch.ones(2, 7))
 
@@ -54,11 +55,11 @@ def test_padding_rows_and_children_do_not_change_outputs():
     model = small().eval()
     u = torch.randn(5, K, D)
     child_mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1], [1, 1, 1, 0]]).bool()
-    ref = model(u, child_mask=child_mask)
+    ref = {k: v[0] for k, v in model(u[None], child_mask=child_mask[None]).items()}
     # garbage in invalid children
     u2 = u.clone()
     u2[~child_mask] = 1e3 * torch.randn(int((~child_mask).sum()), D)
-    torch.testing.assert_close(model(u2, child_mask=child_mask)["logits"], ref["logits"])
+    torch.testing.assert_close(model(u2[None], child_mask=child_mask[None])["logits"][0], ref["logits"])
     assert (ref["level1_attention"][~child_mask] == 0).all()
     # padded patches (batched with a longer slide)
     pad = torch.randn(3, K, D) * 50
@@ -115,22 +116,22 @@ def test_aggregate_is_level1_weighted_sum():
 
 def test_stkim_only_in_training():
     model = small(n_token_2=1, n_masked_2=4, mask_drop=0.5, n_masked_1=2, n_token_1=1)
-    u = torch.randn(12, K, D)
+    u = torch.randn(1, 12, K, D)
     model.eval()
     a = model(u)
     b = model(u)
     torch.testing.assert_close(a["logits"], b["logits"])
     # eval attention is the plain softmax of the logits
     s = model.aggregate(u)
-    torch.testing.assert_close(a["attention"], torch.softmax(model.attention_logits(s)[0], -1))
+    torch.testing.assert_close(a["attention"], torch.softmax(model.attention_logits(s)[:, 0], -1))
     model.train()
     torch.manual_seed(1)
     tr = model(u)
     # in training 2 of the 4 top patches of the single branch are hidden: exactly 0 weight (-1e9 logit)
     assert int((tr["attention"] == 0).sum()) == 2
     assert int((tr["level1_attention"] == 0).sum()) == 12  # 1 of 2 top children per patch
-    top4 = model.attention_logits(tr["state"])[0].topk(4).indices
-    assert set((tr["attention"] == 0).nonzero().squeeze(-1).tolist()) <= set(top4.tolist())
+    top4 = model.attention_logits(tr["state"])[0, 0].topk(4).indices
+    assert set((tr["attention"][0] == 0).nonzero().squeeze(-1).tolist()) <= set(top4.tolist())
 
 
 def test_loss_terms_present_and_finite():
@@ -160,7 +161,7 @@ def test_loss_terms_present_and_finite():
 
 def test_bad_shapes_raise():
     model = small()
-    with pytest.raises(ValueError, match="high-res"):
+    with pytest.raises(ValueError, match=r"HAFED takes batched input \(B, N, k, D\)"):
         model(torch.randn(4, D))
     with pytest.raises(ValueError, match="mask"):
         model.classify(torch.randn(2, 5, D), torch.ones(2, 4, dtype=torch.bool))

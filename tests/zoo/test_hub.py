@@ -31,7 +31,7 @@ def _abmil(seed: int = 0, **kw):
 
 
 def _bag(seed: int = 1) -> torch.Tensor:
-    return torch.randn(11, 8, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(1, 11, 8, generator=torch.Generator().manual_seed(seed))
 
 
 def _same(a, b) -> bool:
@@ -114,7 +114,7 @@ def test_push_info_download_load_offline_and_revision(hub_server, org, tmp_path)
     code = f"""
 import json, torch, zoo
 from zoo.hub import ZooLoadError
-x = torch.randn(11, 8, generator=torch.Generator().manual_seed(1))
+x = torch.randn(1, 11, 8, generator=torch.Generator().manual_seed(1))
 out = {{k: zoo.load(*a)(x)["logits"].tolist() for k, a in
        [("latest", ({repo!r},)), ("pinned", ({repo!r}, {sha1!r})), ("name", ("abmil-camelyon16",))]}}
 try:

@@ -50,11 +50,11 @@ def test_nystrom_exact_below_landmarks_and_close_above():
 
 def test_shapes_and_attention_distribution():
     model = _small(num_classes=3).eval()
-    out = model(torch.randn(30, 16))
-    assert out["logits"].shape == (3,) and out["attention"].shape == (30,)
+    out = model(torch.randn(1, 30, 16))
+    assert out["logits"].shape == (1, 3) and out["attention"].shape == (1, 30)
     assert torch.all(out["attention"] >= 0)
     torch.testing.assert_close(out["attention"].sum(), torch.tensor(1.0))
-    assert model(torch.randn(1, 16))["logits"].shape == (3,)  # a one-instance bag
+    assert model(torch.randn(1, 1, 16))["logits"].shape == (1, 3)  # a one-instance bag
 
 
 def test_attention_maps_square_padding_back_to_inputs():
@@ -69,7 +69,7 @@ def test_attention_maps_square_padding_back_to_inputs():
     expected = r[:5].clone()
     expected[:4] += r[5:]
     expected = expected / expected.sum()
-    torch.testing.assert_close(model(x)["attention"], expected)
+    torch.testing.assert_close(model(x[None])["attention"][0], expected)
 
 
 def test_padding_does_not_change_outputs(check_padding_invariance):

@@ -65,13 +65,18 @@ def _random_slide(n: int, k: int = 4, seed: int = 0):
     return torch.randn(n, k, 32, generator=g), child_mask, torch.randn(n, VLM_DIM, generator=g)
 
 
+def _single(model, u: torch.Tensor, child_mask: torch.Tensor, vlm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of ``model`` on one slide ``u (N, k, d)``, batched as ``u[None]`` and unbatched back."""
+    return {key: t[0] for key, t in model(u[None], child_mask=child_mask[None], vlm=vlm[None]).items()}
+
+
 @pytest.mark.parametrize("n", [1, 3, 8, 13, 40])
 @pytest.mark.parametrize("keep_frac", [0.25, 0.3, 1.0])
 def test_keeps_ceil_fraction_and_attention_is_zero_elsewhere(n, keep_frac):
     model = _model(keep_frac=keep_frac).eval()
     u, cm, v = _random_slide(n, seed=n)
     with torch.no_grad():
-        out = model(u, child_mask=cm, vlm=v)
+        out = _single(model, u, cm, v)
     m = math.ceil(round(keep_frac * n, 9))
     assert kept_count(keep_frac, n) == m
     assert int(out["selected"].sum()) == m
@@ -93,11 +98,11 @@ def test_unkept_high_res_is_never_read_and_padding_is_invariant(fusion, hr_pool,
     ua, cma, va = _random_slide(9, seed=1)
     ub, cmb, vb = _random_slide(17, seed=2)
     with torch.no_grad():
-        a, b = model(ua, child_mask=cma, vlm=va), model(ub, child_mask=cmb, vlm=vb)
+        a, b = _single(model, ua, cma, va), _single(model, ub, cmb, vb)
         # garbage in the high-res features of patches that were not kept changes nothing
         ua2 = ua.clone()
         ua2[~a["selected"]] = 1e3
-        torch.testing.assert_close(model(ua2, child_mask=cma, vlm=va)["logits"], a["logits"])
+        torch.testing.assert_close(_single(model, ua2, cma, va)["logits"], a["logits"])
         feats = torch.full((2, 17, 4, 32), 100.0)
         feats[0, :9], feats[1] = ua, ub
         cm = torch.ones(2, 17, 4, dtype=torch.bool)
@@ -119,7 +124,7 @@ def test_text_embeddings_are_required_saved_and_round_trip():
     bare = create_model("wisefuse", in_dim=32, vlm_dim=VLM_DIM)
     u, cm, v = _random_slide(5)
     with pytest.raises(RuntimeError, match="text_embeddings are not set"):
-        bare(u, child_mask=cm, vlm=v)
+        _single(bare, u, cm, v)
     with pytest.raises(ValueError, match="expected shape"):
         bare.set_text_embeddings(torch.ones(3, VLM_DIM))
     model = _model()
@@ -128,7 +133,7 @@ def test_text_embeddings_are_required_saved_and_round_trip():
     clone = model_from_config_dict(json.loads(json.dumps(model.config_dict())))
     clone.load_state_dict(model.state_dict(), strict=True)
     torch.testing.assert_close(
-        clone.eval()(u, child_mask=cm, vlm=v)["logits"], model.eval()(u, child_mask=cm, vlm=v)["logits"]
+        _single(clone.eval(), u, cm, v)["logits"], _single(model.eval(), u, cm, v)["logits"]
     )
     with pytest.raises(ValueError, match="background_classes"):
         create_model("wisefuse", num_classes=2, background_classes=[0, 1])
@@ -156,7 +161,7 @@ def test_tiny_open_clip_text_path_offline():
         text_embeddings_from_open_clip(TINY_CLIP, d, class_names=["lymphoma"])
     model = create_model("wisefuse", in_dim=32, vlm_dim=16).set_text_embeddings(emb)
     u, cm, _ = _random_slide(6)
-    assert model(u, child_mask=cm, vlm=torch.randn(6, 16))["logits"].shape == (2,)
+    assert _single(model, u, cm, torch.randn(6, 16))["logits"].shape == (2,)
 
 
 def test_dataset_text_embeddings_hook():

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn import GatedAttention, attention_pool, masked_softmax
 
 
@@ -59,12 +59,9 @@ class ABMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         h = self.projection(features)
         weights = masked_softmax(self.attention(h), None if mask is None else mask[:, None, :])  # (B, 1, N)
         embedding = attention_pool(weights, h)[:, 0]
         out = {"logits": self.classifier(embedding), "attention": weights[:, 0], "embedding": embedding}
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn.attention import (
     GatedAttention,
     attention_pool,
@@ -66,7 +66,7 @@ class ACMILConfig(MILConfig):
 class ACMIL(MILModel):
     """Multi-branch gated attention with STKIM and a diversity loss.
 
-    Shapes: ``features (B, N, d)`` or ``(N, d)``, ``mask (B, N)`` (True = valid) ->
+    Shapes: ``features (B, N, d)``, ``mask (B, N)`` (True = valid) ->
 
     - ``logits (B, C)``: slide head on the branch-averaged attention;
     - ``attention (B, N)``: branch-averaged attention :math:`\\bar A` (0 on padding);
@@ -94,10 +94,7 @@ class ACMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         cfg: ACMILConfig = self.config
         h = self.projection(features)  # (B, N, L)
         logits = self.attention(h)  # (B, K, N)
@@ -119,7 +116,7 @@ class ACMIL(MILModel):
             "branch_logits": branch_logits,
             "embedding": embedding,
         }
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``loss = ce + branch_ce + diversity`` (``branch_ce`` and ``diversity`` are 0 for K = 1)."""

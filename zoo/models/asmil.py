@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn.attention import sigmax
 from zoo.nn.cross_attention import QueryCrossAttention
 
@@ -89,7 +89,7 @@ class ASMILConfig(MILConfig):
 class ASMIL(MILModel):
     """Branch-query cross-attention MIL with an EMA anchor.
 
-    Shapes: ``features (B, N, d)`` or ``(N, d)``, ``mask (B, N)`` ->
+    Shapes: ``features (B, N, d)``, ``mask (B, N)`` ->
 
     - ``logits (B, C)``;
     - ``attention (B, N)``: branch attention averaged over heads and branches (0 on padding);
@@ -186,10 +186,7 @@ class ASMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         cfg: ASMILConfig = self.config
         h = self.projection(features)
         tokens, scores, weights = self._branches(h, mask)
@@ -209,7 +206,7 @@ class ASMIL(MILModel):
             "kept_tokens": keep,
             "embedding": embedding,
         }
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out
 
     def anchor_loss(self, online_scores: Tensor, features: Tensor, mask: Tensor | None) -> Tensor:
         """:math:`L_{anchor}` of online raw scores ``(B, H, T, N)`` against the anchor on ``features``."""

@@ -153,6 +153,20 @@ class MILConfig(ZooConfig):
     num_classes: int = 2
 
 
+def check_batched(x: Tensor, name: str, expected: str = "(B, N, D)") -> None:
+    """Raise a ValueError naming the model ``name`` unless ``x`` has the batched rank of ``expected``.
+
+    Models take batched input only (torchmil's rule): a single bag ``(N, D)`` must be passed as
+    ``x[None]`` (and its mask as ``mask[None]``).
+    """
+    rank = len(expected.strip("()").split(","))
+    if x.dim() != rank:
+        raise ValueError(
+            f"{name} takes batched input {expected}, got {tuple(x.shape)}; "
+            "pass a single bag as x[None] (and its mask as mask[None])"
+        )
+
+
 class ZooModel(nn.Module):
     """A model whose architecture is fully described by ``self.config``.
 

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn import GatedAttention, attention_pool, diversity_loss, masked_softmax, stochastic_topk_mask
 
 
@@ -182,7 +182,7 @@ class HAFED(MILModel):
         return self.classifier(pooled)
 
     def classify(self, s: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        r"""Level 2 alone on a state ``s (B, N, d)`` (or ``(N, d)``): the RL reward model.
+        r"""Level 2 alone on a state ``s (B, N, d)``: the RL reward model.
 
         ``w = masked_softmax_i(a)`` per branch (``a`` from :meth:`attention_logits`, STKIM in
         training mode only), ``attention = mean_m w``, ``logits = slide_head(sum_i attention_i s_i)``,
@@ -192,12 +192,7 @@ class HAFED(MILModel):
             ``logits (B, C)``, ``attention (B, N)``, ``branch_logits (B, M, C)``,
             ``branch_attention (B, M, N)``, ``embedding (B, d)`` (the pooled state).
         """
-        squeeze = s.dim() == 2
-        if squeeze:
-            s = s[None]
-            mask = None if mask is None else mask[None]
-        if s.dim() != 3:
-            raise ValueError(f"HAFED.classify expects a state (B, N, d) or (N, d), got {tuple(s.shape)}")
+        check_batched(s, f"{type(self).__name__}.classify", "(B, N, D)")
         if mask is not None and mask.shape != s.shape[:2]:
             raise ValueError(
                 f"HAFED.classify: mask must have shape {tuple(s.shape[:2])}, got {tuple(mask.shape)}"
@@ -220,7 +215,7 @@ class HAFED(MILModel):
             "branch_attention": weights,
             "embedding": embedding,
         }
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out
 
     # ------------------------------------------------------------------ both levels
     def forward(
@@ -233,7 +228,7 @@ class HAFED(MILModel):
         """Both levels: ``classify(aggregate(features, child_mask), mask)``.
 
         Args:
-            features: high-res children ``U (B, N, k, d)`` (or ``(N, k, d)``).
+            features: high-res children ``U (B, N, k, d)``.
             mask: valid patches ``(B, N)``.
             child_mask: valid children ``(B, N, k)``.
             coords: ignored (accepted for the common MIL call signature).
@@ -242,15 +237,7 @@ class HAFED(MILModel):
             The :meth:`classify` outputs, plus ``state`` (``V``, ``(B, N, d)``), ``level1_attention``
             (``(B, N, k)``, branch-averaged) and ``level1_branch_attention`` (``(B, N, K_1, k)``).
         """
-        if features.dim() not in (3, 4):
-            raise ValueError(
-                f"HAFED expects high-res features (B, N, k, d) or (N, k, d), got {tuple(features.shape)}"
-            )
-        squeeze = features.dim() == 3
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
-            child_mask = None if child_mask is None else child_mask[None]
+        check_batched(features, type(self).__name__, "(B, N, k, D)")
         if mask is not None and child_mask is not None:
             child_mask = child_mask & mask[..., None]
         v, level1 = self._aggregate(features, child_mask)
@@ -258,7 +245,7 @@ class HAFED(MILModel):
         out["state"] = v
         out["level1_attention"] = level1.mean(-2)
         out["level1_branch_attention"] = level1
-        return {k: t[0] for k, t in out.items()} if squeeze else out
+        return out
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``CE(slide) + w_b * mean_m CE(branch m) + w_1 * div_1 + w_2 * div_2`` on a collated batch.

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn import GatedAttention, attention_pool, masked_softmax
 
 
@@ -119,7 +119,7 @@ def distillation_targets(hr_features: Tensor, weights: Tensor) -> Tensor:
 class LRMIL(MILModel):
     """LRMIL student (see the module docstring). Reads low-res features only.
 
-    Shapes: ``features (B, N, d)`` or ``(N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
+    Shapes: ``features (B, N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
     ``attention (B, N)``, ``attention_logits (B, N)``, ``instance_logits (B, N, 2)``,
     ``embedding (B, hidden)``.
 
@@ -209,10 +209,7 @@ class LRMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         z = self.projector(features)
         if not self.config.finetune_projector:
             z = z.detach()
@@ -227,7 +224,7 @@ class LRMIL(MILModel):
             "instance_logits": self.instance_classifier(h),
             "embedding": embedding,
         }
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out
 
     def guided_attention(self, child_attention: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Teacher guide per parent ``(B, N)``: mean/max of child attention, renormalised (0 rows stay 0)."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn import GatedAttention, attention_pool, masked_softmax
 from zoo.nn.mamba import MambaBlock
 
@@ -209,7 +209,7 @@ class _SemaLayer(nn.Module):
 class SemaMIL(MILModel):
     """SemaMIL (reconstruction; see the module docstring).
 
-    Shapes: ``features (B, N, d)`` or ``(N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
+    Shapes: ``features (B, N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
     ``attention (B, N)`` (slide order), ``embedding (B, hidden)``, ``order (B, N)`` (the semantic
     permutation: position j of the scan holds patch ``order[j]``), ``clusters (B, N)``.
     """
@@ -262,10 +262,7 @@ class SemaMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         b, n, _ = features.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=features.device)
@@ -295,4 +292,4 @@ class SemaMIL(MILModel):
             "clusters": assign,
             "query_weights": query_weights,
         }
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out

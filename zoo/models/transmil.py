@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn.nystrom import NystromAttention
 
 
@@ -101,7 +101,7 @@ class TransLayer(nn.Module):
 class TransMIL(MILModel):
     """TransMIL on low-res instance features.
 
-    Shapes: ``features (B, N, d)`` or ``(N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
+    Shapes: ``features (B, N, d)``, ``mask (B, N)`` -> ``logits (B, C)``,
     ``attention (B, N)`` (see the module docstring; 0 on padding), ``embedding (B, dim)`` (normalised CLS).
     """
 
@@ -139,10 +139,7 @@ class TransMIL(MILModel):
     def forward(
         self, features: Tensor, mask: Tensor | None = None, coords: Tensor | None = None
     ) -> dict[str, Tensor]:
-        squeeze = features.dim() == 2
-        if squeeze:
-            features = features[None]
-            mask = None if mask is None else mask[None]
+        check_batched(features, type(self).__name__, "(B, N, D)")
         b, n_max, _ = features.shape
         logits, attention, embeddings = [], features.new_zeros(b, n_max), []
         for i in range(b):
@@ -162,4 +159,4 @@ class TransMIL(MILModel):
             else:
                 attention[i, idx] = att
         out = {"logits": torch.stack(logits), "attention": attention, "embedding": torch.stack(embeddings)}
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+        return out

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsigym.errors import DataError
-from zoo.models.base import MILConfig, MILModel
+from zoo.models.base import MILConfig, MILModel, check_batched
 from zoo.nn import GatedAttention, attention_pool, masked_softmax
 
 SCORE_RULES = ("max_foreground", "max", "margin")
@@ -86,7 +86,7 @@ def kept_count(keep_frac: float, n: int) -> int:
 class WiseFuse(MILModel):
     """WISE-FUSE (reconstruction; see the module docstring).
 
-    Inputs: ``features (B, N, k, d)`` high-res children grouped by parent (or ``(N, k, d)``),
+    Inputs: ``features (B, N, k, d)`` high-res children grouped by parent,
     ``mask (B, N)``, ``child_mask (B, N, k)``, ``vlm (B, N, e)`` low-res VLM embeddings.
     Outputs: ``logits (B, C)``, ``attention (B, N)`` (0 outside the kept set), ``selected (B, N)`` bool,
     ``scores (B, N)`` (VLM relevance), ``embedding (B, hidden)``.
@@ -228,11 +228,7 @@ class WiseFuse(MILModel):
     ) -> dict[str, Tensor]:
         if vlm is None:
             raise ValueError("WiseFuse.forward needs vlm (B, N, e): the low-res VLM image embeddings")
-        squeeze = features.dim() == 3
-        if squeeze:
-            features, vlm = features[None], vlm[None]
-            mask = None if mask is None else mask[None]
-            child_mask = None if child_mask is None else child_mask[None]
+        check_batched(features, type(self).__name__, "(B, N, k, D)")
         b, n, k, d = features.shape
         if vlm.shape[:2] != (b, n):
             raise ValueError(f"WiseFuse: vlm must be (B, N, e) = ({b}, {n}, e), got {tuple(vlm.shape)}")
@@ -259,7 +255,7 @@ class WiseFuse(MILModel):
             "scores": scores,
             "embedding": embedding,
         }
-        return {key: v[0] for key, v in out.items()} if squeeze else out
+        return out
 
     def _pool_children(self, u: Tensor, child_mask: Tensor) -> Tensor:
         if self.child_attention is None:
