@@ -36,7 +36,7 @@ def test_soak_load_refuse_read_rss_bound(model_folder, small_slides, tmp_path):
     (hostile / "config.json").write_text(json.dumps({**config, "hidden": 60000}))
     encoder = tiny_encoder()
     extract_features(small_slides / "s0.svs", tmp_path / "job", encoder, progress=False, **GEOMETRY)
-    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 50, 8, generator=torch.Generator().manual_seed(0))
 
     def one_round() -> None:
         with torch.no_grad():
