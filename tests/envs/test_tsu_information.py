@@ -13,6 +13,7 @@ import wsigym.envs  # noqa: F401
 from wsigym.calibration import tsu_information as ti
 from wsigym.calibration.tables import format_agreement, format_report
 from wsigym.cli import main
+from wsigym.envs.slide_source import budget_steps
 from wsigym.envs.state_update import UPDATE_RULES
 
 
@@ -61,6 +62,19 @@ def test_agreement_and_table_on_known_kinds(calibrated) -> None:
     by = {(r["agent"], r["rule"], r["budget"]): r for r in table}
     assert by[("oracle", "tsu", 0.5)]["seeds"] == 1 and by[("oracle", "tsu", 0.5)]["std"]["auc"] == 0.0
     assert by[("random", "none", 0.1)]["seeds"] == 2
+    # the positives split: the oracle's first zoom is a tumour patch on every positive slide
+    assert by[("oracle", "none", 0.1)]["positives"]["hit_rate"] == 1.0
+    assert np.isnan(by[("oracle", "none", 0.1)]["positives"]["p_miss"])
+    positives = [i for i in range(len(source.slide_ids)) if int(source.labels[i]) == 1]
+    reached = []
+    for seed in (0, 1):
+        for i in positives:
+            order = ti.zoom_orders(source, i, hafed, [seed])[("random", seed)]
+            zoomed = order[: budget_steps(source.n_list[i], 0.1)]
+            reached.append(
+                bool((np.nan_to_num(source.tumour[source.rows(i)].numpy(), nan=0.0)[zoomed] > 0).any())
+            )
+    assert by[("random", "tsu", 0.1)]["positives"]["hit_rate"] == pytest.approx(np.mean(reached))
     refs = ti.reference_metrics(source, hafed)
     assert set(refs) == {"no-zoom", "full"}
 

@@ -60,6 +60,27 @@ def format_fixed_agents(table: list[dict[str, Any]]) -> str:
         cells.setdefault((r["agent"], r["budget"]), {})[r["rule"]] = text
     for (agent, budget), by_rule in cells.items():
         lines.append(f"{agent:16s} {budget:6.0%} " + " ".join(f"{by_rule.get(r, '-'):>26s}" for r in rules))
+    split = [r for r in table if "positives" in r]
+    if split:
+        lines.append(
+            "positive slides: share whose zooms reached tumour; HAFED P(tumour) when they did / did not"
+        )
+        lines.append(
+            f"{'agent':16s} {'budget':>6s} {'reached':>8s} "
+            + " ".join(f"{r + ' hit/miss':>18s}" for r in rules)
+        )
+        groups: dict[tuple[str, float], dict[str, dict[str, float]]] = {}
+        for r in split:
+            groups.setdefault((r["agent"], r["budget"]), {})[r["rule"]] = r["positives"]
+        for (agent, budget), by_rule in groups.items():
+            reached = _nan(next(iter(by_rule.values()))["hit_rate"])
+            cells_p = " ".join(
+                f"{_nan(by_rule[r]['p_hit']):.3f}/{_nan(by_rule[r]['p_miss']):.3f}".rjust(18)
+                if r in by_rule
+                else "-".rjust(18)
+                for r in rules
+            )
+            lines.append(f"{agent:16s} {budget:6.0%} {reached:8.1%} {cells_p}")
     return "\n".join(lines)
 
 

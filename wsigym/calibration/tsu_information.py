@@ -23,6 +23,11 @@ built under each update rule and classified by HAFED, so the rules differ only i
 the zooms. The TSU and no-update states are built step by step with the rule functions. The global
 rule rewrites every unzoomed row from the latest zoom only, so its final state is one application of
 the rule at the last zoom to the state where the earlier zooms hold ``V`` (tested equal to stepping).
+
+Each row also splits the positive slides by whether the zooms reached tumour (at least one zoomed patch
+with tumour area): the share that did and HAFED's mean ``P(tumour)`` on each group. A state update can
+only move the table through these two groups, so the split shows where a rule's gain (or its absence)
+comes from.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ def update_agreement(
     }
 
 
+@torch.no_grad()
 def zoom_orders(
     source: SlideSource, index: int, hafed: torch.nn.Module, seeds: Sequence[int]
 ) -> dict[tuple[str, int], np.ndarray]:
@@ -242,6 +248,7 @@ def fixed_agent_table(
     """
     hafed = hafed.eval()
     probs: dict[tuple[str, int, str, float], list[np.ndarray]] = {}
+    hits: dict[tuple[str, int, float], list[bool]] = {}
     labels = []
     for index in tqdm(range(len(source.slide_ids)), desc="fixed agents", disable=not progress):
         rows = source.rows(index)
@@ -252,6 +259,11 @@ def fixed_agent_table(
         steps = sorted({budget_steps(n, b) for b in budgets})
         order_t = torch.as_tensor(np.stack([orders[k][: max(steps)] for k in keys]))
         labels.append(int(source.labels[index]))
+        tumour = np.nan_to_num(source.tumour[rows].cpu().numpy(), nan=0.0) > 0
+        for j, key in enumerate(keys):
+            for budget in budgets:
+                zoomed = order_t[j, : budget_steps(n, budget)].numpy()
+                hits.setdefault((*key, budget), []).append(bool(tumour[zoomed].any()))
         for rule in rules:
             states = _final_states(z, v, order_t, steps, rule, update)
             for budget in budgets:
@@ -277,9 +289,30 @@ def fixed_agent_table(
                         "seeds": len(agent_seeds),
                         "mean": {k: float(np.mean([m[k] for m in per_seed])) for k in keys_m},
                         "std": {k: float(np.std([m[k] for m in per_seed])) for k in keys_m},
+                        "positives": _positives_by_hit(
+                            [np.stack(probs[(agent, s, rule, budget)])[:, 1] for s in agent_seeds],
+                            [np.asarray(hits[(agent, s, budget)]) for s in agent_seeds],
+                            y,
+                        ),
                     }
                 )
     return table
+
+
+def _positives_by_hit(p_tumour: list[np.ndarray], hit: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Positive slides split by whether the zooms reached tumour (pooled over seeds).
+
+    ``p_tumour`` and ``hit`` hold one ``(S,)`` array per seed: HAFED's ``P(tumour)`` and whether at
+    least one zoomed patch has tumour area. Returns the share of positive slides with a hit and the mean
+    ``P(tumour)`` with and without one (NaN when a group is empty).
+    """
+    p = np.concatenate([q[y == 1] for q in p_tumour])
+    h = np.concatenate([q[y == 1] for q in hit])
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else math.nan
+
+    return {"hit_rate": mean(h.astype(np.float64)), "p_hit": mean(p[h]), "p_miss": mean(p[~h])}
 
 
 @torch.no_grad()
