@@ -20,10 +20,10 @@ the defaults for new training (:mod:`zoo.train_tsu`).
 
 - ``residual=True``: :math:`f_S(x) = V(a) + \mathrm{Linear}_{2d \to d}(\mathrm{GELU}(\mathrm{Linear}_{3d \to 2d}(x)))`
   with the last layer zero-initialised and no final LayerNorm: the untrained update copies the zoomed
-  row (a strong baseline for similar patches), and training learns the correction. The
-  ``tsu-synth-c16`` weights shipped in this package so far use it (their ``config.json`` says
-  ``"residual": true`` and ``"similarity": "cosine"``, and they load with that architecture): on
-  synth-c16 the plain MLP, trained briefly on CPU, stayed worse than copying ``V(a)``.
+  row, and training learns the correction. The ``tsu-synth-c16`` weights shipped before synth-c16 v2
+  used it; the shipped weights now follow SASHA's recipe (``residual: false``, ``abs_cosine``). On
+  synth-c16 v2 the residual form reaches a lower validation MSE (0.046 vs 0.072; ``docs/synth-c16.md``),
+  yet neither changes what HAFED decides after the same zooms.
 - ``similarity="cosine"``: signed cosine.
 
 **Training vs use (SASHA pitfall 7).** ``f_S`` is trained to regress ``V(i)`` from
