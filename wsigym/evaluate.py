@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.baselines import BASELINES, Coverage, make_baseline
+from wsigym.envs.options import DEFAULT_DATASET, ZoomOptions
 from wsigym.io import atomic_write_json
 from zoo.metrics import classification_metrics
 
@@ -336,9 +337,9 @@ def evaluate(
     sample: int | None = None,
     sample_seed: int = 0,
     env_id: str = "WSIZoom-v0",
-    dataset: Any = "synth-c16",
+    dataset: Any = DEFAULT_DATASET,
     split: str = "test",
-    fold: int = 0,
+    fold: int = ZoomOptions.fold,
     budgets: Sequence[float] = (0.1, 0.2),
     seeds: Sequence[int] = (0, 1, 2),
     env_kwargs: dict[str, Any] | None = None,
@@ -352,7 +353,8 @@ def evaluate(
     Args:
         agents: one agent or a list (SB3 models, names, policy folders, callables).
         env_id: ``WSIZoom-v0`` or an ablation (``WSIZoomGlobal-v0``, ``WSIZoomNoUpdate-v0``).
-        dataset: registered name, folder or ``SlideDataset``.
+        dataset: registered name, folder, ``SlideDataset`` or live slides
+            (:class:`~wsigym.envs.live_source.LiveSlides`).
         budgets: zoom budgets as fractions of ``N``.
         seeds: episode seeds; deterministic agents give std 0 (the random baseline does not).
         env_kwargs: further environment arguments (``hafed``, ``tsu``, ``reward``...).

@@ -43,7 +43,7 @@ from gymnasium import spaces
 
 from wsigym.envs.classifier import IncrementalAttentionClassifier
 from wsigym.envs.live_source import LiveSlides, LiveSlideSource
-from wsigym.envs.options import DEFAULT_DATASET, ZoomOptions
+from wsigym.envs.options import ZoomOptions
 from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import RewardRule, cross_entropy, patch_evidence, reward, reward_rule
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
@@ -165,8 +165,9 @@ def resolve_arguments(
         if max_patches is None:
             max_patches = source.max_n
     else:
-        dataset = DEFAULT_DATASET if o.dataset is None else o.dataset
-        source = slide_source(dataset, o.split, o.fold, hafed_model, hafed_key, device, o.progress)
+        source = slide_source(
+            o.dataset_or_default, o.split, o.fold, hafed_model, hafed_key, device, o.progress
+        )
         where = f"of split {o.split!r}"
         if max_patches is None:
             max_patches = max(source.max_n, dataset_max_patches(source.dataset))
