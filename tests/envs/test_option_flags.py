@@ -70,3 +70,31 @@ def test_both_clis_take_the_same_env_flags():
     expected = {"budget_end": "truncate", "device": "cuda", "illegal_action": "noop", "tau": 0.5}
     assert env_kwargs_from_args(env) == env_kwargs_from_args(train) == expected
     assert env_kwargs_from_args(evaluate) == {**expected, "fold": 1}
+
+
+def test_live_slide_flags_build_live_slides():
+    from wsigym.agents.cli import _env_kwargs, _evaluate_env
+    from wsigym.envs.live_source import LiveSlides
+
+    live = ["--live-slides", "s.svs", "--live-labels", "l.csv", "--live-encoder", "timm:x"]
+    live += ["--live-mpp", "0.5", "--live-remember-zooms"]
+    args = build_parser().parse_args(["evaluate", "--agent", "random", "--reward", "hit", *live])
+    assert _evaluate_env(args) == (
+        LiveSlides("s.svs", "l.csv", "timm:x", mpp=0.5, remember_zooms=True),
+        0,
+        {"reward": "hit"},
+    )
+    args = build_parser().parse_args(["train", "ppo", "--out", "x", *live])
+    assert _env_kwargs(args) == {  # JSON-safe: the run records them
+        "fold": 0,
+        "slides": "s.svs",
+        "labels": "l.csv",
+        "encoder": "timm:x",
+        "mpp": 0.5,
+        "remember_zooms": True,
+    }
+    with pytest.raises(ValueError, match=r"\['labels'\] describe live slides and need slides="):
+        options_from_args(build_parser().parse_args(["env", "info", "--live-labels", "l.csv"]))
+    with pytest.raises(ValueError, match="not both"):
+        options_from_args(build_parser().parse_args(["env", "info", "--dataset", "d", *live]))
+    assert "--live-slides" not in _parser(skip=("dataset",)).format_help()

@@ -26,6 +26,7 @@ from typing import Any
 
 from wsigym.distributed.cluster import add_backend_arguments, connect_from_args
 from wsigym.envs.option_flags import add_env_arguments, env_kwargs_from_args, options_from_args
+from wsigym.envs.options import OPTION_NAMES
 
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
@@ -69,15 +70,24 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The env flags given (:mod:`wsigym.envs.option_flags`), always with the dataset and fold (a run records them)."""
+    """The env flags given (:mod:`wsigym.envs.option_flags`), always with the fold and, unless the
+    slides are live (``--live-slides``), the dataset: a run records them."""
+    given = env_kwargs_from_args(args)
     options = options_from_args(args)
-    return {"dataset": options.dataset_or_default, "fold": options.fold, **env_kwargs_from_args(args)}
+    named = {} if options.live else {"dataset": options.dataset_or_default}
+    return {**named, "fold": options.fold, **given}
 
 
 def _evaluate_env(args: argparse.Namespace) -> tuple[Any, int, dict[str, Any]]:
-    """``evaluate``'s ``dataset`` and ``fold`` and the other env keyword arguments of the flags."""
-    kwargs = _env_kwargs(args)
-    return kwargs.pop("dataset"), kwargs.pop("fold"), kwargs
+    """``evaluate``'s ``dataset`` (a name, folder or ``LiveSlides``) and ``fold``, and the other env
+    keyword arguments of the flags."""
+    options = options_from_args(args)
+    rest = {
+        k: v
+        for k, v in env_kwargs_from_args(args).items()
+        if k in OPTION_NAMES and k not in ("dataset", "fold")
+    }
+    return options.dataset_or_default, options.fold, rest
 
 
 def _common_env(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:

@@ -46,12 +46,19 @@ def policy_action(name: str, env: Any, info: dict[str, Any], rng: np.random.Gene
 
 
 def _info(args: argparse.Namespace) -> int:
+    from wsigym.envs.slide_source import budget_steps
+
     env = make_env(args).unwrapped
     src = env.source
     n = np.asarray(src.n_list)
-    budgets = np.asarray(src.budget_steps(env.config.budget))
+    budgets = np.asarray([budget_steps(int(k), env.config.budget) for k in n])
     options = env.options
-    print(f"{args.env} on {src.dataset.name!r} split={options.split} fold={options.fold}: {len(src)} slides")
+    where = (
+        f"live slides {options.dataset.name!r}"
+        if options.live
+        else f"{src.dataset.name!r} split={options.split}"
+    )
+    print(f"{args.env} on {where} fold={options.fold}: {len(src)} slides")
     print(
         f"  patches N: min {n.min()}, median {int(np.median(n))}, max {n.max()}; max_patches P = {env.max_patches}"
     )

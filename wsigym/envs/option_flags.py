@@ -2,7 +2,8 @@
 
 :func:`add_env_arguments` adds one flag per :class:`~wsigym.envs.options.ZoomOptions` field
 (``--budget``, ``--tau``, ``--reward``, ``--device``, ...; its default shown in the help, stated only
-in ``ZoomOptions``); :func:`env_kwargs_from_args` turns the parsed flags that were given into keyword
+in ``ZoomOptions``) and the ``--live-*`` flags of live slides (``--live-slides``, ``--live-labels``,
+``--live-encoder``, ...: :class:`~wsigym.envs.live_source.LiveSlides`, in place of ``--dataset``); :func:`env_kwargs_from_args` turns the parsed flags that were given into keyword
 arguments for the environment, :func:`options_from_args` into a ``ZoomOptions``. A flag left out is
 absent from the keyword arguments, so a recipe's or the registered id's value stays in force.
 
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from wsigym.envs.options import BUDGET_ENDS, ILLEGAL_ACTIONS, ZoomOptions
+from wsigym.envs.options import BUDGET_ENDS, ILLEGAL_ACTIONS, ZoomOptions, zoom_options
 from wsigym.envs.reward import REWARDS
 
 #: The dataset splits a command may name.
@@ -34,16 +35,18 @@ class Flag:
     type: Any = str
     choices: tuple[str, ...] | None = None
     boolean: bool = False
+    #: ``"live-"`` for a field of :class:`~wsigym.envs.live_source.LiveSlides`.
+    prefix: str = ""
 
     @property
     def flag(self) -> str:
-        """``--name-with-dashes``."""
-        return "--" + self.name.replace("_", "-")
+        """``--[prefix]name-with-dashes``."""
+        return "--" + self.prefix + self.name.replace("_", "-")
 
     @property
     def dest(self) -> str:
         """The attribute of the parsed namespace (prefixed: a command's own ``--split`` stays its own)."""
-        return "option_" + self.name
+        return "option_" + self.prefix.replace("-", "_") + self.name
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -61,6 +64,26 @@ FLAGS: tuple[Flag, ...] = (
     Flag("budget_end", "how the last budget step ends an episode", choices=BUDGET_ENDS),
     Flag("illegal_action", "what an illegal action does", choices=ILLEGAL_ACTIONS),
     Flag("device", "torch device of the environment: the state, HAFED and f_S (e.g. cuda)"),
+)
+
+#: Live slides (:class:`~wsigym.envs.live_source.LiveSlides`) as ``--live-*`` flags, instead of ``--dataset``;
+#: a flag left out takes the ``LiveSlides`` default.
+LIVE_FLAGS: tuple[Flag, ...] = tuple(
+    Flag(name, help, type=kind, boolean=kind is bool, prefix="live-")
+    for name, help, kind in (
+        ("slides", "whole-slide images read live, a folder or a slide file (instead of --dataset)", str),
+        ("labels", "live slides: their slide_id,label CSV", str),
+        ("encoder", "live slides: the patch encoder spec (timm:NAME or open_clip:NAME)", str),
+        ("mpp", "live slides: microns per level-0 px, for slides that lack it", float),
+        ("lr_mag", "live slides: magnification of the state", float),
+        ("hr_mag", "live slides: magnification of a zoom", float),
+        ("patch_size", "live slides: px per patch", int),
+        ("min_tissue", "live slides: tissue fraction to keep a patch", float),
+        ("cache_dir", "live slides: TRIDENT job folder caching the patch plans and Z", str),
+        ("batch_size", "live slides: images per encoder call", int),
+        ("remember_zooms", "live slides: keep V(a) in memory across episodes", bool),
+        ("memory_slides", "live slides: slides whose Z stay in memory", int),
+    )
 )
 
 
@@ -87,23 +110,40 @@ def add_env_arguments(
             continue
         default = defaults.dataset_or_default if f.name == "dataset" else getattr(defaults, f.name)
         text = f.help if default is None else f"{f.help} (default {default})"
-        if f.boolean:
-            parser.add_argument(
-                f.flag, dest=f.dest, action=argparse.BooleanOptionalAction, default=None, help=text
-            )
-        else:
-            parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, default=None, help=text)
+        _add(parser, f, text)
+    if "dataset" not in skip:
+        for f in LIVE_FLAGS:
+            _add(parser, f, f.help)
+
+
+def _add(parser: argparse.ArgumentParser | argparse._ArgumentGroup, f: Flag, text: str) -> None:
+    if f.boolean:
+        parser.add_argument(
+            f.flag, dest=f.dest, action=argparse.BooleanOptionalAction, default=None, help=text
+        )
+    else:
+        parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, default=None, help=text)
 
 
 def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The environment flags given on the command line, as ``ZoomOptions`` keyword arguments."""
-    return {f.name: getattr(args, f.dest) for f in FLAGS if getattr(args, f.dest, None) is not None}
+    """The environment flags given on the command line, as the environment's keyword arguments.
+
+    The ``--live-*`` flags come as the live-slide keywords (``slides=``, ``labels=``, ``encoder=``...),
+    which the environment builds into ``dataset=LiveSlides(...)`` (:func:`~wsigym.envs.options.zoom_options`);
+    every value is a plain string or number, so the keyword arguments can be recorded as JSON.
+    """
+    return {
+        f.name: getattr(args, f.dest)
+        for f in (*FLAGS, *LIVE_FLAGS)
+        if getattr(args, f.dest, None) is not None
+    }
 
 
 def options_from_args(args: argparse.Namespace) -> ZoomOptions:
     """:class:`ZoomOptions` of the parsed flags (the defaults where a flag was left out).
 
     Raises:
-        ValueError: an invalid value (see :class:`ZoomOptions`).
+        ValueError: an invalid value (see :class:`ZoomOptions`), ``--live-*`` flags without
+            ``--live-slides`` or with ``--dataset``.
     """
-    return ZoomOptions(**env_kwargs_from_args(args))
+    return zoom_options(None, env_kwargs_from_args(args))

@@ -104,6 +104,13 @@ class ZoomOptions:
             raise ValueError(f"tau is a cosine threshold and must be a finite number in [-1, 1], got {tau!r}")
 
     @property
+    def live(self) -> bool:
+        """Whether ``dataset`` is live slides (:class:`~wsigym.envs.live_source.LiveSlides`)."""
+        from wsigym.envs.live_source import LiveSlides
+
+        return isinstance(self.dataset, LiveSlides)
+
+    @property
     def dataset_or_default(self) -> str | Path | SlideDataset | LiveSlides:
         """``dataset``, with ``None`` as :data:`DEFAULT_DATASET`."""
         return DEFAULT_DATASET if self.dataset is None else self.dataset

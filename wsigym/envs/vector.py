@@ -47,9 +47,11 @@ from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_argumen
 class WSIZoomVectorEnv(VectorEnv):
     """``num_envs`` ``WSIZoom`` episodes in one padded torch batch (module docstring).
 
-    Takes every argument of :class:`~wsigym.envs.zoom.WSIZoomEnv` (``copy`` instead of ``copy_obs``)
-    plus ``num_envs``. ``render()`` returns the frames of all sub-environments stacked ``(B, H, W, 3)``
-    (``render_mode="rgb_array"``).
+    Takes the settings of :class:`~wsigym.envs.zoom.WSIZoomEnv` the same way (``options=ZoomOptions(...)``
+    and / or keyword arguments, :mod:`wsigym.envs.options`; live slides as ``dataset=LiveSlides(...)``),
+    ``copy`` instead of ``copy_obs``, plus ``num_envs``. Observation, action, reward and episode end are
+    ``WSIZoom-v0``'s per sub-environment (module docstring for batching and autoreset). ``render()``
+    returns the frames of all sub-environments stacked ``(B, H, W, 3)`` (``render_mode="rgb_array"``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
