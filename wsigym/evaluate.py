@@ -386,7 +386,7 @@ def evaluate(
         base = env.unwrapped
         budgets = (float(base.config.budget),)
         envs[budgets[0]] = env
-        dataset, split = base.source.dataset, base.source.split
+        dataset, split = slides_of(base)
         env_id = env.spec.id if env.spec is not None else type(base).__name__
     elif env is not None and not callable(env):
         raise TypeError(f"env must be a gym.Env or a factory env(budget) -> gym.Env, got {env!r}")
@@ -450,7 +450,7 @@ def evaluate(
             made.close()
     if env is not None and not isinstance(env, gym.Env) and envs:
         first = next(iter(envs.values()))
-        dataset, split = first.unwrapped.source.dataset, first.unwrapped.source.split
+        dataset, split = slides_of(first.unwrapped)
         env_id = first.spec.id if first.spec is not None else type(first.unwrapped).__name__
     return EvalReport(
         dataset=str(getattr(dataset, "name", dataset)),
@@ -460,6 +460,14 @@ def evaluate(
         slides=len(slide_ids) if rows else 0,
         seeds=list(seeds),
     )
+
+
+def slides_of(env: Any) -> tuple[Any, str]:
+    """The dataset and split a report names for a zoom environment (live slides: ``LiveSlides``, ``"live"``)."""
+    options = getattr(env, "options", None)
+    if options is not None and options.live:
+        return options.dataset, "live"
+    return env.source.dataset, env.source.split
 
 
 def _nanmean(values: list[float]) -> float:

@@ -204,6 +204,8 @@ def test_live_slides_through_dataset_in_both_envs_and_evaluate(synthetic, encode
         ["random"], dataset=live, budgets=(0.25,), seeds=(0,), env_kwargs=models_kw, progress=False
     )
     assert report.dataset == "live:1 slides" and report.slides == 1
+    report = evaluate(["attention-topk"], env=single, seeds=(0,), progress=False)
+    assert (report.dataset, report.split, report.slides) == ("live:1 slides", "live", 1)
     assert report.rows[0].mean["zooms"] == int(np.ceil(0.25 * single.max_patches))
 
 

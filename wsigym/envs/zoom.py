@@ -220,6 +220,10 @@ class WSIZoomEnv(gym.Env):
 
     ## Version History
 
+    - v0 (v0.2, constructor): the settings are one ``ZoomOptions`` (``options=`` or keyword arguments,
+      which are now keyword-only; an unknown one raises ``TypeError``), and live slides are
+      ``dataset=LiveSlides(...)`` (the ``slides=`` keywords still work). The MDP is unchanged.
+
     - v0 (v0.2, SASHA-faithful transition): ``update="tsu"`` takes similarity and the ``f_S`` anchor
       input from the current state row ``S_t(a)``, as SASHA's code; new TSU weights default to SASHA's
       ``f_S`` (LayerNorm MLP) and ``|cos|``, which the environment follows. The previous rule is
