@@ -28,6 +28,7 @@ from PIL import Image
 
 import wsigym  # noqa: F401  (registers the environments)
 import zoo
+from wsigym.envs.live_source import LiveSlides
 from wsigym.slides.encoders import timm_encoder
 from wsigym.slides.synthetic_slides import write_aperio_tiff
 
@@ -53,15 +54,12 @@ def main() -> None:
             sid = slide.path.stem
         else:
             slide, sid = args.slide, args.slide.stem
+        live = LiveSlides([slide], {sid: "tumour"}, encoder, class_names=("normal", "tumour"), mpp=args.mpp)
         env = gym.make(
             "WSIZoom-v0",
-            slides=[slide],
-            labels={sid: "tumour"},
-            class_names=("normal", "tumour"),
-            encoder=encoder,
+            dataset=live,
             hafed=hafed,
             tsu=tsu,
-            mpp=args.mpp,
             budget=args.budget,
             render_mode="rgb_array",
             progress=False,

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.baselines import BASELINES, Coverage, make_baseline
+from wsigym.envs.options import DEFAULT_DATASET, ZoomOptions
 from wsigym.io import atomic_write_json
 from zoo.metrics import classification_metrics
 
@@ -336,9 +337,9 @@ def evaluate(
     sample: int | None = None,
     sample_seed: int = 0,
     env_id: str = "WSIZoom-v0",
-    dataset: Any = "synth-c16",
+    dataset: Any = DEFAULT_DATASET,
     split: str = "test",
-    fold: int = 0,
+    fold: int = ZoomOptions.fold,
     budgets: Sequence[float] = (0.1, 0.2),
     seeds: Sequence[int] = (0, 1, 2),
     env_kwargs: dict[str, Any] | None = None,
@@ -352,7 +353,8 @@ def evaluate(
     Args:
         agents: one agent or a list (SB3 models, names, policy folders, callables).
         env_id: ``WSIZoom-v0`` or an ablation (``WSIZoomGlobal-v0``, ``WSIZoomNoUpdate-v0``).
-        dataset: registered name, folder or ``SlideDataset``.
+        dataset: registered name, folder, ``SlideDataset`` or live slides
+            (:class:`~wsigym.envs.live_source.LiveSlides`).
         budgets: zoom budgets as fractions of ``N``.
         seeds: episode seeds; deterministic agents give std 0 (the random baseline does not).
         env_kwargs: further environment arguments (``hafed``, ``tsu``, ``reward``...).
@@ -384,7 +386,7 @@ def evaluate(
         base = env.unwrapped
         budgets = (float(base.config.budget),)
         envs[budgets[0]] = env
-        dataset, split = base.source.dataset, base.source.split
+        dataset, split = slides_of(base)
         env_id = env.spec.id if env.spec is not None else type(base).__name__
     elif env is not None and not callable(env):
         raise TypeError(f"env must be a gym.Env or a factory env(budget) -> gym.Env, got {env!r}")
@@ -448,7 +450,7 @@ def evaluate(
             made.close()
     if env is not None and not isinstance(env, gym.Env) and envs:
         first = next(iter(envs.values()))
-        dataset, split = first.unwrapped.source.dataset, first.unwrapped.source.split
+        dataset, split = slides_of(first.unwrapped)
         env_id = first.spec.id if first.spec is not None else type(first.unwrapped).__name__
     return EvalReport(
         dataset=str(getattr(dataset, "name", dataset)),
@@ -458,6 +460,14 @@ def evaluate(
         slides=len(slide_ids) if rows else 0,
         seeds=list(seeds),
     )
+
+
+def slides_of(env: Any) -> tuple[Any, str]:
+    """The dataset and split a report names for a zoom environment (live slides: ``LiveSlides``, ``"live"``)."""
+    options = getattr(env, "options", None)
+    if options is not None and options.live:
+        return options.dataset, "live"
+    return env.source.dataset, env.source.split
 
 
 def _nanmean(values: list[float]) -> float:

@@ -211,6 +211,22 @@ def test_cli_passes_the_ppo_settings(cli_config):
     assert (config.vf_coef, config.max_grad_norm) == (0.25, 10.0)
 
 
+def test_cli_device_is_the_envs_and_policy_device_the_policys(cli_config):
+    out, seen = cli_config
+    base = ["train", "ppo", "--out", str(out)]
+    for extra, env_device, policy_device in [
+        ([], None, "cpu"),
+        (["--device", "cuda"], "cuda", "cuda"),
+        (["--device", "cuda", "--policy-device", "cpu"], "cuda", "cpu"),
+        (["--policy-device", "cuda:1"], None, "cuda:1"),
+    ]:
+        args = build_parser().parse_args([*base, *extra])
+        assert args.func(args) == 0
+        assert (
+            seen["config"].env_kwargs.get("device") == env_device and seen["config"].device == policy_device
+        )
+
+
 def test_cli_recipe_and_overrides(cli_config):
     import wsigym.agents.recipes as ppo
 

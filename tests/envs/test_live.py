@@ -13,7 +13,8 @@ import torch
 
 import wsigym  # noqa: F401  (registers the environments)
 import zoo
-from wsigym.envs.live_source import LiveSlideSource, encoder_fingerprint
+from wsigym.envs.live_source import LiveSlides, LiveSlideSource, encoder_fingerprint
+from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom import WSIZoomEnv
 from wsigym.errors import DataError
 from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
@@ -176,6 +177,36 @@ def test_hit_tumour_matches_the_known_regions(synthetic, encoder, models):
         assert info["tumour_fraction"] == pytest.approx(float(truth[a]))
     assert hits == {a: bool(truth[a] > 0) for a in range(plan.n)}
     assert any(hits.values()) and not all(hits.values())
+
+
+def test_live_slides_through_dataset_in_both_envs_and_evaluate(synthetic, encoder, models):
+    from wsigym.evaluate import evaluate
+
+    hafed, tsu = models
+    live = LiveSlides([synthetic], {synthetic.path.stem: 1}, encoder, remember_zooms=True)
+    kw = {"hafed": hafed, "tsu": tsu, "budget": 0.25, "progress": False}
+    single = WSIZoomEnv(dataset=live, **kw)
+    assert make([synthetic], encoder, models, remember_zooms=True).options.dataset == live  # keyword path
+    vec = WSIZoomVectorEnv(num_envs=2, dataset=live, **kw)
+    assert vec.max_patches == single.max_patches == single.source.n_list[0]
+    vobs, vinfo = vec.reset(seed=0)
+    obs, info = single.reset(seed=0)
+    assert vinfo["slide_id"][0] == info["slide_id"] == synthetic.path.stem
+    for key in obs:
+        np.testing.assert_array_equal(vobs[key][0], obs[key])
+    action = int(np.flatnonzero(info["action_mask"])[1])
+    vobs, vreward, *_ = vec.step(np.array([action, action]))
+    obs, reward, *_ = single.step(action)
+    np.testing.assert_allclose(vobs["state"][0], obs["state"], atol=1e-5)  # batched f_S: float order
+    np.testing.assert_allclose(vreward[0], reward, atol=1e-5)
+    models_kw = {"hafed": hafed, "tsu": tsu}
+    report = evaluate(
+        ["random"], dataset=live, budgets=(0.25,), seeds=(0,), env_kwargs=models_kw, progress=False
+    )
+    assert report.dataset == "live:1 slides" and report.slides == 1
+    report = evaluate(["attention-topk"], env=single, seeds=(0,), progress=False)
+    assert (report.dataset, report.split, report.slides) == ("live:1 slides", "live", 1)
+    assert report.rows[0].mean["zooms"] == int(np.ceil(0.25 * single.max_patches))
 
 
 def test_truth_callable_and_errors(synthetic, encoder, models):

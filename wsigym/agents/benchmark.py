@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wsigym.agents.protocol_record import PUBLISHED_C16
+from wsigym.envs.options import DEFAULT_DATASET
 from wsigym.evaluate import EvalReport, evaluate
 from wsigym.io import atomic_write_json, atomic_write_text
 from wsigym.readme_sections import replace_section
@@ -84,7 +85,7 @@ class ProtocolResult:
 def run_protocol(
     *,
     policy: str | None,
-    dataset: Any = "synth-c16",
+    dataset: Any = DEFAULT_DATASET,
     split: str = "test",
     budgets: Sequence[float] = (0.1, 0.2),
     seeds: Sequence[int] = (0, 1, 2),

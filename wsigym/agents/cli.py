@@ -10,6 +10,10 @@
   ``--card`` writes the policy folder's Hub card; ``--push REPO`` publishes it; ``--backend ray
   [--address A]`` runs one Ray task per (agent, budget, seed) (:mod:`wsigym.distributed.evaluation`).
 - ``wsigym demo``: a short warm-started PPO run on synth-c16, then the evaluation table.
+
+The environment flags (``--dataset``, ``--budget``, ``--reward``, ``--device``, ...) are the shared ones of
+:mod:`wsigym.envs.option_flags`, as in ``wsigym env``. ``--device`` is the environment's device (the state,
+HAFED and ``f_S``) in every command; ``train ppo --policy-device`` is the PPO policy's (default: ``--device``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from wsigym.distributed.cluster import add_backend_arguments, connect_from_args
-from wsigym.envs.reward import REWARDS
+from wsigym.envs.option_flags import add_env_arguments, env_kwargs_from_args, options_from_args
+from wsigym.envs.options import OPTION_NAMES
 
 DEMO_TIMESTEPS = 512
 DEMO_SLIDES = 4
@@ -65,24 +70,36 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dataset": args.dataset, "fold": args.fold}
-    for key in ("hafed", "tsu", "reward", "tau"):
-        value = getattr(args, key, None)
-        if value is not None:
-            kwargs[key] = value
-    return kwargs
+    """The env flags given (:mod:`wsigym.envs.option_flags`), always with the fold and, unless the
+    slides are live (``--live-slides``), the dataset: a run records them."""
+    given = env_kwargs_from_args(args)
+    options = options_from_args(args)
+    named = {} if options.live else {"dataset": options.dataset_or_default}
+    return {**named, "fold": options.fold, **given}
 
 
-def _common_env(p: argparse.ArgumentParser) -> None:
+def _evaluate_env(args: argparse.Namespace) -> tuple[Any, int, dict[str, Any]]:
+    """``evaluate``'s ``dataset`` (a name, folder or ``LiveSlides``) and ``fold``, and the other env
+    keyword arguments of the flags."""
+    options = options_from_args(args)
+    rest = {
+        k: v
+        for k, v in env_kwargs_from_args(args).items()
+        if k in OPTION_NAMES and k not in ("dataset", "fold")
+    }
+    return options.dataset_or_default, options.fold, rest
+
+
+def _common_env(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
     p.add_argument(
-        "--env", default="WSIZoom-v0", help="registered env id (WSIZoom-v0, WSIZoomGlobal-v0, ...)"
+        "--env",
+        default="WSIZoom-v0",
+        help="registered env id, which picks the state update (WSIZoom-v0, WSIZoomGlobal-v0, ...)",
     )
-    p.add_argument("--dataset", default="synth-c16", help="registered dataset name or folder")
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--hafed", default=None, help="HAFED name/repo/folder (default: the env's)")
-    p.add_argument("--tsu", default=None, help="TSU name/repo/folder (default: the env's)")
-    p.add_argument("--reward", default=None, choices=REWARDS)
-    p.add_argument("--tau", type=float, default=None)
+    group = p.add_argument_group(
+        "environment (wsigym.envs.options.ZoomOptions; left out: the recipe's, else the env's default)"
+    )
+    add_env_arguments(group, skip=skip)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +114,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="train a MaskablePPO zoom policy (sb3-contrib)",
         description="Options left out take the recipe's value, else PPOConfig's default (shown).",
     )
-    _common_env(p)
+    _common_env(p, skip=("split",))
     p.add_argument("--out", default=None, help="run folder (becomes the publishable policy folder)")
     p.add_argument(
         "--resume",
@@ -112,9 +129,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         choices=tuple(RECIPES),
         help="named settings (wsigym.agents.recipes.RECIPES): 'sasha' (default: SASHA's agent and PPO loop), "
         "'sasha-sb3' (SASHA's settings adapted to short CPU runs) or 'evidence-bandit' (the shipped policy)",
-    )
-    p.add_argument(
-        "--budget", type=float, default=None, help="zoom budget fraction for training (env default 0.2)"
     )
     for flag, name in _NUMERIC_FLAGS.items():
         kind = float if isinstance(getattr(d, name), float) else int
@@ -150,7 +164,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "'plain': SB3's buffer of padded observations (same loss) (default segments)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--policy-device",
+        default=None,
+        help="torch device of the PPO policy and its updates (default: --device, the env's)",
+    )
     p.add_argument("--no-progress", action="store_true")
     sweep = p.add_argument_group(
         "sweeps",
@@ -173,7 +191,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_ppo)
 
     e = sub.add_parser("evaluate", help="the evaluation protocol (any agent, budgets, seeds)")
-    _common_env(e)
+    _common_env(e, skip=("split", "budget"))
     e.add_argument(
         "--agent",
         action="append",
@@ -228,12 +246,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(func=_sb3_export)
 
     m = sub.add_parser("demo", help="short PPO run on synth-c16, then the evaluation table")
-    m.add_argument("--dataset", default="synth-c16")
+    add_env_arguments(m.add_argument_group("environment"), skip=("split", "budget"))
     m.add_argument("--timesteps", type=int, default=DEMO_TIMESTEPS)
     m.add_argument("--max-slides", type=int, default=DEMO_SLIDES, help="test slides in the table (0: all)")
     m.add_argument("--out", default="runs/demo")
-    m.add_argument("--hafed", default=None)
-    m.add_argument("--tsu", default=None)
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_demo)
 
@@ -267,15 +283,13 @@ def _ppo_config(args: argparse.Namespace, point: dict[str, Any] | None = None) -
 
     point = point or {}
     env_kwargs = _env_kwargs(args)
-    if args.budget is not None:
-        env_kwargs["budget"] = args.budget
     if point.get("update") is not None:
         env_kwargs["update"] = point["update"]
     overrides: dict[str, Any] = {
         "env_id": args.env,
         "env_kwargs": env_kwargs,
         "seed": point.get("seed", args.seed),
-        "device": args.device,
+        "device": _policy_device(args),
     }
     for flag, name in _NUMERIC_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -288,6 +302,11 @@ def _ppo_config(args: argparse.Namespace, point: dict[str, Any] | None = None) -
         return ppo_config(point.get("recipe", args.recipe), **overrides)
     except ValueError as exc:
         raise SystemExit(f"wsigym train ppo: {exc}") from None
+
+
+def _policy_device(args: argparse.Namespace) -> str:
+    """``--policy-device``, else ``--device`` (the env's), else the env's default device."""
+    return str(args.policy_device or options_from_args(args).device)
 
 
 def _ppo_sweep_trial(args: argparse.Namespace, point: dict[str, Any]) -> dict[str, float]:
@@ -366,7 +385,7 @@ def _sweep_ppo(args: argparse.Namespace) -> int:
         args.out,
         backend=args.backend,
         name="train-ppo",
-        resources={"cpu": args.threads_per_trial or 1, "gpu": 1.0 if args.device.startswith("cuda") else 0.0},
+        resources={"cpu": args.threads_per_trial or 1, "gpu": 1.0 if _uses_cuda(args) else 0.0},
     )
     print(
         f"wsigym train ppo: {len(record)} runs in {time.perf_counter() - t0:.0f} s ({args.backend} backend)"
@@ -381,6 +400,11 @@ def _sweep_ppo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uses_cuda(args: argparse.Namespace) -> bool:
+    """Whether the env or the policy of ``train ppo`` runs on a CUDA device."""
+    return any(str(d).startswith("cuda") for d in (options_from_args(args).device, _policy_device(args)))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from wsigym.agents.benchmark import run_protocol
     from wsigym.evaluate import evaluate
@@ -388,7 +412,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     progress = not args.no_progress
-    kwargs = {k: v for k, v in _env_kwargs(args).items() if k != "dataset" and k != "fold"}
+    dataset, fold, kwargs = _evaluate_env(args)
     if (args.card or args.push) and not args.policy:
         raise SystemExit("wsigym evaluate: --card/--push need --policy FOLDER")
     if args.all and (args.slides or args.sample):
@@ -399,7 +423,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.all:
         protocol = run_protocol(
             policy=args.policy,
-            dataset=args.dataset,
+            dataset=dataset,
             split=args.split,
             budgets=args.budgets,
             seeds=args.seeds,
@@ -423,9 +447,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate(
         agents,
         env_id=args.env,
-        dataset=args.dataset,
+        dataset=dataset,
         split=args.split,
-        fold=args.fold,
+        fold=fold,
         budgets=args.budgets,
         seeds=args.seeds,
         env_kwargs=kwargs,
@@ -490,11 +514,8 @@ def _demo(args: argparse.Namespace) -> int:
     from wsigym.evaluate import evaluate
 
     progress = not args.no_progress
-    env_kwargs: dict[str, Any] = {"dataset": args.dataset}
-    if args.hafed:
-        env_kwargs["hafed"] = args.hafed
-    if args.tsu:
-        env_kwargs["tsu"] = args.tsu
+    env_kwargs = _env_kwargs(args)
+    dataset, fold, eval_kwargs = _evaluate_env(args)
     config = PPOConfig(
         env_kwargs=env_kwargs,
         total_timesteps=args.timesteps,
@@ -506,7 +527,7 @@ def _demo(args: argparse.Namespace) -> int:
         checkpoint_freq=args.timesteps,
     )
     print(
-        f"wsigym demo: MaskablePPO on WSIZoom-v0 / {args.dataset}, {args.timesteps} timesteps from the "
+        f"wsigym demo: MaskablePPO on WSIZoom-v0 / {dataset}, {args.timesteps} timesteps from the "
         "HAFED-attention warm start (a short run, not the benchmark; first use computes the zoom oracle V)"
     )
     t0 = time.perf_counter()
@@ -518,11 +539,12 @@ def _demo(args: argparse.Namespace) -> int:
     agents, names = full_protocol_agents(args.out)
     report = evaluate(
         agents,
-        dataset=args.dataset,
+        dataset=dataset,
         split="test",
+        fold=fold,
         budgets=(0.1, 0.2),
         seeds=(0,),
-        env_kwargs={k: v for k, v in env_kwargs.items() if k != "dataset"},
+        env_kwargs=eval_kwargs,
         max_slides=max_slides,
         names=names,
         progress=progress,

@@ -121,7 +121,8 @@ class PPOConfig:
     (``n_envs * n_steps``: one full batch per epoch, as SASHA); ``select_initial=False`` never keeps
     the policy of step 0 (evaluated and logged all the same) as the best one. ``checkpoint_updates``:
     a resumable checkpoint every that many updates (:mod:`wsigym.agents.resume`); ``checkpoint_freq``:
-    SB3's own zips, every that many timesteps.
+    SB3's own zips, every that many timesteps. ``device`` is the policy's (SB3's ``device``); the
+    environment's is ``env_kwargs["device"]`` (``wsigym train ppo --policy-device`` / ``--device``).
     """
 
     env_id: str = "WSIZoom-v0"

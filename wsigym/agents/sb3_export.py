@@ -157,12 +157,13 @@ def deflated_zip(data: bytes) -> bytes:
 
 
 def env_kwargs_for(config: dict[str, Any]) -> dict[str, Any]:
-    """The training environment's arguments from ``policy.json`` (JSON-safe ones), with ``max_patches``."""
+    """The training environment's arguments from ``policy.json`` (JSON-safe ones, not ``progress`` or
+    ``device``), with ``max_patches``."""
     kwargs = {
         k: v
         for k, v in config.get("ppo", {}).get("env_kwargs", {}).items()
         if not (isinstance(v, str) and v.startswith("<"))  # model instances were recorded as "<Type>"
-        and k != "progress"
+        and k not in ("progress", "device")  # where it ran, not what it is
     }
     kwargs["max_patches"] = int(config["num_patches"])
     return kwargs

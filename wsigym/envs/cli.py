@@ -15,47 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from wsigym.envs.reward import REWARDS
+from wsigym.envs.option_flags import add_env_arguments, options_from_args
 from wsigym.io import atomic_write
 
 ENV_IDS = ("WSIZoom-v0", "WSIZoomGlobal-v0", "WSIZoomNoUpdate-v0")
 
 
 def _add_env_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", default="WSIZoom-v0", choices=ENV_IDS)
-    p.add_argument("--dataset", default="synth-c16", help="registered name or dataset folder")
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--budget", type=float, default=0.2)
-    p.add_argument("--tau", type=float, default=None)
-    p.add_argument("--reward", default="ce", choices=REWARDS)
-    p.add_argument("--hafed", default="hafed-synth-c16", help="pretrained name, Hub repo or folder")
-    p.add_argument("--tsu", default="tsu-synth-c16", help="pretrained name, Hub repo or folder")
-    p.add_argument("--mask-updated", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--env", default="WSIZoom-v0", choices=ENV_IDS, help="env id (picks the state update)")
+    add_env_arguments(p.add_argument_group("environment (wsigym.envs.options.ZoomOptions)"))
     p.add_argument("--seed", type=int, default=0)
 
 
 def make_env(args: argparse.Namespace, render_mode: str | None = None) -> Any:
-    """``gym.make`` from the parsed arguments."""
+    """``gym.make`` from the parsed arguments (the env flags of :mod:`wsigym.envs.option_flags`)."""
     import gymnasium as gym
 
     import wsigym  # noqa: F401  (registers the environments)
 
-    return gym.make(
-        args.env,
-        dataset=args.dataset,
-        split=args.split,
-        fold=args.fold,
-        budget=args.budget,
-        tau=args.tau,
-        reward=args.reward,
-        hafed=args.hafed,
-        tsu=args.tsu,
-        mask_updated=args.mask_updated,
-        device=args.device,
-        render_mode=render_mode,
-    )
+    return gym.make(args.env, options=options_from_args(args), render_mode=render_mode)
 
 
 def policy_action(name: str, env: Any, info: dict[str, Any], rng: np.random.Generator) -> int:
@@ -68,11 +46,19 @@ def policy_action(name: str, env: Any, info: dict[str, Any], rng: np.random.Gene
 
 
 def _info(args: argparse.Namespace) -> int:
+    from wsigym.envs.slide_source import budget_steps
+
     env = make_env(args).unwrapped
     src = env.source
     n = np.asarray(src.n_list)
-    budgets = np.asarray(src.budget_steps(env.config.budget))
-    print(f"{args.env} on {src.dataset.name!r} split={args.split} fold={args.fold}: {len(src)} slides")
+    budgets = np.asarray([budget_steps(int(k), env.config.budget) for k in n])
+    options = env.options
+    where = (
+        f"live slides {options.dataset.name!r}"
+        if options.live
+        else f"{src.dataset.name!r} split={options.split}"
+    )
+    print(f"{args.env} on {where} fold={options.fold}: {len(src)} slides")
     print(
         f"  patches N: min {n.min()}, median {int(np.median(n))}, max {n.max()}; max_patches P = {env.max_patches}"
     )

@@ -1,6 +1,7 @@
 r"""Live slides for ``WSIZoom-v0``: low-res features at reset, a zoom really reads and encodes pixels.
 
-:class:`LiveSlideSource` is the slide source of ``WSIZoom-v0(slides=..., encoder=...)`` (SASHA's
+:class:`LiveSlideSource` is the slide source of ``WSIZoom-v0(dataset=LiveSlides(slides, labels, encoder))``
+(either env, :func:`wsigym.evaluate.evaluate`; :class:`LiveSlides` holds the settings) (SASHA's
 ``step7_inference_with_fe.py`` path: zooming reads the high-res sub-patches of the chosen patch from
 the slide, encodes them and aggregates them with HAFED level 1). Per slide:
 
@@ -46,7 +47,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -198,17 +199,20 @@ class LiveSlide:
     cells: np.ndarray
 
 
-class LiveSlideSource(SlideIndex):
-    """Slides read live (module docstring).
+@dataclass(frozen=True)
+class LiveSlides:
+    """Live slides as a slide source: ``WSIZoomEnv(dataset=LiveSlides(...))`` (and the vector env,
+    :func:`wsigym.evaluate.evaluate`) read these whole-slide images instead of precomputed features.
 
-    Args:
-        slides: a folder, a slide file, or a list of files / :class:`SyntheticSlide`.
+    A description only: the environment builds it into a :class:`LiveSlideSource` with its HAFED,
+    device and progress setting (:meth:`source`). The settings and their defaults are stated here once.
+
+    Attributes:
+        slides: a folder, a slide file, or a list of files / :class:`SyntheticSlide` (ids = file stems).
         labels: CSV path or ``{slide_id: class name or index}`` (:func:`resolve_labels`).
         encoder: a :class:`~wsigym.slides.encoders.PatchEncoder` or a spec for
             :func:`~wsigym.slides.encoders.build_encoder` (``"timm:vit_small_patch16_224"``; random
-            weights unless the spec names a Hub id).
-        hafed: the frozen HAFED (eval mode) whose level 1 aggregates the children; ``in_dim`` must
-            equal ``encoder.dim``.
+            weights unless the spec names a Hub id). HAFED's and the TSU's ``in_dim`` must equal its ``dim``.
         mpp: microns per level-0 px for every slide, or ``{slide_id: mpp}``; overrides the files.
         class_names: the classes (see :func:`resolve_labels`).
         lr_mag, hr_mag: magnifications of the state and of a zoom (``hr_mag / lr_mag`` whole).
@@ -216,16 +220,68 @@ class LiveSlideSource(SlideIndex):
         min_tissue: tissue fraction to keep a low-res patch / mark a child valid.
         tissue_kwargs: forwarded to :func:`~wsigym.slides.tissue.segment_tissue`.
         cache_dir: TRIDENT job folder for the plan and ``Z`` (None: memory only).
-        truth: ``{slide_id: TruthSpec}`` ground-truth tumour fractions.
+        truth: ``{slide_id: TruthSpec}`` ground-truth tumour fractions (a :class:`SyntheticSlide`
+            brings its own).
         batch_size: images per encoder call.
         remember_zooms: keep ``V(a)`` in memory across episodes.
         memory_slides: how many slides' ``Z`` to keep in memory (least recently used are dropped).
+
+    Raises:
+        ValueError: without ``encoder``.
+    """
+
+    slides: SlideSpec | Iterable[SlideSpec]
+    labels: Mapping[str, int | str] | str | os.PathLike[str] | None = None
+    encoder: PatchEncoder | str | None = None
+    mpp: float | Mapping[str, float] | None = None
+    class_names: Sequence[str] | None = None
+    lr_mag: float = 5.0
+    hr_mag: float = 20.0
+    patch_size: int = 256
+    min_tissue: float = 0.25
+    tissue_kwargs: Mapping[str, Any] | None = None
+    cache_dir: str | os.PathLike[str] | None = None
+    truth: Mapping[str, TruthSpec] | None = None
+    batch_size: int = 32
+    remember_zooms: bool = False
+    memory_slides: int = 64
+
+    def __post_init__(self) -> None:
+        if self.encoder is None:
+            raise ValueError(
+                "slides= needs encoder=: a PatchEncoder or a spec such as 'timm:vit_small_patch16_224'"
+            )
+
+    @property
+    def name(self) -> str:
+        """A label for reports: ``live:<folder or file>`` or ``live:<k> slides``."""
+        if isinstance(self.slides, (str, os.PathLike)):
+            return f"live:{Path(self.slides).name}"
+        if isinstance(self.slides, SyntheticSlide):
+            return f"live:{Path(self.slides.path).name}"
+        return f"live:{len(list(self.slides))} slides"
+
+    def source(self, hafed: torch.nn.Module, device: str | torch.device, progress: bool) -> LiveSlideSource:
+        """The :class:`LiveSlideSource` of these slides with the environment's HAFED and device."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        return LiveSlideSource(hafed=hafed, device=device, progress=progress, **settings)
+
+
+class LiveSlideSource(SlideIndex):
+    """Slides read live (module docstring).
+
+    Args:
+        slides, labels, encoder: see :class:`LiveSlides`.
+        hafed: the frozen HAFED (eval mode) whose level 1 aggregates the children; ``in_dim`` must
+            equal ``encoder.dim``.
         device: torch device of the returned tensors.
         progress: progress bars while planning and encoding.
+        settings: the other fields of :class:`LiveSlides` (``mpp``, ``lr_mag``, ``cache_dir``, ...).
 
     Raises:
         DataError: an unreadable slide, a slide without mpp (and no ``mpp=``), a slide without tissue.
         ValueError: bad labels, duplicate slide ids, or ``hafed.in_dim != encoder.dim``.
+        TypeError: a setting :class:`LiveSlides` does not have.
     """
 
     def __init__(
@@ -235,21 +291,11 @@ class LiveSlideSource(SlideIndex):
         encoder: PatchEncoder | str,
         hafed: torch.nn.Module,
         *,
-        mpp: float | Mapping[str, float] | None = None,
-        class_names: Sequence[str] | None = None,
-        lr_mag: float = 5.0,
-        hr_mag: float = 20.0,
-        patch_size: int = 256,
-        min_tissue: float = 0.25,
-        tissue_kwargs: Mapping[str, Any] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        truth: Mapping[str, TruthSpec] | None = None,
-        batch_size: int = 32,
-        remember_zooms: bool = False,
-        memory_slides: int = 64,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        **settings: Any,
     ) -> None:
+        spec = LiveSlides(slides, labels, encoder, **settings)  # TypeError naming an unknown setting
         self.device = torch.device(device)
         self.encoder: PatchEncoder = build_encoder(encoder) if isinstance(encoder, str) else encoder
         if not isinstance(self.encoder, PatchEncoder):
@@ -265,25 +311,25 @@ class LiveSlideSource(SlideIndex):
                 f"use a HAFED (and TSU) trained on this encoder's features"
             )
         self.hafed = hafed
-        self.lr_mag, self.hr_mag = float(lr_mag), float(hr_mag)
-        self.patch_size, self.min_tissue = int(patch_size), float(min_tissue)
-        self.tissue_kwargs = dict(tissue_kwargs or {})
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.batch_size = int(batch_size)
-        self.remember_zooms = bool(remember_zooms)
-        self.memory_slides = max(1, int(memory_slides))
+        self.lr_mag, self.hr_mag = float(spec.lr_mag), float(spec.hr_mag)
+        self.patch_size, self.min_tissue = int(spec.patch_size), float(spec.min_tissue)
+        self.tissue_kwargs = dict(spec.tissue_kwargs or {})
+        self.cache_dir = None if spec.cache_dir is None else Path(spec.cache_dir)
+        self.batch_size = int(spec.batch_size)
+        self.remember_zooms = bool(spec.remember_zooms)
+        self.memory_slides = max(1, int(spec.memory_slides))
         self.progress = progress
         self.fingerprint = encoder_fingerprint(self.encoder)
         items = resolve_slides(slides)
         self.slide_ids: list[str] = [p.stem for p, _ in items]
-        label_list, self.class_names = resolve_labels(labels, self.slide_ids, class_names)
+        label_list, self.class_names = resolve_labels(labels, self.slide_ids, spec.class_names)
         num_classes = getattr(hafed.config, "num_classes", len(self.class_names))
         if num_classes != len(self.class_names):
             raise ValueError(
                 f"hafed has {num_classes} classes but the labels have {len(self.class_names)}: "
                 f"{list(self.class_names)}"
             )
-        truth = dict(truth or {})
+        truth = dict(spec.truth or {})
         unknown = sorted(set(truth) - set(self.slide_ids))
         if unknown:
             raise ValueError(f"truth= names slide(s) {unknown} that are not among the slides")
@@ -291,7 +337,7 @@ class LiveSlideSource(SlideIndex):
         for (path, synthetic), label in tqdm(
             list(zip(items, label_list, strict=True)), desc="WSIZoom live: plan", disable=not progress
         ):
-            m = mpp.get(path.stem) if isinstance(mpp, Mapping) else mpp
+            m = spec.mpp.get(path.stem) if isinstance(spec.mpp, Mapping) else spec.mpp
             self.slides.append(self._plan(path, m, label, synthetic, truth.get(path.stem)))
         n = np.array([s.plan.n for s in self.slides], dtype=np.int64)
         self.n_list: list[int] = n.tolist()

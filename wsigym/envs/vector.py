@@ -30,17 +30,15 @@ Observations are numpy (``copy=True`` returns fresh arrays, ``copy=False`` share
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from wsigym.data.dataset import SlideDataset
+from wsigym.envs.options import ZoomOptions, zoom_options
 from wsigym.envs.render import render_episode
 from wsigym.envs.zoom import EpisodeEnded, check_render_mode, choose_slide
 from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_arguments
@@ -49,9 +47,11 @@ from wsigym.envs.zoom_batch import ZoomBatch, observation_space, resolve_argumen
 class WSIZoomVectorEnv(VectorEnv):
     """``num_envs`` ``WSIZoom`` episodes in one padded torch batch (module docstring).
 
-    Takes every argument of :class:`~wsigym.envs.zoom.WSIZoomEnv` (``copy`` instead of ``copy_obs``)
-    plus ``num_envs``. ``render()`` returns the frames of all sub-environments stacked ``(B, H, W, 3)``
-    (``render_mode="rgb_array"``).
+    Takes the settings of :class:`~wsigym.envs.zoom.WSIZoomEnv` the same way (``options=ZoomOptions(...)``
+    and / or keyword arguments, :mod:`wsigym.envs.options`; live slides as ``dataset=LiveSlides(...)``),
+    ``copy`` instead of ``copy_obs``, plus ``num_envs``. Observation, action, reward and episode end are
+    ``WSIZoom-v0``'s per sub-environment (module docstring for batching and autoreset). ``render()``
+    returns the frames of all sub-environments stacked ``(B, H, W, 3)`` (``render_mode="rgb_array"``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -63,46 +63,18 @@ class WSIZoomVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        dataset: str | Path | SlideDataset = "synth-c16",
-        split: str = "train",
-        fold: int = 0,
-        budget: float = 0.2,
-        tau: float | None = None,
-        update: str = "tsu",
-        reward: str = "ce",
-        max_patches: int | None = None,
-        hafed: Any = "hafed-synth-c16",
-        tsu: Any = "tsu-synth-c16",
-        mask_updated: bool = False,
-        absolute_cosine: bool | None = None,
-        budget_end: str = "terminate",
-        device: str | torch.device = "cpu",
+        *,
+        options: ZoomOptions | None = None,
         copy: bool = True,
         render_mode: str | None = None,
-        progress: bool = True,
-        illegal_action: str = "remap",
+        **kwargs: Any,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         check_render_mode(render_mode, self.metadata["render_modes"])
-        source, hafed_model, tsu_model, config = resolve_arguments(
-            dataset=dataset,
-            split=split,
-            fold=fold,
-            budget=budget,
-            tau=tau,
-            update=update,
-            reward=reward,
-            max_patches=max_patches,
-            hafed=hafed,
-            tsu=tsu,
-            mask_updated=mask_updated,
-            absolute_cosine=absolute_cosine,
-            budget_end=budget_end,
-            device=device,
-            progress=progress,
-            illegal_action=illegal_action,
-        )
+        #: the settings as given (:class:`~wsigym.envs.options.ZoomOptions`); ``config`` holds them resolved.
+        self.options = zoom_options(options, kwargs, also=("num_envs", "copy", "render_mode"))
+        source, hafed_model, tsu_model, config = resolve_arguments(self.options)
         self.num_envs = int(num_envs)
         self.config = config
         self.hafed, self.tsu, self.source = hafed_model, tsu_model, source

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.error import ResetNeeded
 
-from wsigym.data.dataset import SlideDataset
+from wsigym.envs.options import ZoomOptions, zoom_options
 from wsigym.envs.render import render_episode
 from wsigym.envs.zoom_batch import ZoomBatch, coerce_action, observation_space, resolve_arguments
 
@@ -148,8 +146,14 @@ class WSIZoomEnv(gym.Env):
 
     ## Arguments
 
-    - ``dataset=None``: a registered name, any folder the data layer reads, or a ``SlideDataset``
-      (``None``: ``"synth-c16"``, unless ``slides`` is given).
+    The settings are one :class:`~wsigym.envs.options.ZoomOptions` (its defaults are the ones
+    below): pass ``options=ZoomOptions(...)``, keyword arguments (``gym.make("WSIZoom-v0",
+    budget=0.1)``) or both (keyword arguments override fields of ``options``). An unknown keyword
+    raises ``TypeError`` naming it and the valid names; a bad value raises ``ValueError``.
+    ``env.options`` holds the settings as given, ``env.config`` resolved (``tau``, ``max_patches``...).
+
+    - ``dataset=None``: a registered name, any folder the data layer reads, a ``SlideDataset``, or
+      :class:`~wsigym.envs.live_source.LiveSlides` (see Live slides) (``None``: ``"synth-c16"``).
     - ``split="train"``, ``fold=0``: which slides.
     - ``budget=0.2``: zoom budget as a fraction of ``N`` (``0.1`` for SASHA-0.1), in ``(0, 1]``.
     - ``tau=None``: cosine threshold of the TSU, a finite number in ``[-1, 1]`` (``None``: the TSU
@@ -168,24 +172,29 @@ class WSIZoomEnv(gym.Env):
       ``None`` follows the TSU config's ``similarity`` (``abs_cosine``, SASHA's, for newly trained
       weights; signed cosine for the ``tsu-synth-c16`` weights shipped so far).
     - ``budget_end="terminate"``: how the budget ends an episode (see Episode End).
-    - ``device="cpu"``: torch device of the state and models.
+    - ``device="cpu"``: torch device of the state and models (HAFED, ``f_S``).
+    - ``progress=True``: progress bars while ``V`` of the split is computed (on first use, then read from
+      the disk cache, :mod:`wsigym.envs.precompute_cache`) and read.
+
+    Arguments of this class, not of the options:
+
     - ``copy_obs=True``: return fresh arrays; ``False`` shares ``state`` with the CPU buffer the
       next step overwrites (faster; as ``SyncVectorEnv(copy=False)``).
     - ``render_mode=None`` or ``"rgb_array"``: see :meth:`render`. There is no ``"human"`` window:
       constructing with it raises ``ValueError``; ``gym.make(..., render_mode="human")`` wraps the
       ``rgb_array`` frames in Gymnasium's ``HumanRendering``, which needs ``pygame``.
-    - ``progress=True``: progress bars while ``V`` of the split is computed (on first use, then read from
-      the disk cache, :mod:`wsigym.envs.precompute_cache`) and read.
 
     ## Live slides
 
-    ``gym.make("WSIZoom-v0", slides=..., labels=..., encoder=..., hafed=..., tsu=...)`` reads whole-slide
-    images instead of precomputed features (SASHA's inference path,
-    :mod:`wsigym.envs.live_source`): the tissue and the patch grid of every slide are planned at
-    construction, ``Z`` is encoded at the first reset on a slide (or read from ``cache_dir``), and
-    each zoom reads the ``k`` high-res children of the chosen patch from the slide, encodes them and
-    aggregates them with HAFED level 1 into ``V(a)``. Same spaces, transitions, rewards and info.
-    Keyword-only arguments:
+    ``gym.make("WSIZoom-v0", dataset=LiveSlides(slides, labels, encoder), hafed=..., tsu=...)`` reads
+    whole-slide images instead of precomputed features (SASHA's inference path,
+    :mod:`wsigym.envs.live_source`; the vector env and :func:`wsigym.evaluate.evaluate` take the same
+    ``dataset``): the tissue and the patch grid of every slide are planned at construction, ``Z`` is
+    encoded at the first reset on a slide (or read from ``cache_dir``), and each zoom reads the ``k``
+    high-res children of the chosen patch from the slide, encodes them and aggregates them with HAFED
+    level 1 into ``V(a)``. Same spaces, transitions, rewards and info. ``split`` and ``fold`` are not
+    used; ``max_patches=None`` is the largest of the given slides. The settings of
+    :class:`~wsigym.envs.live_source.LiveSlides`:
 
     - ``slides``: a folder, a slide file, or a list of files / ``SyntheticSlide`` (ids = file stems).
     - ``labels``: ``{slide_id: class name or index}`` or a ``slide_id,label`` CSV.
@@ -193,18 +202,27 @@ class WSIZoomEnv(gym.Env):
       TSU's ``in_dim`` must equal its ``dim``.
     - ``mpp=None``: microns per level-0 px for all slides or ``{slide_id: mpp}``; a slide without
       mpp or objective-power metadata raises a ``DataError`` asking for it.
-    - ``class_names=None``, ``lr_mag=5``, ``hr_mag=20``, ``patch_size=256``, ``min_tissue=0.25``.
+    - ``class_names=None``, ``lr_mag=5``, ``hr_mag=20``, ``patch_size=256``, ``min_tissue=0.25``,
+      ``tissue_kwargs=None``.
     - ``cache_dir=None``: a TRIDENT job folder for the plans and ``Z`` (None: memory only).
     - ``truth=None``: ``{slide_id: callable(coords, size_level0) or (N,) array}`` tumour fractions
       for ``hit_tumour`` (a ``SyntheticSlide`` brings its own).
     - ``remember_zooms=False``: keep ``V(a)`` in memory for later episodes on the same slide.
-    - ``batch_size=32``: images per encoder call.
+    - ``batch_size=32``: images per encoder call; ``memory_slides=64``: slides whose ``Z`` stay in memory.
+
+    The keyword path of earlier versions still works and builds the same ``LiveSlides``:
+    ``gym.make("WSIZoom-v0", slides=..., labels=..., encoder=..., hafed=..., tsu=...)`` (with
+    ``dataset=`` too raises ``ValueError``).
 
     ``render()`` then draws on the slide's real thumbnail.
 
     Seeding: all randomness is the slide choice, drawn from ``self.np_random``.
 
     ## Version History
+
+    - v0 (v0.2, constructor): the settings are one ``ZoomOptions`` (``options=`` or keyword arguments,
+      which are now keyword-only; an unknown one raises ``TypeError``), and live slides are
+      ``dataset=LiveSlides(...)`` (the ``slides=`` keywords still work). The MDP is unchanged.
 
     - v0 (v0.2, SASHA-faithful transition): ``update="tsu"`` takes similarity and the ``f_S`` anchor
       input from the current state row ``S_t(a)``, as SASHA's code; new TSU weights default to SASHA's
@@ -218,84 +236,16 @@ class WSIZoomEnv(gym.Env):
 
     def __init__(
         self,
-        dataset: str | Path | SlideDataset | None = None,
-        split: str = "train",
-        fold: int = 0,
-        budget: float = 0.2,
-        tau: float | None = None,
-        update: str = "tsu",
-        reward: str = "ce",
-        max_patches: int | None = None,
-        hafed: Any = "hafed-synth-c16",
-        tsu: Any = "tsu-synth-c16",
-        mask_updated: bool = False,
-        absolute_cosine: bool | None = None,
-        budget_end: str = "terminate",
-        device: str | torch.device = "cpu",
+        *,
+        options: ZoomOptions | None = None,
         copy_obs: bool = True,
         render_mode: str | None = None,
-        progress: bool = True,
-        illegal_action: str = "remap",
-        *,
-        slides: Any = None,
-        labels: Any = None,
-        encoder: Any = None,
-        mpp: float | Mapping[str, float] | None = None,
-        class_names: Sequence[str] | None = None,
-        lr_mag: float = 5.0,
-        hr_mag: float = 20.0,
-        patch_size: int = 256,
-        min_tissue: float = 0.25,
-        cache_dir: str | Path | None = None,
-        truth: Mapping[str, Any] | None = None,
-        remember_zooms: bool = False,
-        batch_size: int = 32,
+        **kwargs: Any,
     ) -> None:
         check_render_mode(render_mode, self.metadata["render_modes"])
-        live = None
-        if slides is not None:
-            if dataset is not None:
-                raise ValueError("give either dataset= (cached features) or slides= (live slides), not both")
-            if encoder is None:
-                raise ValueError(
-                    "slides= needs encoder=: a PatchEncoder or a spec such as 'timm:vit_small_patch16_224'"
-                )
-            live = {
-                "slides": slides,
-                "labels": labels,
-                "encoder": encoder,
-                "mpp": mpp,
-                "class_names": class_names,
-                "lr_mag": lr_mag,
-                "hr_mag": hr_mag,
-                "patch_size": patch_size,
-                "min_tissue": min_tissue,
-                "cache_dir": cache_dir,
-                "truth": truth,
-                "remember_zooms": remember_zooms,
-                "batch_size": batch_size,
-            }
-        elif dataset is None:
-            dataset = "synth-c16"
-        source, hafed_model, tsu_model, config = resolve_arguments(
-            dataset=dataset,
-            split=split,
-            fold=fold,
-            budget=budget,
-            tau=tau,
-            update=update,
-            reward=reward,
-            max_patches=max_patches,
-            hafed=hafed,
-            tsu=tsu,
-            mask_updated=mask_updated,
-            absolute_cosine=absolute_cosine,
-            budget_end=budget_end,
-            device=device,
-            progress=progress,
-            live=live,
-            illegal_action=illegal_action,
-        )
+        #: the settings as given (:class:`~wsigym.envs.options.ZoomOptions`); ``config`` holds them resolved.
+        self.options = zoom_options(options, kwargs, also=("copy_obs", "render_mode"))
+        source, hafed_model, tsu_model, config = resolve_arguments(self.options)
         self.config = config
         self.hafed, self.tsu = hafed_model, tsu_model
         self.source = source

@@ -33,7 +33,6 @@ policy (:mod:`wsigym.agents.policy`) does exactly that.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,18 +41,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from wsigym.data.dataset import SlideDataset
 from wsigym.envs.classifier import IncrementalAttentionClassifier
-from wsigym.envs.live_source import LiveSlideSource
+from wsigym.envs.live_source import LiveSlides, LiveSlideSource
+from wsigym.envs.options import ZoomOptions
 from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import RewardRule, cross_entropy, patch_evidence, reward, reward_rule
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
 from wsigym.envs.state_update import RULES_WITH_TSU, UPDATE_RULES, StateChange, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
-BUDGET_ENDS = ("terminate", "truncate")
-#: What an illegal action of the action space does (see :meth:`ZoomBatch.act`); the first is the default.
-ILLEGAL_ACTIONS = ("remap", "noop", "raise")
 #: Subtracted from the reward of an illegal action under ``illegal_action="noop"``.
 ILLEGAL_ACTION_PENALTY = 1.0
 #: Bound of the ``state`` Box: any finite float32 (Gymnasium's checker warns on infinite bounds).
@@ -80,7 +76,8 @@ def observation_space(max_patches: int, dim: int) -> spaces.Dict:
 
 @dataclass
 class ZoomConfig:
-    """Resolved arguments shared by both environments (see ``WSIZoomEnv``'s docstring)."""
+    """The resolved settings the engine runs on: :class:`~wsigym.envs.options.ZoomOptions` with
+    ``tau``, ``absolute_cosine`` and ``max_patches`` filled in from the models and the slides."""
 
     budget: float
     tau: float
@@ -90,7 +87,7 @@ class ZoomConfig:
     mask_updated: bool
     absolute_cosine: bool
     budget_end: str
-    illegal_action: str = ILLEGAL_ACTIONS[0]
+    illegal_action: str = ZoomOptions.illegal_action
 
 
 def coerce_action(action: Any) -> int:
@@ -133,57 +130,25 @@ def coerce_actions(actions: Any, num_envs: int) -> np.ndarray:
 
 
 def resolve_arguments(
-    *,
-    dataset: str | Path | SlideDataset,
-    split: str,
-    fold: int,
-    budget: float,
-    tau: float | None,
-    update: str,
-    reward: str | RewardRule,
-    max_patches: int | None,
-    hafed: Any,
-    tsu: Any,
-    mask_updated: bool,
-    absolute_cosine: bool | None,
-    budget_end: str,
-    device: str | torch.device,
-    progress: bool,
-    live: Mapping[str, Any] | None = None,
-    illegal_action: str = ILLEGAL_ACTIONS[0],
+    options: ZoomOptions,
 ) -> tuple[SlideSource | LiveSlideSource, torch.nn.Module, torch.nn.Module | None, ZoomConfig]:
-    """Check the environment arguments, load the models and the (cached) slides.
+    """Load the models and the slides of ``options`` and resolve its ``None`` defaults.
 
-    With ``live`` (the keyword arguments of :class:`~wsigym.envs.live_source.LiveSlideSource` but
-    ``hafed``, ``device`` and ``progress``) the slides are read live and ``dataset``/``split``/``fold``
-    are not used.
+    ``options.dataset`` as :class:`~wsigym.envs.live_source.LiveSlides` reads the slides live
+    (``split`` and ``fold`` are not used); ``None`` is :data:`~wsigym.envs.options.DEFAULT_DATASET`.
+    The values themselves are checked when ``options`` is built (:class:`ZoomOptions`).
 
     Raises:
         ValueError: naming the argument and what was expected.
     """
-    if update not in UPDATE_RULES:
-        raise ValueError(f"update must be one of {tuple(UPDATE_RULES)}, got {update!r}")
-    reward_rule(reward)  # raises for an unknown name
-    if budget_end not in BUDGET_ENDS:
-        raise ValueError(f"budget_end must be one of {BUDGET_ENDS}, got {budget_end!r}")
-    if illegal_action not in ILLEGAL_ACTIONS:
-        raise ValueError(f"illegal_action must be one of {ILLEGAL_ACTIONS}, got {illegal_action!r}")
-    if isinstance(budget, bool) or not (
-        isinstance(budget, (int, float, np.integer, np.floating)) and 0.0 < float(budget) <= 1.0
-    ):
-        raise ValueError(f"budget must be a fraction of the patches in (0, 1], got {budget!r}")
-    if tau is not None and (
-        isinstance(tau, bool)
-        or not isinstance(tau, (int, float, np.integer, np.floating))
-        or not -1.0 <= float(tau) <= 1.0  # False for NaN
-    ):
-        raise ValueError(f"tau is a cosine threshold and must be a finite number in [-1, 1], got {tau!r}")
-    device = torch.device(device)
-    hafed_key = hafed if not isinstance(hafed, (str, Path)) else str(hafed)
-    hafed_model = resolve_model(hafed, "hafed", "hafed").to(device).eval()
+    o = options
+    tau, absolute_cosine, max_patches = o.tau, o.absolute_cosine, o.max_patches
+    device = torch.device(o.device)
+    hafed_key = o.hafed if not isinstance(o.hafed, (str, Path)) else str(o.hafed)
+    hafed_model = resolve_model(o.hafed, "hafed", "hafed").to(device).eval()
     tsu_model = None
-    if update in RULES_WITH_TSU or tau is None or absolute_cosine is None:
-        tsu_model = resolve_model(tsu, "tsu", "tsu").to(device).eval()
+    if o.update in RULES_WITH_TSU or tau is None or absolute_cosine is None:
+        tsu_model = resolve_model(o.tsu, "tsu", "tsu").to(device).eval()
     if tau is None:
         tau = float(tsu_model.config.tau)
     if absolute_cosine is None:
@@ -194,20 +159,18 @@ def resolve_arguments(
         raise ValueError(
             f"tsu has in_dim={tsu_model.config.in_dim} but hafed has in_dim={hafed_model.config.in_dim}"
         )
-    if live is not None:
-        source: SlideSource | LiveSlideSource = LiveSlideSource(
-            **dict(live), hafed=hafed_model, device=device, progress=progress
-        )
+    if isinstance(o.dataset, LiveSlides):
+        source: SlideSource | LiveSlideSource = o.dataset.source(hafed_model, device, o.progress)
         where = "of the live slides"
+        if max_patches is None:
+            max_patches = source.max_n
     else:
-        source = slide_source(dataset, split, fold, hafed_model, hafed_key, device, progress)
-        where = f"of split {split!r}"
-    if max_patches is None:
-        max_patches = (
-            source.max_n if live is not None else max(source.max_n, dataset_max_patches(source.dataset))
+        source = slide_source(
+            o.dataset_or_default, o.split, o.fold, hafed_model, hafed_key, device, o.progress
         )
-    if isinstance(max_patches, bool) or not isinstance(max_patches, (int, np.integer)):
-        raise ValueError(f"max_patches must be an integer, got {max_patches!r}")
+        where = f"of split {o.split!r}"
+        if max_patches is None:
+            max_patches = max(source.max_n, dataset_max_patches(source.dataset))
     if int(max_patches) < source.max_n:
         big = source.slide_ids[int(np.argmax(source.n_list))]
         raise ValueError(
@@ -215,15 +178,15 @@ def resolve_arguments(
             f"({big!r} has {source.max_n} patches)"
         )
     config = ZoomConfig(
-        budget=float(budget),
+        budget=float(o.budget),
         tau=float(tau),
-        update=update,
-        reward=reward,
+        update=o.update,
+        reward=o.reward,
         max_patches=int(max_patches),
-        mask_updated=bool(mask_updated),
+        mask_updated=bool(o.mask_updated),
         absolute_cosine=bool(absolute_cosine),
-        budget_end=budget_end,
-        illegal_action=illegal_action,
+        budget_end=o.budget_end,
+        illegal_action=o.illegal_action,
     )
     return source, hafed_model, tsu_model, config
 
