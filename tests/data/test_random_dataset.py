@@ -117,6 +117,7 @@ def test_splits_stratified_and_tail():
         ({"children": 4, "children_from": "copy"}, "children_from"),
         ({"signal": 1.0, "signal_patches": 9}, "signal_patches"),
         ({"off_tissue": 1.5}, "off_tissue"),
+        ({"children": 1, "off_tissue": 0.5}, "off_tissue"),
         ({"tumour": -0.1}, "tumour"),
         ({"cluster_noise": -1.0}, "cluster_noise"),
         ({"views": {"oracle": -1.0}}, "views"),

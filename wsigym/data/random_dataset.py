@@ -97,6 +97,7 @@ def random_dataset(
     fewest = f"an int in [1, {lows}] (the fewest patches) with a signal"
     _check(not signal or 0 < signal_patches <= lows, "signal_patches", fewest, signal_patches)
     _check(0.0 <= off_tissue <= 1.0, "off_tissue", "a probability in [0, 1]", off_tissue)
+    _check(not off_tissue or children >= 2, "off_tissue", "0 with fewer than 2 children", off_tissue)
     _check(tumour is None or 0.0 <= tumour <= 1.0, "tumour", "None or a probability in [0, 1]", tumour)
     for key, scale in (("cluster_noise", cluster_noise), ("child_noise", child_noise), *views.items()):
         _check(scale >= 0.0, "views" if key in views else key, "a noise scale >= 0", scale)
@@ -106,8 +107,7 @@ def random_dataset(
 
     rng = np.random.default_rng(seed)
     meta = _meta(per)
-    if children and children_from == "map":
-        mix = rng.normal(size=(dim, dim)) / np.sqrt(dim) * 0.5
+    mix = rng.normal(size=(dim, dim)) / np.sqrt(dim) * 0.5 if children and children_from == "map" else None
     centres = rng.normal(size=(clusters, dim)) if clusters else None
     block = max(1, dim // len(names))
     bags = []
@@ -121,17 +121,8 @@ def random_dataset(
             z = rng.normal(size=(n, dim))
         else:
             z = centres[rng.integers(0, clusters, size=n)] + cluster_noise * rng.normal(size=(n, dim))
-        u = None
-        if children and children_from == "noise":
-            u = rng.normal(size=(n, children, dim))
-        elif children and children_from == "parent":
-            u = z[:, None, :] + child_noise * rng.normal(size=(n, children, dim))
-        elif children:
-            g = np.tanh(z @ mix)
-            g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
-            u = np.repeat(g[:, None, :], children, axis=1)
+        u = _children(rng, z, children, children_from, child_noise, mix) if children else None
         z = z.astype(np.float32)
-        u = None if u is None else u.astype(np.float32)
         if signal and label > 0:
             hit = rng.choice(n, size=signal_patches, replace=False)
             cols = slice((label - 1) * block, label * block)
@@ -166,6 +157,27 @@ def random_dataset(
     ids = [bag.slide_id for bag in bags]
     folds = [_stratified(ids, labels, len(names)) if split == "stratified" else _tail(ids, *split)]
     return MemoryDataset(name, bags, folds, names)
+
+
+def _children(
+    rng: np.random.Generator,
+    z: np.ndarray,
+    k: int,
+    children_from: str,
+    child_noise: float,
+    mix: np.ndarray | None,
+) -> np.ndarray:
+    """``(N, k, d)`` float32 children of the ``(N, d)`` rows ``z`` (see :func:`random_dataset`)."""
+    n, dim = z.shape
+    if children_from == "noise":
+        u = rng.normal(size=(n, k, dim))
+    elif children_from == "parent":
+        u = z[:, None, :] + child_noise * rng.normal(size=(n, k, dim))
+    else:
+        g = np.tanh(z @ mix)
+        g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
+        u = np.repeat(g[:, None, :], k, axis=1)
+    return u.astype(np.float32)
 
 
 def _check(ok: bool, argument: str, expected: str, got: object) -> None:
