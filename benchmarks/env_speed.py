@@ -24,7 +24,6 @@ Configurations whose tensors would not fit in ``--max-gb`` are skipped and say s
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -32,27 +31,10 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from wsigym.data.bag import SlideBag
-from wsigym.data.memory import MemoryDataset
+from wsigym.data.random_dataset import random_dataset
 from wsigym.envs.slide_source import ORACLE_VIEW
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom import WSIZoomEnv
-
-
-def bench_dataset(n: int, dim: int, slides: int, seed: int = 0) -> MemoryDataset:
-    """``slides`` synthetic slides of ``n`` patches: clustered ``Z`` (cos >= 0.95 within ~half a
-    cluster of ~20), oracle rows ``V`` as the view ``"oracle"``."""
-    class_names = ("normal", "tumour")
-    rng = np.random.default_rng(seed)
-    bags = []
-    for j in range(slides):
-        centres = rng.normal(size=(max(1, n // 20), dim)).astype(np.float32)
-        z = centres[rng.integers(0, len(centres), n)] + 0.2 * rng.normal(size=(n, dim)).astype(np.float32)
-        v = z + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-        side = math.ceil(math.sqrt(n))
-        coords = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(np.int64) * 2048
-        bags.append(SlideBag(f"s{j}", z, coords, j % 2, class_names, views={ORACLE_VIEW: v}))
-    return MemoryDataset(f"bench-n{n}", bags)
 
 
 def median_time(fn, reps: int, warmup: int = 3) -> float:
@@ -161,7 +143,16 @@ def time_vector_env(vec, rng, args, device) -> tuple[float, int]:
 
 def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, float, float, float]]:
     dim = args.dim
-    data = bench_dataset(n, dim, slides=args.slides)
+    # clustered Z (cos >= 0.95 within ~half a cluster of ~20), oracle rows V as the view "oracle"
+    data = random_dataset(
+        args.slides,
+        n,
+        dim,
+        clusters=max(1, n // 20),
+        cluster_noise=0.2,
+        views={ORACLE_VIEW: 0.5},
+        split=(0, 0),
+    )
     kw = {"dataset": data, "hafed": hafed, "tsu": tsu, "progress": False, "device": device}
     rng = np.random.default_rng(0)
     rows = []

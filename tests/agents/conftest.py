@@ -15,7 +15,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 _envs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_envs)
-TinyDataset = _envs.TinyDataset
+tiny_dataset_of = _envs.tiny_dataset_of
 DIM = _envs.DIM
 
 
@@ -29,12 +29,12 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_dataset():
-    return TinyDataset(count=8)
+    return tiny_dataset_of(count=8)
 
 
 @pytest.fixture(scope="session")
 def no_truth_dataset():
-    return TinyDataset(count=4, truth=False, name="tiny-notruth")
+    return tiny_dataset_of(count=4, truth=False, name="tiny-notruth")
 
 
 @pytest.fixture(scope="session")

@@ -28,13 +28,11 @@ def first_legal(obs, info):  # a user's own agent: a plain function
 
 @pytest.fixture(scope="module")
 def setting(ray_cluster):
-    # the tiny dataset's class lives in a conftest the workers cannot import: ship it by value
-    ray_cluster.cloudpickle.register_pickle_by_value(_envs)
     torch.manual_seed(0)
     hafed = zoo.create_model("hafed", in_dim=_envs.DIM, attn_dim=16).eval()
     tsu = zoo.create_model("tsu", in_dim=_envs.DIM, tau=0.9).eval()
     return {
-        "dataset": _envs.TinyDataset(count=8),
+        "dataset": _envs.tiny_dataset_of(count=8),
         "env_kwargs": {"hafed": hafed, "tsu": tsu, "progress": False},
     }
 
@@ -123,7 +121,7 @@ def test_sources_are_shared_read_only_in_the_object_store(setting, ray_cluster):
 
     import gymnasium as gym
 
-    big = _envs.TinyDataset(
+    big = _envs.tiny_dataset_of(
         count=4, n=1000, name="tiny-1000"
     )  # > 100 kB per tensor: Ray keeps it in shared memory
     env = gym.make("WSIZoom-v0", dataset=big, split="train", **setting["env_kwargs"])

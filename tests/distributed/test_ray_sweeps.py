@@ -41,7 +41,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     from wsigym.data.native import slide_path, write_bag, write_dataset_index
 
     root = tmp_path_factory.mktemp("sweep-data")
-    ds = _envs.TinyDataset(count=6)
+    ds = _envs.tiny_dataset_of(count=6)
     for sid in ds.slide_ids():
         write_bag(ds.load(sid), slide_path(root / "tiny", sid), dtype="float32")
     labels = {s: ds.label(s) for s in ds.slide_ids()}

@@ -298,7 +298,7 @@ def test_hit_reward_is_the_ground_truth_hit(env_kwargs):
     )  # the tiny slides hold tumour
 
 
-def test_info_tumour_hits(env_kwargs, tiny_dataset_cls, models):
+def test_info_tumour_hits(env_kwargs, make_tiny_dataset, models):
     env = WSIZoomEnv(**env_kwargs)
     _, info = env.reset(seed=0)
     truth = env.batch.tumour_np[0]
@@ -306,7 +306,7 @@ def test_info_tumour_hits(env_kwargs, tiny_dataset_cls, models):
     assert info["hit_tumour"] == bool(truth[0] > 0) and info["tumour_fraction"] == truth[0]
     hafed, tsu = models
     env2 = WSIZoomEnv(
-        dataset=tiny_dataset_cls(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False
+        dataset=make_tiny_dataset(truth=False, name="no-truth"), hafed=hafed, tsu=tsu, progress=False
     )
     env2.reset(seed=0)
     *_, info2 = env2.step(0)
@@ -383,13 +383,13 @@ def test_gymnasium_check_env(env_kwargs):
         check_env(env.unwrapped)
 
 
-def equal_size_kwargs(models, tiny_dataset_cls) -> dict:
+def equal_size_kwargs(models, make_tiny_dataset) -> dict:
     """Slides of one size (no padding) and a one-zoom budget: then every index a checker samples at
     random (``action_space.sample()``, mask-unaware) is legal, since each episode takes one step.
     Illegal actions raise by design (tested above), which no mask-unaware random checker can satisfy."""
     hafed, tsu = models
     return {
-        "dataset": tiny_dataset_cls(n=30, name="equal"),
+        "dataset": make_tiny_dataset(n=30, name="equal"),
         "hafed": hafed,
         "tsu": tsu,
         "progress": False,
@@ -397,19 +397,19 @@ def equal_size_kwargs(models, tiny_dataset_cls) -> dict:
     }
 
 
-def test_gymnasium_check_env_random_actions(models, tiny_dataset_cls):
+def test_gymnasium_check_env_random_actions(models, make_tiny_dataset):
     from gymnasium.utils.env_checker import check_env
 
-    env = gym.make("WSIZoom-v0", **equal_size_kwargs(models, tiny_dataset_cls), render_mode="rgb_array")
+    env = gym.make("WSIZoom-v0", **equal_size_kwargs(models, make_tiny_dataset), render_mode="rgb_array")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)
 
 
-def test_sb3_check_env(models, tiny_dataset_cls):
+def test_sb3_check_env(models, make_tiny_dataset):
     from stable_baselines3.common.env_checker import check_env
 
-    env = WSIZoomEnv(**equal_size_kwargs(models, tiny_dataset_cls))
+    env = WSIZoomEnv(**equal_size_kwargs(models, make_tiny_dataset))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env, warn=True)

@@ -2,79 +2,38 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from wsigym.data.bag import SlideBag, SlideMeta
 from wsigym.data.memory import MemoryDataset
+from wsigym.data.random_dataset import random_dataset
 
 
-class TinyDataset(MemoryDataset):
-    """Random bags where class ``c > 0`` slides hold a few instances shifted along feature block ``c``.
-
-    Each slide has ``N`` in [12, 30] low-res patches of width ``dim`` on a grid and ``k`` high-res
-    children per patch (children of a shifted patch are shifted too), so both low-res and high-res
-    models can learn the label. Class 0 slides are pure noise. One fold, split train/val/test = 1/2,
-    1/4, 1/4 with every class in every split.
-    """
-
-    def __init__(
-        self, n_slides: int = 24, dim: int = 32, k: int = 4, num_classes: int = 2, seed: int = 0
-    ) -> None:
-        class_names = tuple(f"class{c}" for c in range(num_classes))
-        rng = np.random.default_rng(seed)
-        meta = SlideMeta(patch_size_level0=2048, hr_patch_size_level0=1024, encoder="random")
-        block = max(1, dim // max(1, num_classes))
-        bags: dict[str, SlideBag] = {}
-        for i in range(n_slides):
-            label = i % num_classes
-            n = int(rng.integers(12, 31))
-            z = rng.normal(size=(n, dim)).astype(np.float32)
-            u = rng.normal(size=(n, k, dim)).astype(np.float32)
-            if label > 0:
-                hit = rng.choice(n, size=3, replace=False)
-                z[hit, (label - 1) * block : label * block] += 3.0
-                u[hit, :, (label - 1) * block : label * block] += 3.0
-            side = int(np.ceil(np.sqrt(n)))
-            grid = np.stack([np.arange(n) % side, np.arange(n) // side], axis=1).astype(np.int64)
-            coords = grid * meta.patch_size_level0
-            per = int(np.sqrt(k))
-            offsets = np.stack([np.arange(k) % per, np.arange(k) // per], axis=1) * meta.hr_patch_size_level0
-            hr_coords = (coords[:, None, :] + offsets[None]).astype(np.int64)
-            sid = f"s{i:03d}"
-            bags[sid] = SlideBag(
-                slide_id=sid,
-                features=z,
-                coords=coords,
-                label=label,
-                class_names=class_names,
-                hr_features=u,
-                hr_mask=np.ones((n, k), dtype=bool),
-                hr_coords=hr_coords,
-                meta=meta,
-            ).validate(sid)
-        ids = list(bags)
-        by_class = [[s for s in ids if bags[s].label == c] for c in range(num_classes)]
-        split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        for members in by_class:
-            m = len(members)
-            n_train, n_val = m // 2, m // 4
-            split["train"] += members[:n_train]
-            split["val"] += members[n_train : n_train + n_val]
-            split["test"] += members[n_train + n_val :]
-        super().__init__(f"tiny-{num_classes}c", bags.values(), [split], class_names)
+def _tiny(n_slides: int = 24, num_classes: int = 2, seed: int = 0) -> MemoryDataset:
+    """Random bags (N in [12, 30], d = 32, k = 4 children) where class ``c > 0`` slides hold 3 instances
+    (and their children) shifted by 3 along feature block ``c``, so both low-res and high-res models can
+    learn the label; class 0 slides are pure noise. One fold, split 1/2, 1/4, 1/4 within every class."""
+    return random_dataset(
+        n_slides,
+        (12, 30),
+        32,
+        children=4,
+        classes=num_classes,
+        signal=3.0,
+        seed=seed,
+        name=f"tiny-{num_classes}c",
+    )
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset() -> TinyDataset:
+def tiny_dataset() -> MemoryDataset:
     """24 binary bags, d = 32, k = 4."""
-    return TinyDataset()
+    return _tiny()
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset_3c() -> TinyDataset:
+def tiny_dataset_3c() -> MemoryDataset:
     """36 three-class bags, d = 32, k = 4."""
-    return TinyDataset(n_slides=36, num_classes=3, seed=1)
+    return _tiny(n_slides=36, num_classes=3, seed=1)
 
 
 def _padding_check(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from wsigym.data.bag import SlideBag
 from wsigym.data.memory import MemoryDataset
+from wsigym.data.random_dataset import random_dataset
 from zoo.models.hafed import HAFED, HAFEDConfig
 from zoo.models.tsu import TSU, TSUConfig, similar_set
 from zoo.registry import create_model, model_from_config_dict
@@ -83,33 +82,20 @@ def test_similar_set_signed_and_absolute():
 # ---------------------------------------------------------------- fit_tsu on a small structured dataset
 
 
-class _MemoryDataset(MemoryDataset):
-    """Slides whose high-res rows are a fixed nonlinear map of the low-res rows: V(i) = g(Z(i)).
+def _mapped_dataset(n: int = 48) -> MemoryDataset:
+    """12 slides whose high-res rows are a fixed nonlinear map of the low-res rows: V(i) = g(Z(i)).
 
     Z rows come in tight clusters (so similar sets exist at tau), each child of a patch equals
     ``g(Z(i))`` (so HAFED's aggregate returns exactly it, whatever its weights). ``f_S`` can learn ``g``;
-    neither leaving ``Z(i)`` nor copying ``V(a)`` can.
+    neither leaving ``Z(i)`` nor copying ``V(a)`` can. Split 8 / 2 / 2.
     """
-
-    def __init__(self, n_slides: int = 12, n: int = 48, d: int = 8, k: int = 4, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        class_names = ("normal", "tumour")
-        a = rng.normal(size=(d, d)) / np.sqrt(d) * 0.5
-        bags = []
-        for s in range(n_slides):
-            centres = rng.normal(size=(6, d))
-            z = centres[rng.integers(0, 6, n)] + 0.3 * rng.normal(size=(n, d))
-            g = np.tanh(z @ a)
-            g = (g - g.mean(1, keepdims=True)) / g.std(1, keepdims=True)
-            u = np.repeat(g[:, None, :], k, axis=1).astype(np.float32)
-            coords = np.stack([np.arange(n) * 2048, np.zeros(n)], 1).astype(np.int64)
-            bags.append(SlideBag(f"s{s}", z.astype(np.float32), coords, s % 2, class_names, hr_features=u))
-        ids = [b.slide_id for b in bags]
-        super().__init__("memory", bags, [{"train": ids[:8], "val": ids[8:10], "test": ids[10:]}])
+    return random_dataset(
+        12, n, 8, children=4, clusters=6, cluster_noise=0.3, children_from="map", split=(2, 2), name="memory"
+    )
 
 
 def test_fit_tsu_beats_both_baselines():
-    data = _MemoryDataset()
+    data = _mapped_dataset()
     torch.manual_seed(0)
     hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8, n_token_2=2))
     res = fit_tsu(hafed, data, tau=0.9, epochs=60, lr=1e-2, anchors_per_slide=8, progress=False)
@@ -126,14 +112,14 @@ def test_fit_tsu_beats_both_baselines():
 
 def test_fit_tsu_untrained_does_not_beat_copy_anchor():
     """The comparison can fail: one tiny step at a tiny lr leaves f_S worse than copying the anchor."""
-    data = _MemoryDataset(n_slides=12)
+    data = _mapped_dataset()
     hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
     res = fit_tsu(hafed, data, tau=0.9, epochs=1, lr=1e-7, anchors_per_slide=1, progress=False)
     assert res.baselines["val_tsu"] > res.baselines["val_copy_anchor"]
 
 
 def test_fit_tsu_is_deterministic_and_checks_tau():
-    data = _MemoryDataset(n_slides=12, n=24)
+    data = _mapped_dataset(n=24)
     hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
     kw = {"tau": 0.9, "epochs": 2, "lr": 1e-3, "progress": False, "seed": 3}
     r1, r2 = fit_tsu(hafed, data, **kw), fit_tsu(hafed, data, **kw)
@@ -150,7 +136,7 @@ def test_train_and_save_tsu_round_trip(tmp_path):
     import zoo
     from zoo.train_tsu import train_and_save_tsu
 
-    data = _MemoryDataset(n_slides=12, n=24)
+    data = _mapped_dataset(n=24)
     hafed = HAFED(HAFEDConfig(in_dim=8, attn_dim=8))
     hafed.save_pretrained(tmp_path / "hafed")
     out = train_and_save_tsu(tmp_path / "hafed", data, tmp_path / "tsu", tau=0.9, epochs=2, progress=False)

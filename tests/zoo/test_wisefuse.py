@@ -35,7 +35,7 @@ def _vlm_map() -> np.ndarray:
 
 
 def _text() -> torch.Tensor:
-    """Class 0: a random direction; class 1: where the shifted (positive) patches of TinyDataset point."""
+    """Class 0: a random direction; class 1: where the shifted (positive) patches of the tiny dataset point."""
     shift = np.zeros(32, np.float32)
     shift[:16] = 1.0
     other = np.random.default_rng(8).normal(size=VLM_DIM).astype(np.float32)

@@ -1,4 +1,7 @@
-"""A dataset held in memory: bags built in code (tests, benchmarks, quick experiments) as a SlideDataset."""
+"""A dataset held in memory: bags built in code (tests, benchmarks, quick experiments) as a SlideDataset.
+
+Random bags of known structure for tests and benchmarks: :func:`wsigym.data.random_dataset.random_dataset`.
+"""
 
 from __future__ import annotations
 
