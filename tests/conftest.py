@@ -102,3 +102,16 @@ def cmu() -> Path:
 def tcga() -> Path:
     """The 2-level TCGA section without mpp (skips when the shared data is absent)."""
     return _real_slide("tcga-cr-7395-01a-01-ts1.svs")
+
+
+# ---------------------------------------------------------------------------------------- torch threads
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Every test runs torch on one thread: the tensors here are tiny, and on CI's two shared cores
+    multi-threaded torch spins (measured up to ~40x slower on the slide tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

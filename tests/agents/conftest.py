@@ -19,14 +19,6 @@ tiny_dataset_of = _envs.tiny_dataset_of
 DIM = _envs.DIM
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset():
     return tiny_dataset_of(count=8)

@@ -42,15 +42,6 @@ def tiny_dataset_of(
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """The tiny tensors here run fastest single-threaded (and CI's 2 cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def make_tiny_dataset():
     """:func:`tiny_dataset_of` itself, for tests that need a variant (``from conftest import`` is

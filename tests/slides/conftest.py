@@ -9,15 +9,6 @@ from wsigym.slides.encoders import TorchPatchEncoder, timm_encoder
 from wsigym.slides.synthetic_slides import SyntheticSlide, write_aperio_tiff
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    # two shared CPU cores: multi-threaded torch spins and is ~40x slower than one thread
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     """8192^2 level-0 px at 0.25 um/px (40x), 3 levels, two tumour ellipses."""
