@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean synth-weights synth-calibration
+.PHONY: install demo test lint clean synth-weights synth-calibration sasha-main sasha-report
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -59,6 +59,16 @@ synth-calibration: $(STAMP)
 	$(WSIGYM) synth calibrate --variant synth-c16-incoherent --part state-update \
 		--hafed runs/hafed-synth-c16-incoherent --tsu runs/tsu-synth-c16-incoherent \
 		--out wsigym/data/assets/synth-c16-incoherent-calibration.json
+
+# SASHA's experiment (wsigym/agents/reproduction.py, docs/sasha-reproduction.md): SASHA's recipe at SASHA's
+# scale, 3 training seeds. Resumable: run it again in each session, once per core (`make -j2 sasha-main`
+# starts two lanes); finished runs are skipped, interrupted ones continue from their checkpoint.
+SASHA_OUT := runs/sasha-synth-c16
+sasha-main: sasha-lane-a sasha-lane-b
+sasha-lane-%: $(STAMP)
+	$(WSIGYM) reproduce run --rows main --out $(SASHA_OUT) > $(SASHA_OUT)-lane-$*.log 2>&1
+sasha-report: $(STAMP)
+	$(WSIGYM) reproduce report --out $(SASHA_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

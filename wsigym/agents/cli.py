@@ -256,6 +256,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     from wsigym.agents.protocol_record import add_subcommand as add_protocol
 
     add_protocol(sub)
+    from wsigym.agents.reproduction import add_subcommand as add_reproduce
+
+    add_reproduce(sub)
 
 
 def _resume_config(args: argparse.Namespace) -> Any:

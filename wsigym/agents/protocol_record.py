@@ -78,7 +78,7 @@ class TrainedRun:
         budget: zoom budget, a fraction in ``(0, 1]``.
         train_seed: the training seed (None for an untrained agent).
         metrics: at least :data:`PROTOCOL_METRICS` -> value.
-        compute: what the training cost, in words (e.g. ``"15 passes x 270 slides x 2 episodes"``).
+        compute: what the training cost, in words (e.g. ``"15 passes x 243 slides x 2 episodes"``).
     """
 
     agent: str

@@ -1,0 +1,101 @@
+"""SASHA's experiment driver: the plan, resumable runs under per-run locks, the protocol record."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+from wsigym.agents.reproduction import (
+    EVALUATION,
+    RUN_RECORD,
+    PlannedRun,
+    collect_protocol,
+    plan_status,
+    run_plan,
+    sasha_plan,
+    sasha_timesteps,
+)
+
+
+def test_plan_is_seed_major_main_rows_first_and_shares_the_tsu_run_at_equal_scale():
+    plan = sasha_plan((0, 1))
+    names = [r.name for r in plan]
+    assert names[:4] == [
+        "tsu-20pct-15p-seed0",
+        "tsu-10pct-15p-seed0",
+        "global-20pct-15p-seed0",
+        "none-20pct-15p-seed0",
+    ]
+    assert len(names) == len(set(names)) == 8
+    short = sasha_plan((0,), ablation_passes=2)
+    assert [r.name for r in short] == [
+        "tsu-20pct-15p-seed0", "tsu-10pct-15p-seed0", "tsu-20pct-2p-seed0", "global-20pct-2p-seed0",
+        "none-20pct-2p-seed0",
+    ]  # fmt: skip
+    assert [r.name for r in sasha_plan((0,), rows=("ablation",), ablation_passes=2)] == [
+        r.name for r in short[2:]
+    ]
+
+
+def test_sasha_timesteps_is_passes_times_two_episodes_per_slide():
+    assert sasha_timesteps([3, 5, 7], passes=15) == (15 * 2 * 15, 30)
+    assert sasha_timesteps([3, 5, 7], passes=0.5) == (15, 30)
+
+
+def test_runs_train_evaluate_skip_when_done_and_report(env_kwargs, tmp_path):
+    dataset = env_kwargs["dataset"]
+    models = {"hafed": env_kwargs["hafed"], "tsu": env_kwargs["tsu"]}
+    plan = sasha_plan((0,), passes=1, budgets=(0.2,), updates=("tsu", "none"))
+    assert [r.name for r in plan] == ["tsu-20pct-1p-seed0", "none-20pct-1p-seed0"]
+    done = run_plan(plan, tmp_path, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False)
+    assert done == [r.name for r in plan]
+    assert [state for _, state in plan_status(plan, tmp_path)] == ["done", "done"]
+
+    train_n = [dataset.load(sid, hr=False).n for sid in dataset.splits[0]["train"]]
+    expected = 2 * sum(max(1, math.ceil(0.2 * n)) for n in train_n)
+    record = json.loads((tmp_path / plan[0].name / RUN_RECORD).read_text())
+    assert record["timesteps"] == expected
+    assert json.loads((tmp_path / plan[0].name / "train.json").read_text())["timesteps"] >= expected
+
+    stamp = (tmp_path / plan[0].name / EVALUATION).stat().st_mtime_ns
+    run_plan(plan, tmp_path, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False)
+    assert (tmp_path / plan[0].name / EVALUATION).stat().st_mtime_ns == stamp  # done runs are not redone
+
+    protocol = collect_protocol(plan, tmp_path, dataset=dataset)
+    rows = {(r["agent"], r["update"]): r for r in protocol["rows"]}
+    assert {("sasha", "tsu"), ("sasha", "none"), ("random", "tsu"), ("attention-topk", "tsu")} <= set(rows)
+    assert rows[("sasha", "tsu")]["train_seeds"] == [0]
+    assert rows[("sasha", "tsu")]["compute"] == record["compute"]
+    assert rows[("random", "tsu")]["train_seeds"] == [0, 1, 2]  # episode seeds of an untrained agent
+    assert "accuracy" in protocol["full_hafed"]
+
+
+def test_a_run_another_process_holds_is_skipped_and_a_never_checkpointed_run_restarts(env_kwargs, tmp_path):
+    dataset = env_kwargs["dataset"]
+    models = {"hafed": env_kwargs["hafed"], "tsu": env_kwargs["tsu"]}
+    held, free = PlannedRun("tsu", 0.2, 0, 0.5), PlannedRun("none", 0.2, 0, 0.5)
+    stale = tmp_path / free.name
+    stale.mkdir(parents=True)
+    (stale / "leftover.txt").write_text("a run killed before its first checkpoint")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time, filelock
+            lock = filelock.FileLock({str(tmp_path / f".{held.name}.lock")!r}); lock.acquire()
+            print("held", flush=True); time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = run_plan(
+            [held, free], tmp_path, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done == [free.name]
+    assert not (tmp_path / held.name).exists()
+    assert not (stale / "leftover.txt").exists() and (stale / EVALUATION).is_file()

@@ -1,0 +1,388 @@
+r"""SASHA's experiment on a dataset: the policies to train, training them across sessions, the protocol record.
+
+**The plan** (:func:`sasha_plan`), every policy trained with ``--recipe sasha`` and SASHA's reward (``ce``):
+
+- *main rows*: the TSU rule at budgets 10% and 20%, one policy per training seed, at SASHA's scale;
+- *ablation*: one policy per update rule (TSU, global, none) at 20%, per training seed, all at one common
+  scale ``ablation_passes`` (a TSU ablation run at SASHA's scale is the main run itself).
+
+**Scale.** SASHA trains 15 passes over the training slides with 2 episodes per slide
+(``step6_rl_training.py``; ``config/camelyon_rl_config.yml``), so a run of ``passes`` passes at budget ``b`` is
+``passes * 2 * sum_slides ceil(b * N)`` timesteps (:func:`sasha_timesteps`; 993,060 at 10% and 1,982,970 at 20%
+on synth-c16's 243 training slides), validated once per pass as SASHA does. Each row of the table states the
+compute it used.
+
+**Running** (:func:`run_plan`, ``wsigym reproduce run``). The runs are worked through in plan order; a run is a
+normal ``wsigym train ppo`` folder ``out/<name>/`` (TensorBoard logs, checkpoints, ``best/``) plus
+``evaluation.json``: its greedy policy on the full test split at its budget and under its rule
+(:func:`wsigym.evaluate.evaluate`, episode seed 0). A run with ``evaluation.json`` is done; one with a
+resumable checkpoint continues from it (:mod:`wsigym.agents.resume`), so a run longer than a session goes on
+in the next one; any other starts afresh. Each run is held under a file lock while a process works on it, so
+starting the same command once per core runs that many runs at a time (a lock dies with its process). The
+untrained comparisons (random, attention-top-k, full-resolution HAFED; episode seeds 0-2) and the shipped
+evidence-reward policy are evaluated once, into ``out/baselines.json`` and ``out/evidence.json``.
+
+**The record** (:func:`collect_protocol`, ``wsigym reproduce report``): every finished evaluation becomes
+:class:`~wsigym.agents.protocol_record.TrainedRun` rows, written as ``<results>/<dataset>/protocol.json``
+and its README table (:mod:`wsigym.agents.protocol_record`). Unfinished runs are listed, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from wsigym.envs.options import DEFAULT_DATASET
+from wsigym.io import atomic_write_json
+
+#: SASHA's scale: passes over the training slides and episodes per slide and pass.
+SASHA_PASSES = 15
+SASHA_EPISODES = 2
+#: Shipped weak-supervision policy, evaluated as a second, labelled row.
+EVIDENCE_POLICY = "ppo-WSIZoom-v0"
+EVALUATION = "evaluation.json"
+BASELINES = "baselines.json"
+EVIDENCE = "evidence.json"
+#: The planned run and its compute, written into the run folder before training starts.
+RUN_RECORD = "reproduce.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One policy of the plan: ``--recipe sasha`` under ``update`` at ``budget`` for ``passes`` passes."""
+
+    update: str
+    budget: float
+    seed: int
+    passes: float
+
+    @property
+    def name(self) -> str:
+        """Folder name, e.g. ``tsu-20pct-15p-seed0``."""
+        return f"{self.update}-{round(self.budget * 100)}pct-{self.passes:g}p-seed{self.seed}"
+
+
+def sasha_plan(
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    passes: float = SASHA_PASSES,
+    ablation_passes: float | None = None,
+    budgets: Sequence[float] = (0.1, 0.2),
+    ablation_budget: float = 0.2,
+    updates: Sequence[str] = ("tsu", "global", "none"),
+    rows: Sequence[str] = ("main", "ablation"),
+) -> list[PlannedRun]:
+    """The runs of the experiment, seed by seed (a first seed gives every row before a second starts); within
+    a seed the main TSU rows come first, then the ablation rules; a run in both lists appears once. ``rows``
+    keeps the ``"main"`` rows, the ``"ablation"`` or both; ``ablation_passes`` defaults to ``passes``."""
+    ablation_passes = passes if ablation_passes is None else ablation_passes
+    plan: list[PlannedRun] = []
+    for seed in seeds:
+        runs = (
+            [PlannedRun("tsu", b, seed, passes) for b in sorted(budgets, reverse=True)]
+            if "main" in rows
+            else []
+        )
+        if "ablation" in rows:
+            runs += [PlannedRun(u, ablation_budget, seed, ablation_passes) for u in updates]
+        for run in runs:
+            if run not in plan:
+                plan.append(run)
+    return plan
+
+
+def sasha_timesteps(
+    budget_steps: Sequence[int], passes: float, episodes: int = SASHA_EPISODES
+) -> tuple[int, int]:
+    """``(total_timesteps, timesteps_per_pass)`` of ``passes`` passes, ``episodes`` episodes per slide, given
+    each training slide's episode length ``ceil(budget * N)``."""
+    per_pass = episodes * int(sum(budget_steps))
+    return max(1, math.ceil(passes * per_pass)), per_pass
+
+
+def _train_steps(dataset: Any, budget: float, env_kwargs: dict[str, Any]) -> list[int]:
+    """Episode length of each training slide at ``budget`` (reads the cached per-slide records)."""
+    import gymnasium as gym
+
+    kwargs = {**env_kwargs, "progress": False}
+    env = gym.make("WSIZoom-v0", dataset=dataset, split="train", budget=budget, **kwargs)
+    try:
+        return list(env.unwrapped.source.budget_steps(budget))
+    finally:
+        env.close()
+
+
+def compute_note(run: PlannedRun, timesteps: int, slides: int) -> str:
+    """What a run costs, in words (the table's ``compute`` column)."""
+    return f"{run.passes:g} passes x {slides} slides x {SASHA_EPISODES} episodes = {timesteps:,} timesteps"
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Hold ``path``'s lock file (``.<name>.lock`` beside it) if no other process does; yields whether it did."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path.with_name(f".{path.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def train_and_evaluate(
+    run: PlannedRun,
+    out: Path,
+    *,
+    dataset: Any = DEFAULT_DATASET,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``run`` into ``out/<name>`` (continuing from its checkpoint when there is one) and evaluate it.
+    ``env_kwargs`` (``hafed``, ``tsu``, ...) go to the training and the evaluation environments.
+
+    Returns:
+        the path of its ``evaluation.json``.
+    """
+    from wsigym.agents.ppo import train_ppo
+    from wsigym.agents.recipes import ppo_config
+    from wsigym.agents.resume import LATEST, RESUME_DIR
+    from wsigym.evaluate import evaluate
+
+    env_kwargs = dict(env_kwargs or {})
+    folder = out / run.name
+    if (folder / EVALUATION).is_file():
+        return folder / EVALUATION
+    if not (folder / "train.json").is_file():
+        steps = _train_steps(dataset, run.budget, env_kwargs)
+        total, per_pass = sasha_timesteps(steps, run.passes)
+        config = ppo_config(
+            "sasha",
+            env_kwargs={**env_kwargs, "dataset": dataset, "budget": run.budget, "update": run.update},
+            seed=run.seed,
+            total_timesteps=total,
+            eval_freq=min(per_pass, total),
+        )
+        resume = (folder / RESUME_DIR / LATEST).is_file()
+        if not resume and folder.exists():
+            shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
+        note = compute_note(run, total, len(steps))
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / RUN_RECORD, {**asdict(run), "timesteps": total, "compute": note})
+        print(f"wsigym reproduce: {'resuming' if resume else 'training'} {run.name} ({note})")
+        train_ppo(config, folder, progress=progress, resume=resume)
+    print(f"wsigym reproduce: evaluating {run.name} on the test split")
+    report = evaluate(
+        [str(folder)],
+        names=["sasha"],
+        dataset=dataset,
+        budgets=(run.budget,),
+        seeds=(0,),
+        env_kwargs={**env_kwargs, "update": run.update},
+        progress=progress,
+    )
+    return report.to_json(folder / EVALUATION)
+
+
+def evaluate_references(
+    out: Path,
+    *,
+    dataset: Any = DEFAULT_DATASET,
+    budgets: Sequence[float] = (0.1, 0.2),
+    env_kwargs: dict[str, Any] | None = None,
+    evidence_policy: str | None = EVIDENCE_POLICY,
+    progress: bool = True,
+) -> None:
+    """Evaluate the untrained comparisons (3 episode seeds) and the evidence-reward policy (None: skip) once."""
+    from wsigym.evaluate import evaluate
+
+    jobs: list[tuple[Path, list[str], list[str] | None, tuple[int, ...]]] = [
+        (out / BASELINES, ["random", "attention-topk", "full-hafed"], None, (0, 1, 2))
+    ]
+    if evidence_policy is not None:
+        jobs.append((out / EVIDENCE, [evidence_policy], ["ppo (evidence reward)"], (0,)))
+    for target, agents, names, seeds in jobs:
+        with claim(target) as mine:
+            if not mine or target.is_file():
+                continue
+            print(f"wsigym reproduce: evaluating {', '.join(map(str, agents))} on the test split")
+            report = evaluate(
+                agents,
+                names=names,
+                dataset=dataset,
+                budgets=budgets,
+                seeds=seeds,
+                env_kwargs=env_kwargs,
+                progress=progress,
+            )
+            report.to_json(target)
+
+
+def run_plan(
+    plan: Sequence[PlannedRun],
+    out: str | Path,
+    *,
+    dataset: Any = DEFAULT_DATASET,
+    env_kwargs: dict[str, Any] | None = None,
+    evidence_policy: str | None = EVIDENCE_POLICY,
+    progress: bool = True,
+) -> list[str]:
+    """Work through ``plan`` (module docstring), skipping runs another process holds; returns the names of the
+    runs this call finished or found finished. ``env_kwargs`` go to every environment."""
+    out = Path(out)
+    budgets = sorted({r.budget for r in plan})
+    evaluate_references(
+        out,
+        dataset=dataset,
+        budgets=budgets,
+        env_kwargs=env_kwargs,
+        evidence_policy=evidence_policy,
+        progress=progress,
+    )
+    finished = []
+    for run in plan:
+        with claim(out / run.name) as mine:
+            if mine:
+                train_and_evaluate(run, out, dataset=dataset, env_kwargs=env_kwargs, progress=progress)
+                finished.append(run.name)
+    return finished
+
+
+def plan_status(plan: Sequence[PlannedRun], out: str | Path) -> list[tuple[str, str]]:
+    """``(name, state)`` per run: ``done``, ``trained`` (not evaluated), ``at <k> timesteps`` or ``not started``."""
+    import json
+
+    from wsigym.agents.resume import STATE, latest_checkpoint
+    from wsigym.errors import DataError
+
+    out = Path(out)
+    states = []
+    for run in plan:
+        folder = out / run.name
+        if (folder / EVALUATION).is_file():
+            state = "done"
+        elif (folder / "train.json").is_file():
+            state = "trained (not evaluated)"
+        else:
+            try:
+                record = json.loads((latest_checkpoint(folder) / STATE).read_text())
+                state = f"at {record['num_timesteps']:,} of {record['config']['total_timesteps']:,} timesteps"
+            except DataError:
+                state = "not started"
+        states.append((run.name, state))
+    return states
+
+
+def collect_protocol(
+    plan: Sequence[PlannedRun], out: str | Path, *, dataset: Any = DEFAULT_DATASET
+) -> dict[str, Any]:
+    """The protocol record (:func:`~wsigym.agents.protocol_record.build_protocol`) of every evaluated run of
+    ``plan``, the baselines and the evidence-reward policy.
+
+    Raises:
+        ValueError: when the baselines (which hold full HAFED) are not evaluated yet.
+    """
+    import json
+
+    from wsigym.agents.protocol_record import FullHafed, build_protocol, runs_from_report
+    from wsigym.evaluate import EvalReport
+
+    out = Path(out)
+    if not (out / BASELINES).is_file():
+        raise ValueError(
+            f"{out / BASELINES}: the baselines are not evaluated yet (run `wsigym reproduce run`)"
+        )
+    runs, full = runs_from_report(
+        EvalReport.from_json(out / BASELINES),
+        recipe=None,
+        reward=None,
+        update="tsu",
+        train_seed=None,
+        include_baselines=True,
+    )
+    for run in plan:
+        path = out / run.name / EVALUATION
+        if path.is_file():
+            note = json.loads((out / run.name / RUN_RECORD).read_text())["compute"]
+            runs += runs_from_report(
+                EvalReport.from_json(path),
+                recipe="sasha",
+                reward="ce",
+                update=run.update,
+                train_seed=run.seed,
+                compute=note,
+            )[0]
+    if (out / EVIDENCE).is_file():
+        runs += runs_from_report(
+            EvalReport.from_json(out / EVIDENCE),
+            recipe="evidence-bandit",
+            reward="evidence",
+            update="tsu",
+            train_seed=0,
+            compute="32,768 timesteps (the shipped policy, trained at 2% budget)",
+        )[0]
+    return build_protocol(runs, FullHafed(full[:1]), dataset=str(getattr(dataset, "name", dataset)))
+
+
+def add_subcommand(sub: Any) -> None:
+    """``wsigym reproduce {run,status,report}`` (module docstring)."""
+    p = sub.add_parser("reproduce", help="SASHA's experiment: train the plan's policies (resumable), report")
+    p.add_argument(
+        "action",
+        choices=("run", "status", "report"),
+        help="run: work through the plan (start once per core); status: where each run is; "
+        "report: protocol.json and its table from the finished runs",
+    )
+    p.add_argument("--out", default="runs/sasha-synth-c16", help="folder of the runs (default: %(default)s)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument(
+        "--passes",
+        type=float,
+        default=SASHA_PASSES,
+        help="passes over the training slides of the main rows (SASHA: %(default)s)",
+    )
+    p.add_argument(
+        "--ablation-passes",
+        type=float,
+        default=None,
+        help="common passes of the update-rule ablation (default: --passes)",
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("main", "ablation"),
+        default=["main", "ablation"],
+        help="which part of the plan (default: both)",
+    )
+    p.add_argument("--results", default="results", help="folder of protocol.json (default: %(default)s)")
+    p.add_argument("--readme", default=None, help="report: also replace <!-- results:sasha-DATASET --> in it")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from wsigym.agents.protocol_record import write_protocol
+
+    plan = sasha_plan(args.seeds, passes=args.passes, ablation_passes=args.ablation_passes, rows=args.rows)
+    if args.action == "run":
+        run_plan(plan, args.out, dataset=args.dataset, progress=not args.no_progress)
+    if args.action in ("run", "status"):
+        for name, state in plan_status(plan, args.out):
+            print(f"{name:32s} {state}")
+    if args.action == "report":
+        protocol = collect_protocol(plan, args.out, dataset=args.dataset)
+        path = write_protocol(protocol, args.results, readme=args.readme, readme_key=f"sasha-{args.dataset}")
+        print(f"wrote {path}")
+    return 0
