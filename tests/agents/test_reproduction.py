@@ -40,6 +40,11 @@ def test_plan_is_seed_major_main_rows_first_and_shares_the_tsu_run_at_equal_scal
     ]
 
 
+def test_the_global_row_shows_its_agent_z_as_sashas_ablation_env_does():
+    assert PlannedRun("global", 0.2, 0, 1).env_options == {"update": "global", "agent_view": "lowres"}
+    assert PlannedRun("tsu", 0.2, 0, 1).env_options == {"update": "tsu"}
+
+
 def test_sasha_timesteps_is_passes_times_two_episodes_per_slide():
     assert sasha_timesteps([3, 5, 7], passes=15) == (15 * 2 * 15, 30)
     assert sasha_timesteps([3, 5, 7], passes=0.5) == (15, 30)

@@ -38,10 +38,12 @@ class RecordObservations(BaseCallback):
 def _model(
     env_kwargs, n_envs=3, n_steps=12, update="tsu", device="cpu", **policy_kwargs
 ) -> SegmentMaskablePPO:
-    env_kwargs = {**env_kwargs, "device": device}
+    """``update``: the rule's name, or a dict of environment options (``{"update": ..., "agent_view": ...}``)."""
+    options = update if isinstance(update, dict) else {"update": update}
+    env_kwargs = {**env_kwargs, **options, "device": device}
     if device != "cpu":  # the env moves its models: keep the session's CPU fixtures where they are
         env_kwargs.update(hafed=copy.deepcopy(env_kwargs["hafed"]), tsu=copy.deepcopy(env_kwargs["tsu"]))
-    env = make_sb3_vec_env("WSIZoom-v0", n_envs=n_envs, seed=0, update=update, budget=0.3, **env_kwargs)
+    env = make_sb3_vec_env("WSIZoom-v0", n_envs=n_envs, seed=0, budget=0.3, **env_kwargs)
     return SegmentMaskablePPO(
         PatchPolicy,
         env,
@@ -84,6 +86,10 @@ CASES = [
     pytest.param({"tokens": "state"}, "tsu-lowres", id="state-lowres"),
     pytest.param({"tokens": "state", "standardise": True}, "none", id="state-standardised-noupdate"),
     pytest.param({"tokens": "state+context"}, "global", id="context-global"),
+    pytest.param(
+        {"tokens": "state+context"}, {"update": "global", "agent_view": "lowres"}, id="context-global-z"
+    ),
+    pytest.param({"tokens": "state"}, {"update": "tsu", "agent_view": "lowres"}, id="state-tsu-z"),
 ]
 
 

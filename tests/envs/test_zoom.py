@@ -225,6 +225,27 @@ def test_ablations(env_kwargs):
         WSIZoomEnv(**env_kwargs, update="everything")
 
 
+def test_lowres_agent_view_shows_z_while_the_classifier_reads_the_updated_state(env_kwargs):
+    seen = WSIZoomEnv(**env_kwargs, update="global", agent_view="lowres")
+    full = WSIZoomEnv(**env_kwargs, update="global")
+    obs, _ = seen.reset(seed=5)
+    obs_full, _ = full.reset(seed=5)
+    z = obs["state"].copy()
+    np.testing.assert_array_equal(z, obs_full["state"])  # S_0 = Z
+    for action in (3, 7, 1):
+        obs, r, _, _, info = seen.step(action)
+        obs_full, r_full, _, _, info_full = full.step(action)
+        np.testing.assert_array_equal(obs["state"], z)  # the agent never sees a zoom
+        np.testing.assert_array_equal(obs["updated"], obs["visited"])
+        np.testing.assert_array_equal(obs["visited"], obs_full["visited"])
+        np.testing.assert_array_equal(obs["action_mask"], obs_full["action_mask"])
+        assert r == r_full and info["ce"] == info_full["ce"]  # same transition, same reward
+        assert r == pytest.approx(-full_ce(full, obs_full, info["label"]), abs=1e-5)
+        assert r != pytest.approx(-full_ce(seen, obs, info["label"]), abs=1e-5)  # not the reward of Z
+    with pytest.raises(ValueError, match="agent_view must be one of"):
+        WSIZoomEnv(**env_kwargs, agent_view="everything")
+
+
 @pytest.mark.parametrize("update", ["tsu", "global", "none"])
 def test_reward_is_minus_full_ce(env_kwargs, update):
     env = WSIZoomEnv(**env_kwargs, update=update, budget=1.0)

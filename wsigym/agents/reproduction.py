@@ -53,6 +53,14 @@ BASELINES = "baselines.json"
 EVIDENCE = "evidence.json"
 #: The planned run and its compute, written into the run folder before training starts.
 RUN_RECORD = "reproduce.json"
+#: Environment options of each rule. SASHA's global-update environment (``envs/WSI_env.py``) hands its agent
+#: ``Z`` at every step, so the global row's agent sees ``Z`` too (``agent_view="lowres"``); the classifier and
+#: the reward read the updated state as under every rule.
+RULE_OPTIONS: dict[str, dict[str, str]] = {
+    "tsu": {"update": "tsu"},
+    "global": {"update": "global", "agent_view": "lowres"},
+    "none": {"update": "none"},
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,11 @@ class PlannedRun:
     budget: float
     seed: int
     passes: float
+
+    @property
+    def env_options(self) -> dict[str, str]:
+        """The environment options of its rule (:data:`RULE_OPTIONS`)."""
+        return RULE_OPTIONS.get(self.update, {"update": self.update})
 
     @property
     def name(self) -> str:
@@ -169,7 +182,7 @@ def train_and_evaluate(
         total, per_pass = sasha_timesteps(steps, run.passes)
         config = ppo_config(
             "sasha",
-            env_kwargs={**env_kwargs, "dataset": dataset, "budget": run.budget, "update": run.update},
+            env_kwargs={**env_kwargs, **run.env_options, "dataset": dataset, "budget": run.budget},
             seed=run.seed,
             total_timesteps=total,
             eval_freq=min(per_pass, total),
@@ -189,7 +202,7 @@ def train_and_evaluate(
         dataset=dataset,
         budgets=(run.budget,),
         seeds=(0,),
-        env_kwargs={**env_kwargs, "update": run.update},
+        env_kwargs={**env_kwargs, **run.env_options},
         progress=progress,
     )
     return report.to_json(folder / EVALUATION)

@@ -4,7 +4,7 @@ The same algorithm, loss and hyperparameters as ``MaskablePPO`` with
 :class:`~wsigym.agents.policy.PatchPolicy`; only where states live changes:
 
 - **Rollout.** The learner reads the vector env's engine directly (``WSIZoomVectorEnv.batch``, whose
-  ``last_change`` lists the rows each step wrote) and never asks for the padded observation
+  ``seen_change`` lists the rows each step changed as the agent sees them) and never asks for the padded observation
   (``observe=False``). Each environment's episode is an :class:`~wsigym.agents.segments.EpisodeRows`;
   the policy's per-version terms (:func:`~wsigym.agents.row_table.version_terms`) are computed once
   per version and kept until the next update, so a step costs the changed rows' ``d``-wide products
@@ -96,7 +96,7 @@ class EpisodeRunner:
     @torch.no_grad()
     def record(self, actions: np.ndarray) -> None:
         """Append the rows the engine's last step wrote to each episode (and their cached terms)."""
-        change = self.engine.last_change  # None: no episode zoomed (e.g. every action a no-op)
+        change = self.engine.seen_change  # None: no episode zoomed (e.g. every action a no-op)
         firsts, news = [], []
         for e, episode in enumerate(self.episodes):
             if change is None:

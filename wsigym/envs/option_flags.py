@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from wsigym.envs.options import BUDGET_ENDS, ILLEGAL_ACTIONS, ZoomOptions, zoom_options
+from wsigym.envs.options import AGENT_VIEWS, BUDGET_ENDS, ILLEGAL_ACTIONS, ZoomOptions, zoom_options
 from wsigym.envs.reward import REWARDS
 
 #: The dataset splits a command may name.
@@ -63,6 +63,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("absolute_cosine", "TSU similarity |cos| >= tau (default: the TSU config's)", boolean=True),
     Flag("budget_end", "how the last budget step ends an episode", choices=BUDGET_ENDS),
     Flag("illegal_action", "what an illegal action does", choices=ILLEGAL_ACTIONS),
+    Flag(
+        "agent_view",
+        "what the agent sees: the state S_t, or Z at every step (SASHA's global env)",
+        choices=AGENT_VIEWS,
+    ),
     Flag("device", "torch device of the environment: the state, HAFED and f_S (e.g. cuda)"),
 )
 

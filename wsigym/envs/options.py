@@ -34,6 +34,8 @@ DEFAULT_DATASET = "synth-c16"
 BUDGET_ENDS = ("terminate", "truncate")
 #: What an illegal action of the action space does (see ``ZoomBatch.act``); the first is the default.
 ILLEGAL_ACTIONS = ("remap", "noop", "raise")
+#: What the agent observes of the state (the environment's docstring, Observation Space); the first is the default.
+AGENT_VIEWS = ("state", "lowres")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ZoomOptions:
         absolute_cosine: ``|cos| >= tau`` (``None``: the TSU config's ``similarity``).
         budget_end: ``"terminate"`` or ``"truncate"`` after the last budget step.
         illegal_action: one of :data:`ILLEGAL_ACTIONS`.
+        agent_view: one of :data:`AGENT_VIEWS`: the state ``S_t`` the classifier reads, or ``Z`` at every step.
         device: torch device of the state and the models (HAFED, ``f_S``).
         progress: progress bars while the oracle ``V`` is computed or read.
 
@@ -75,6 +78,7 @@ class ZoomOptions:
     absolute_cosine: bool | None = None
     budget_end: str = "terminate"
     illegal_action: str = ILLEGAL_ACTIONS[0]
+    agent_view: str = AGENT_VIEWS[0]
     device: str | torch.device = "cpu"
     progress: bool = True
 
@@ -86,6 +90,8 @@ class ZoomOptions:
             raise ValueError(f"budget_end must be one of {BUDGET_ENDS}, got {self.budget_end!r}")
         if self.illegal_action not in ILLEGAL_ACTIONS:
             raise ValueError(f"illegal_action must be one of {ILLEGAL_ACTIONS}, got {self.illegal_action!r}")
+        if self.agent_view not in AGENT_VIEWS:
+            raise ValueError(f"agent_view must be one of {AGENT_VIEWS}, got {self.agent_view!r}")
         budget = self.budget
         if isinstance(budget, bool) or not (
             isinstance(budget, (int, float, np.integer, np.floating)) and 0.0 < float(budget) <= 1.0

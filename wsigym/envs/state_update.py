@@ -38,13 +38,16 @@ one ``update`` name); :data:`UPDATE_RULES` names them. They differ in which othe
     every valid, not-yet-zoomed row ``i != a`` is set to ``f_S([V(a), Z(a), Z(i)])`` after every
     zoom (so it reflects the latest zoom only); all of them count as updated. SASHA's ablation
     environment (``envs/WSI_env.py``, ``WSIObservationEnv``) computes the same classifier input up to
-    the ``f_S`` input order, but is **not reproduced**, because three of its behaviours are bugs of
-    that file rather than the ablation it stands for: it resets ``current_state`` to ``Z`` at the end
-    of every step and returns that, so its agent never observes a zoom (only its own picks); it feeds
+    the ``f_S`` input order, but is **not reproduced** by default, because three of its behaviours
+    look like slips of that file rather than the ablation it stands for: it resets ``current_state``
+    to ``Z`` at the end of every step and returns that, so its agent never observes a zoom (only its
+    own picks; available as the environment option ``agent_view="lowres"``, which SASHA's
+    reproduction uses for this ablation, :mod:`wsigym.agents.reproduction`); it feeds
     ``f_S`` ``[S(a), V(a), S(i)]``, an order the TSU checkpoint was not trained on (it is trained on
     ``[V(a), Z(a), Z(i)]``); and it takes the cross-entropy of softmax outputs (a double softmax, with
     difference rewards and a terminal ``-CE``). Here the agent observes the state the classifier
-    reads, ``f_S`` gets its trained order, and the reward is the environment's ``reward`` option.
+    reads (unless ``agent_view="lowres"``), ``f_S`` gets its trained order, and the reward is the
+    environment's ``reward`` option.
 
 ``"none"`` (``WSIZoomNoUpdate-v0``; :class:`NoUpdateRule`)
     only the zoomed row changes.

@@ -76,6 +76,13 @@ class WSIZoomEnv(gym.Env):
     - ``"patch_mask"``: ``MultiBinary(P)`` int8, 1 for a real patch, 0 for padding.
     - ``"visited"``: ``MultiBinary(P)`` int8, 1 for a zoomed patch.
     - ``"updated"``: ``MultiBinary(P)`` int8, 1 for a zoomed or state-updated (TSU) patch.
+
+    **What the agent sees** (``agent_view``). ``"state"`` (the default): the rows above are ``S_t``, the
+    state the classifier reads. ``"lowres"``: ``"state"`` is ``Z`` at every step and ``"updated"``
+    equals ``"visited"``, so the agent sees only its own picks, while the classifier and the reward
+    still read ``S_t``: what SASHA's official global-update environment (``envs/WSI_env.py``) hands its
+    agent. The structured PPO path then stores no changed row but the zoomed one, so a policy under
+    the global rule trains at the cost of the no-update rule.
     - ``"coords"``: ``Box(0, 1, (P*2,), float32)``, patch corners ``(x, y)`` flattened row-major
       (``reshape(P, 2)``), normalised by the slide's extent (one scale for both axes); padding 0.
     - ``"budget"``: ``Box(0, 1, (1,), float32)``, remaining fraction of the zoom budget ``T``.
@@ -164,6 +171,7 @@ class WSIZoomEnv(gym.Env):
     - ``max_patches=None``: padded patch count ``P`` (``None``: the largest ``N`` of the dataset, see
       Padding; live slides: the largest of the given slides).
     - ``illegal_action="remap"``: ``"remap"``, ``"noop"`` or ``"raise"`` (see Action Space).
+    - ``agent_view="state"``: ``"state"`` or ``"lowres"`` (see Observation Space).
     - ``hafed="hafed-synth-c16"``, ``tsu="tsu-synth-c16"``: pretrained names, Hub repos, folders or
       model instances (moved to ``device``, put in eval mode).
     - ``mask_updated=False``: also mask TSU-updated patches (the paper is ambiguous; SASHA's code masks

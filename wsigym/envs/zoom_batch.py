@@ -88,6 +88,7 @@ class ZoomConfig:
     absolute_cosine: bool
     budget_end: str
     illegal_action: str = ZoomOptions.illegal_action
+    agent_view: str = ZoomOptions.agent_view
 
 
 def coerce_action(action: Any) -> int:
@@ -187,8 +188,19 @@ def resolve_arguments(
         absolute_cosine=bool(absolute_cosine),
         budget_end=o.budget_end,
         illegal_action=o.illegal_action,
+        agent_view=o.agent_view,
     )
     return source, hafed_model, tsu_model, config
+
+
+def _zoomed_rows(
+    st: ZoomBatchState, change: StateChange, anchors: torch.Tensor, active: torch.Tensor
+) -> StateChange:
+    """``change`` as an agent that observes ``Z`` sees it: only the zoomed rows, unchanged in value."""
+    env = active.nonzero().squeeze(-1)
+    row = anchors[env]
+    z = st.z[env, row]
+    return StateChange(env=env, row=row, old=z, new=z, tsu_count=change.tsu_count)
 
 
 class ZoomBatch:
@@ -245,6 +257,9 @@ class ZoomBatch:
         #: The rows the last :meth:`step` wrote (torch, on the engine's device): what a learner that
         #: stores episodes as their changed rows reads (:mod:`wsigym.agents.segments`).
         self.last_change: StateChange | None = None
+        #: The same rows as the agent observes them: ``last_change`` with ``agent_view="state"``; with
+        #: ``"lowres"`` only the zoomed rows (now visited), whose observed value stays ``Z``.
+        self.seen_change: StateChange | None = None
 
     def _evidence(self) -> torch.Tensor:
         """For a reward rule that needs ``"evidence"``: HAFED's probabilities on every oracle row alone
@@ -453,7 +468,7 @@ class ZoomBatch:
         actions = coerce_actions(actions, self.num_envs)
         active = np.asarray(active, dtype=bool).reshape(self.num_envs)
         self.check_actions(actions, active)
-        self.last_change = None  # a step with no active episode writes no row
+        self.last_change = self.seen_change = None  # a step with no active episode writes no row
         out = {
             "reward": np.zeros(self.num_envs, dtype=np.float64),
             "terminated": np.zeros(self.num_envs, dtype=bool),
@@ -480,6 +495,9 @@ class ZoomBatch:
             absolute_cosine=self.config.absolute_cosine,
         )
         self.last_change = change
+        self.seen_change = (
+            change if self.config.agent_view == "state" else _zoomed_rows(t, change, anchors, active_t)
+        )
         self.classifier.update(change, t.state, t.valid)
         logits = self.classifier.logits()
         ce_after = cross_entropy(logits, self.labels)
@@ -518,7 +536,8 @@ class ZoomBatch:
         """Batched observation ``{key: (B, ...)}`` (module docstring). ``copy=False`` may share memory
         with the internal CPU state, which the next step overwrites."""
         b = self.num_envs
-        state = self.tensors.state.reshape(b, -1)
+        lowres = self.config.agent_view == "lowres"
+        state = (self.tensors.z if lowres else self.tensors.state).reshape(b, -1)
         state_np = state.cpu().numpy()
         if copy and self.device.type == "cpu":
             state_np = state_np.copy()
@@ -528,7 +547,7 @@ class ZoomBatch:
             "state": state_np,
             "patch_mask": self.valid_np.copy() if copy else self.valid_np,
             "visited": self.visited_np.copy(),
-            "updated": self.updated_np.copy(),
+            "updated": (self.visited_np if lowres else self.updated_np).copy(),
             "coords": self.coords_np.copy() if copy else self.coords_np,
             "budget": np.clip(remaining, 0.0, 1.0).astype(np.float32).reshape(b, 1),
             "action_mask": (self.valid_np & (1 - taken)).astype(np.int8),
