@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean synth-weights synth-calibration sasha-main sasha-report
+.PHONY: install demo test lint clean synth-weights synth-calibration sasha-lanes sasha-report
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -60,15 +60,18 @@ synth-calibration: $(STAMP)
 		--hafed runs/hafed-synth-c16-incoherent --tsu runs/tsu-synth-c16-incoherent \
 		--out wsigym/data/assets/synth-c16-incoherent-calibration.json
 
-# SASHA's experiment (wsigym/agents/reproduction.py, docs/sasha-reproduction.md): SASHA's recipe at SASHA's
-# scale, 3 training seeds. Resumable: run it again in each session, once per core (`make -j2 sasha-main`
-# starts two lanes); finished runs are skipped, interrupted ones continue from their checkpoint.
+# SASHA's experiment (wsigym/agents/reproduction.py, docs/sasha-reproduction.md): the main TSU rows at SASHA's
+# scale and the update-rule ablation at one pass (the most a global-rule run fits into one 2.5-hour job on
+# one core), 3 training seeds. Resumable: `make -j2 sasha-lanes` in every session (one lane per core); finished
+# runs are skipped, interrupted ones continue from their checkpoint.
 SASHA_OUT := runs/sasha-synth-c16
-sasha-main: sasha-lane-a sasha-lane-b
+SASHA_RUN := $(WSIGYM) reproduce run --ablation-passes 1 --out $(SASHA_OUT)
+sasha-lanes: sasha-lane-main sasha-lane-ablation
 sasha-lane-%: $(STAMP)
-	$(WSIGYM) reproduce run --rows main --out $(SASHA_OUT) > $(SASHA_OUT)-lane-$*.log 2>&1
+	mkdir -p $(SASHA_OUT)
+	$(SASHA_RUN) --rows $* > $(SASHA_OUT)/lane-$*.log 2>&1
 sasha-report: $(STAMP)
-	$(WSIGYM) reproduce report --out $(SASHA_OUT)
+	$(WSIGYM) reproduce report --ablation-passes 1 --out $(SASHA_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
