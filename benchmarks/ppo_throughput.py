@@ -8,7 +8,9 @@ One run, side by side, each case in a fresh process (so its start-up and peak me
 (b) ``plain``: ``MaskablePPO`` on SB3's rollout buffer of padded observations (``--path plain``);
 (c) ``segments``: the structured path (``--path segments``, the default of ``wsigym train ppo``).
 
-for the ``sasha-sb3`` recipe (named ``sasha`` before the faithful one; with SASHA's actor width 128 and 4 PPO epochs) and ``evidence-bandit``,
+for the ``sasha-sb3`` recipe (named ``sasha`` before the faithful one; with SASHA's actor width 128 and 4 PPO epochs),
+``evidence-bandit`` and the faithful ``sasha`` recipe (``wsigym train ppo``'s default: 2 environments,
+whole-episode rollouts, 4 full-batch epochs, state tokens),
 plus ``sasha`` with SASHA's own actor/critic tokens (the state row alone, ``--tokens state``) and
 rollouts of 256 steps per environment (segments about one episode long, as SASHA's update on whole
 episodes). Reported per case: timesteps per second, seconds from process start to the first step,
@@ -50,6 +52,14 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"path": "segments", "hidden": 128, "tokens": "state", "n_steps": 256, "batch_size": 1024},
     ),
     "plain evidence-bandit": ("train", "evidence-bandit", {"path": "plain"}),
+    # the faithful recipe (state tokens, 2 envs, whole-episode rollouts, 4 full-batch epochs); its plain
+    # counterpart keeps 32-step rollouts, since whole episodes of padded observations would need ~11 GB
+    "sasha recipe, plain, 32-step rollouts": (
+        "train",
+        "sasha",
+        {"path": "plain", "n_envs": 2, "rollout_episodes": False, "n_steps": 32, "batch_size": 64},
+    ),
+    "sasha recipe, segments": ("train", "sasha", {"path": "segments", "n_envs": 2}),
     "segments evidence-bandit": ("train", "evidence-bandit", {"path": "segments"}),
 }
 
@@ -64,7 +74,7 @@ def run_case(name: str, timesteps: int, n_envs: int, device: str) -> dict[str, A
     import torch
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-    from wsigym.agents.ppo import _split_env, make_model
+    from wsigym.agents.ppo import _split_env, episode_rollout, make_model
     from wsigym.agents.recipes import ppo_config
     from wsigym.agents.segment_ppo import vector_env_of
 
@@ -74,6 +84,7 @@ def run_case(name: str, timesteps: int, n_envs: int, device: str) -> dict[str, A
         overrides["env_kwargs"] = {"device": device}
     config = ppo_config(recipe, **overrides)
     venv = _split_env(config, "train", config.n_envs, config.seed, progress=False)
+    config = episode_rollout(config, venv)  # as train_ppo: whole-episode rollouts where the recipe asks
     out: dict[str, Any] = {"case": name, "recipe": recipe, "n_envs": config.n_envs}
     if kind.startswith("env"):
         vector = vector_env_of(venv)

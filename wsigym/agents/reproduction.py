@@ -135,7 +135,8 @@ def _train_steps(dataset: Any, budget: float, env_kwargs: dict[str, Any]) -> lis
 
 def compute_note(run: PlannedRun, timesteps: int, slides: int) -> str:
     """What a run costs, in words (the table's ``compute`` column)."""
-    return f"{run.passes:g} passes x {slides} slides x {SASHA_EPISODES} episodes = {timesteps:,} timesteps"
+    passes = f"{run.passes:g} pass" + ("" if run.passes == 1 else "es")
+    return f"{passes} x {slides} slides x {SASHA_EPISODES} episodes = {timesteps:,} timesteps"
 
 
 @contextmanager
