@@ -262,6 +262,8 @@ def _write(
         ),
         "state-token segments / env": ("segments sasha, state tokens, 256-step rollouts", "env"),
         "segments sasha / env": ("segments sasha", "env"),
+        "sasha recipe: segments / plain": ("sasha recipe, segments", "sasha recipe, plain, 32-step rollouts"),
+        "sasha recipe: segments / env": ("sasha recipe, segments", "env"),
     }
     summary = {k: rate[a] / rate[b] for k, (a, b) in ratios.items() if a in rate and b in rate}
     import torch
