@@ -86,45 +86,47 @@ class PolicyAgent:
             tensors = {k: torch.as_tensor(np.asarray(v)[None], device=device) for k, v in obs.items()}
             features = patch_rows(tensors, d, self.policy.standardise, self.context > 0)
             return self.policy.mlp_extractor.forward_actor(features)[0].cpu().numpy()
+        real = np.asarray(obs["patch_mask"]).reshape(p) > 0
+        n = int(np.flatnonzero(real)[-1]) + 1 if real.any() else 0  # rows past the last real one are padding
+        rows_now = state.reshape(p, d)[:n]
         cache = self._cache
-        if cache is None or cache["state"].shape != state.shape:
-            changed = np.arange(p)
+        if cache is None or cache["state"].shape != (p, d):
+            changed = np.arange(n)
             cache = self._cache = {
-                "state": state.copy(),
+                "state": np.zeros((p, d), dtype=np.float32),
                 "tanh": torch.empty(p, actor.tanh_branch.out_features, device=device),
                 "gate": torch.empty(p, actor.gate_branch.out_features, device=device),
                 "w_tanh": actor.tanh_branch.weight[:, d:].T.contiguous(),
                 "w_gate": actor.gate_branch.weight[:, d:].T.contiguous(),
             }
         else:
-            diff = cache["state"] != state
-            changed = np.flatnonzero(diff.reshape(p, d).any(axis=1)) if diff.any() else np.zeros(0, np.int64)
-            if len(changed):
-                cache["state"].reshape(p, d)[changed] = state.reshape(p, d)[changed]
+            changed = np.flatnonzero((cache["state"][:n] != rows_now).any(axis=1))
         if len(changed):
+            cache["state"][changed] = rows_now[changed]
             idx = torch.as_tensor(changed, device=device)
-            rows = torch.as_tensor(state.reshape(p, d)[changed], device=device)
+            rows = torch.as_tensor(rows_now[changed], device=device)
             cache["tanh"][idx] = rows @ actor.tanh_branch.weight[:, :d].T
             cache["gate"][idx] = rows @ actor.gate_branch.weight[:, :d].T
-        extra = np.empty((p, EXTRA_CHANNELS), dtype=np.float32)  # the token's last 6 channels
-        extra[:, 0] = np.asarray(obs["visited"]).reshape(p)
-        extra[:, 1] = np.asarray(obs["updated"]).reshape(p)
-        extra[:, 2:4] = np.asarray(obs["coords"], dtype=np.float32).reshape(p, 2)
+        extra = np.empty((n, EXTRA_CHANNELS), dtype=np.float32)  # the token's last 6 channels
+        extra[:, 0] = np.asarray(obs["visited"]).reshape(p)[:n]
+        extra[:, 1] = np.asarray(obs["updated"]).reshape(p)[:n]
+        extra[:, 2:4] = np.asarray(obs["coords"], dtype=np.float32).reshape(p, 2)[:n]
         extra[:, 4] = float(np.asarray(obs["budget"]).reshape(-1)[0])
-        extra[:, 5] = np.asarray(obs["patch_mask"]).reshape(p)
+        extra[:, 5] = real[:n]
         x = torch.from_numpy(extra[:, : self.context]).to(device)
-        pre_tanh, pre_gate = cache["tanh"], cache["gate"]
+        pre_tanh, pre_gate = cache["tanh"][:n], cache["gate"][:n]
         if self.policy.standardise:  # V (s - mean) / sigma = (V s - V mean) / sigma
-            real = cache["state"].reshape(p, d)[extra[:, 5] > 0.5]
-            mean = real.mean(0)
-            sigma = float(np.sqrt(np.square(real - mean).mean())) + 1e-6
+            kept = rows_now[real[:n]]
+            mean = kept.mean(0)
+            sigma = float(np.sqrt(np.square(kept - mean).mean())) + 1e-6
             m = torch.as_tensor(mean, device=device)
             pre_tanh = (pre_tanh - actor.tanh_branch.weight[:, :d] @ m) / sigma
             pre_gate = (pre_gate - actor.gate_branch.weight[:, :d] @ m) / sigma
         a = torch.tanh(torch.addmm(pre_tanh + actor.tanh_branch.bias, x, cache["w_tanh"]))
         g = torch.sigmoid(torch.addmm(pre_gate + actor.gate_branch.bias, x, cache["w_gate"]))
-        logits = actor.score(a * g)[:, 0].cpu().numpy()
-        logits[extra[:, 5] < 0.5] = PAD_LOGIT  # padding, as in the policy's forward pass
+        logits = np.full(p, PAD_LOGIT, dtype=np.float32)
+        logits[:n] = actor.score(a * g)[:, 0].cpu().numpy()
+        logits[~real] = PAD_LOGIT  # padding, as in the policy's forward pass
         return logits
 
     def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
