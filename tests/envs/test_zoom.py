@@ -225,6 +225,24 @@ def test_ablations(env_kwargs):
         WSIZoomEnv(**env_kwargs, update="everything")
 
 
+def test_global_rows_are_f_s_of_the_low_res_rows(env_kwargs):
+    """Every not-yet-zoomed row is f_S([V(a), Z(a), Z(i)]) after each zoom (the factored f_S included)."""
+    env = WSIZoomEnv(**env_kwargs, update="global")
+    obs, _ = env.reset(seed=5)
+    p, d = env.max_patches, env.dim
+    n = int(obs["patch_mask"].sum())
+    z = torch.as_tensor(obs["state"].reshape(p, d)[:n].copy())
+    zoomed = []
+    for a in (3, 7, 1):
+        obs, *_ = env.step(a)
+        zoomed.append(a)
+        s = torch.as_tensor(obs["state"].reshape(p, d)[:n])
+        rest = [i for i in range(n) if i not in zoomed]
+        with torch.no_grad():
+            expected = env.tsu(s[a].expand(len(rest), d), z[a].expand(len(rest), d), z[rest])
+        torch.testing.assert_close(s[rest], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_lowres_agent_view_shows_z_while_the_classifier_reads_the_updated_state(env_kwargs):
     seen = WSIZoomEnv(**env_kwargs, update="global", agent_view="lowres")
     full = WSIZoomEnv(**env_kwargs, update="global")
