@@ -18,6 +18,7 @@ from wsigym.agents.reproduction import (
     sasha_plan,
     sasha_timesteps,
 )
+from wsigym.cachedir import lock_path
 
 
 def test_plan_is_seed_major_main_rows_first_and_shares_the_tsu_run_at_equal_scale():
@@ -88,7 +89,7 @@ def test_a_run_another_process_holds_is_skipped_and_a_never_checkpointed_run_res
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time, filelock
-            lock = filelock.FileLock({str(tmp_path / f".{held.name}.lock")!r}); lock.acquire()
+            lock = filelock.FileLock({str(lock_path(tmp_path / held.name))!r}); lock.acquire()
             print("held", flush=True); time.sleep(120)
         """)],
         stdout=subprocess.PIPE, text=True,

@@ -40,6 +40,7 @@ from typing import Any
 
 import filelock
 
+from wsigym.cachedir import lock_path
 from wsigym.envs.options import DEFAULT_DATASET
 from wsigym.io import atomic_write_json
 
@@ -48,6 +49,8 @@ SASHA_PASSES = 15
 SASHA_EPISODES = 2
 #: Shipped weak-supervision policy, evaluated as a second, labelled row.
 EVIDENCE_POLICY = "ppo-WSIZoom-v0"
+#: Budgets at which the comparisons are always evaluated (SASHA-0.1 and SASHA-0.2), whichever rows a process runs.
+REFERENCE_BUDGETS = (0.1, 0.2)
 EVALUATION = "evaluation.json"
 BASELINES = "baselines.json"
 EVIDENCE = "evidence.json"
@@ -143,7 +146,7 @@ def compute_note(run: PlannedRun, timesteps: int, slides: int) -> str:
 def claim(path: Path) -> Iterator[bool]:
     """Hold ``path``'s lock file (``.<name>.lock`` beside it) if no other process does; yields whether it did."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path.with_name(f".{path.name}.lock")))
+    lock = filelock.FileLock(str(lock_path(path)))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
@@ -255,7 +258,7 @@ def run_plan(
     """Work through ``plan`` (module docstring), skipping runs another process holds; returns the names of the
     runs this call finished or found finished. ``env_kwargs`` go to every environment."""
     out = Path(out)
-    budgets = sorted({r.budget for r in plan})
+    budgets = sorted(set(REFERENCE_BUDGETS) | {r.budget for r in plan})
     evaluate_references(
         out,
         dataset=dataset,
