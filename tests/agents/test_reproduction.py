@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from wsigym.agents.reproduction import (
     EVALUATION,
     RUN_RECORD,
@@ -44,6 +46,15 @@ def test_plan_is_seed_major_main_rows_first_and_shares_the_tsu_run_at_equal_scal
 def test_the_global_row_shows_its_agent_z_as_sashas_ablation_env_does():
     assert PlannedRun("global", 0.2, 0, 1).env_options == {"update": "global", "agent_view": "lowres"}
     assert PlannedRun("tsu", 0.2, 0, 1).env_options == {"update": "tsu"}
+
+
+def test_bad_plan_arguments_are_one_clear_error():
+    with pytest.raises(ValueError, match="ablation_passes must be a positive number"):
+        sasha_plan((0,), ablation_passes=0)
+    with pytest.raises(ValueError, match="passes must be a positive number"):
+        sasha_plan((0,), passes=float("nan"))
+    with pytest.raises(ValueError, match="at least one training seed"):
+        sasha_plan(())
 
 
 def test_sasha_timesteps_is_passes_times_two_episodes_per_slide():

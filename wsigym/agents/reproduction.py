@@ -100,6 +100,13 @@ def sasha_plan(
     a seed the main TSU rows come first, then the ablation rules; a run in both lists appears once. ``rows``
     keeps the ``"main"`` rows, the ``"ablation"`` or both; ``ablation_passes`` defaults to ``passes``."""
     ablation_passes = passes if ablation_passes is None else ablation_passes
+    for name, value in (("passes", passes), ("ablation_passes", ablation_passes)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"{name} must be a positive number of passes over the training slides, got {value!r}"
+            )
+    if not seeds:
+        raise ValueError("seeds: give at least one training seed")
     plan: list[PlannedRun] = []
     for seed in seeds:
         runs = (
