@@ -75,3 +75,31 @@ def test_dominant_row_removed_triggers_exact_refresh():
     logits, att = full(hafed, state, valid)
     torch.testing.assert_close(clf.logits(), logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(clf.attention(), att, rtol=1e-4, atol=1e-6)
+
+
+def test_dense_changes_are_recomputed_and_mix_with_sparse_ones():
+    """A step that changes at least half of an environment's rows (the global rule) recomputes that
+    environment's sums; the others in the same change stay incremental; all equal a full classify."""
+    torch.manual_seed(3)
+    b, p, d = 3, 40, 16
+    hafed = zoo.create_model("hafed", in_dim=d, n_token_2=3).eval()
+    n = torch.tensor([40, 25, 9])
+    valid = torch.arange(p)[None] < n[:, None]
+    state = torch.randn(b, p, d) * valid[..., None]
+    clf = IncrementalAttentionClassifier(hafed, b, p, "cpu")
+    clf.refresh(torch.arange(b), state, valid)
+    recomputed = []
+    refresh = clf.refresh
+    clf.refresh = lambda envs, *a, **k: (recomputed.append(envs.tolist()), refresh(envs, *a, **k))[1]
+    g = torch.Generator().manual_seed(4)
+    for _ in range(10):
+        rows = [torch.arange(40), torch.randperm(25, generator=g)[:3], torch.randperm(9, generator=g)[:5]]
+        env_t = torch.cat([torch.full((len(r),), e) for e, r in enumerate(rows)])
+        row_t = torch.cat(rows)
+        clf.update(change_rows(state, env_t, row_t, torch.randn(len(row_t), d, generator=g)), state, valid)
+        logits, att = full(hafed, state, valid)
+        torch.testing.assert_close(clf.logits(), logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(clf.attention(), att, rtol=1e-4, atol=1e-6)
+    assert recomputed and all(
+        envs == [0, 2] for envs in recomputed
+    )  # env 1 changed 3 of 25 rows: incremental

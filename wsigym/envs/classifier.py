@@ -20,6 +20,10 @@ and updates them by subtracting the old rows' terms and adding the new ones: ``O
 that dominated are gone and cancellation could cost precision) the environment is recomputed from
 its stored row logits, with a fresh shift. The result equals ``hafed.classify(S, mask)`` to float
 tolerance (tested).
+
+**Dense changes.** When a step changes at least half of an environment's rows (the global rule changes
+all of them), subtracting the old terms and adding the new costs twice a recomputation, so that
+environment's sums are recomputed from its rows and stored logits instead (over its real rows only).
 """
 
 from __future__ import annotations
@@ -69,14 +73,17 @@ class IncrementalAttentionClassifier:
         """
         if envs.numel() == 0:
             return
-        s = state[envs]  # (E, P, d)
-        mask = valid[envs]
+        rows = valid[envs].any(0).nonzero()
+        last = int(rows.max()) + 1 if rows.numel() else 1  # rows past the last real one are padding
+        s = state[envs, :last]  # (E, last, d)
+        mask = valid[envs, :last]
         if recompute_logits:
-            logits = self.hafed.attention_logits(s).transpose(1, 2)  # (E, P, M)
+            logits = self.hafed.attention_logits(s).transpose(1, 2)  # (E, last, M)
             logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-            self.row_logits[envs] = logits
+            self.row_logits[envs] = float("-inf")
+            self.row_logits[envs, :last] = logits
         else:
-            logits = self.row_logits[envs]
+            logits = self.row_logits[envs, :last]
         lg = logits.double()
         shift = lg.amax(dim=1)  # (E, M)
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
@@ -87,13 +94,22 @@ class IncrementalAttentionClassifier:
 
     @torch.no_grad()
     def update(self, change: StateChange, state: Tensor, valid: Tensor) -> None:
-        """Apply a :class:`StateChange` (``state``/``valid`` are only read if an env needs a refresh)."""
+        """Apply a :class:`StateChange` (``state`` is read for the environments whose sums are recomputed)."""
         env, new_rows, old_rows = change.env, change.new, change.old
         if env.numel() == 0:
             return
         new_l = self._row_logits(new_rows)  # (R, M)
         old_l = self.row_logits[env, change.row]
         self.row_logits[env, change.row] = new_l
+        counts = torch.bincount(env, minlength=self.shift.shape[0])
+        dense = (counts > 0) & (2 * counts >= valid.sum(-1))
+        if dense.any():  # module docstring, Dense changes
+            self.refresh(dense.nonzero().squeeze(-1), state, valid, recompute_logits=False)
+            sparse = ~dense[env]
+            if not sparse.any():
+                return
+            env, new_rows, old_rows = env[sparse], new_rows[sparse], old_rows[sparse]
+            new_l, old_l = new_l[sparse], old_l[sparse]
         nl, ol = new_l.double(), old_l.double()
         top = torch.full_like(self.shift, float("-inf"))
         top.scatter_reduce_(0, env.unsqueeze(-1).expand_as(nl), nl, reduce="amax")
