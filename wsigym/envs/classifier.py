@@ -37,16 +37,16 @@ REFRESH_BELOW = 1e-6
 
 
 class IncrementalAttentionClassifier:
-    """Incremental ``hafed.classify`` for ``B`` padded states ``(B, P, d)``.
+    """Incremental ``hafed.classify`` for ``B`` padded states ``(B, R, d)``.
 
     Args:
         hafed: a HAFED (``attention_logits``, ``slide_head``) in eval mode.
         batch_size: ``B``.
-        max_patches: ``P``.
+        max_patches: ``R``, the rows per state (the engine resizes :attr:`row_logits` with its rows).
         device: where the sums live.
 
     Use :meth:`refresh` after loading new states, :meth:`update` after each :class:`StateChange`,
-    then :meth:`logits` ``(B, C)`` and :meth:`attention` ``(B, P)``.
+    then :meth:`logits` ``(B, C)`` and :meth:`attention` ``(B, R)``.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class IncrementalAttentionClassifier:
 
     @torch.no_grad()
     def refresh(self, envs: Tensor, state: Tensor, valid: Tensor, recompute_logits: bool = True) -> None:
-        """Full recomputation for environments ``envs (E,)`` from ``state (B, P, d)`` and ``valid (B, P)``.
+        """Full recomputation for environments ``envs (E,)`` from ``state (B, R, d)`` and ``valid (B, R)``.
 
         ``recompute_logits=False`` reuses the stored row logits (after cancellation).
         """
@@ -145,6 +145,6 @@ class IncrementalAttentionClassifier:
 
     @torch.no_grad()
     def attention(self) -> Tensor:
-        """Branch-averaged attention weights ``(B, P)`` (0 on padding), as ``classify()["attention"]``."""
+        """Branch-averaged attention weights ``(B, R)`` (0 on padding), as ``classify()["attention"]``."""
         w = torch.exp(self.row_logits.double() - self.shift.unsqueeze(1)) / self.denom.unsqueeze(1)
         return w.mean(-1).float()

@@ -85,7 +85,8 @@ class StateChange:
 
 @dataclass
 class ZoomBatchState:
-    """The mutable per-environment tensors the rules read and write (``B`` envs, ``P`` rows, width ``d``).
+    """The mutable per-environment tensors the rules read and write (``B`` envs, ``P`` rows, width ``d``;
+    the engine holds ``P = R``, its rows for the current slides, see :mod:`wsigym.envs.zoom_batch`).
 
     Attributes:
         state: ``S (B, P, d)`` float32, padding rows 0.
@@ -110,7 +111,7 @@ def cosine_to(z: Tensor, z_norm: Tensor, query: Tensor, valid: Tensor | None = N
     One ``N x d`` scan per environment (the per-step floor of any TSU environment). On CUDA one
     ``bmm`` over the padded rows; on CPU one GEMV per environment over its real rows only (the first
     ``valid[b].sum()`` rows; padding rows get 0), which measured ~2.5x faster than CPU ``bmm`` here
-    (``benchmarks/env_speed.py``) and skips the padding to the dataset's largest slide. Norms are
+    (``benchmarks/env_speed.py``) and skips the rows past the slide. Norms are
     clamped at :data:`EPS`.
     """
     if z.device.type == "cpu":

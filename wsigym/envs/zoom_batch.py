@@ -1,12 +1,23 @@
 r"""The zoom MDP of ``B`` slides at once: the engine behind ``WSIZoom-v0`` (``B = 1``) and the vector env.
 
-:class:`ZoomBatch` keeps ``B`` padded episodes as torch tensors on one device (``P`` = max patches):
-the state ``S (B, P, d)``, the low-res features ``Z (B, P, d)`` and their norms, the masks
-(valid / zoomed / updated), the incremental HAFED classifier and the per-episode counters. A step
+:class:`ZoomBatch` keeps ``B`` episodes as torch tensors on one device: the state ``S (B, R, d)``, the
+low-res features ``Z (B, R, d)`` and their norms, the masks (valid / zoomed / updated), the incremental
+HAFED classifier and the per-episode counters. A step
 validates the ``B`` actions, applies the update rule (:mod:`wsigym.envs.state_update`) to all
 active episodes at once, updates the classifier sums
 (:class:`~wsigym.envs.classifier.IncrementalAttentionClassifier`) and computes the rewards
 (:mod:`wsigym.envs.reward`). Both environments are thin wrappers, so they cannot disagree.
+
+**Rows held: the real ones, not the dataset's largest slide.** ``R`` (:attr:`ZoomBatch.rows`) is the
+largest slide among the ``B`` current episodes, rounded up to :data:`ROW_STEP`: it grows when a larger
+slide is loaded and shrinks when the largest current slide needs at most half of it. So the ``d``-wide
+storage and every per-row computation (similarity scan, classifier, update rules) grow with the real
+rows, however large the dataset's largest slide ``P`` is. Only what the Gymnasium spaces fix is ``P``
+wide: the ``(B, P)`` host masks (the action space is ``Discrete(P)``) and, when someone asks for an
+observation, its ``state`` buffer ``(B, P*d)``. That buffer is built on the first :meth:`ZoomBatch.observation`
+and then kept current row by row (the rows a load or a step writes), so ``observation(copy=False)``
+hands it out without copying the state; a learner that reads the engine directly (the structured PPO
+path, ``observe=False``) never allocates it.
 
 The observation layout (one episode; :func:`observation_space`):
 
@@ -56,6 +67,16 @@ ILLEGAL_ACTION_PENALTY = 1.0
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: A zoomed patch counts as a tumour hit when its ground-truth tumour fraction exceeds this.
 TUMOUR_HIT_FRACTION = 0.0
+#: The engine's row capacity ``R`` is a multiple of this (fewer reallocations as slides arrive).
+ROW_STEP = 64
+
+
+def _with_rows(t: torch.Tensor, rows: int, fill: float | bool) -> torch.Tensor:
+    """``t (B, R, ...)`` with ``rows`` rows: cut, or extended with ``fill``."""
+    out = t.new_full((t.shape[0], rows, *t.shape[2:]), fill)
+    keep = min(rows, t.shape[1])
+    out[:, :keep] = t[:, :keep]
+    return out
 
 
 def observation_space(max_patches: int, dim: int) -> spaces.Dict:
@@ -227,15 +248,19 @@ class ZoomBatch:
         self.max_patches = p = config.max_patches
         self.dim = d = source.dim
         dev = self.device = source.device
+        #: ``R``: the rows held per environment (module docstring); 0 until the first :meth:`load`.
+        self.rows = 0
         self.tensors = ZoomBatchState(
-            state=torch.zeros(b, p, d, device=dev),
-            z=torch.zeros(b, p, d, device=dev),
-            z_norm=torch.ones(b, p, device=dev),
-            valid=torch.zeros(b, p, dtype=torch.bool, device=dev),
-            visited=torch.zeros(b, p, dtype=torch.bool, device=dev),
-            updated=torch.zeros(b, p, dtype=torch.bool, device=dev),
+            state=torch.zeros(b, 0, d, device=dev),
+            z=torch.zeros(b, 0, d, device=dev),
+            z_norm=torch.ones(b, 0, device=dev),
+            valid=torch.zeros(b, 0, dtype=torch.bool, device=dev),
+            visited=torch.zeros(b, 0, dtype=torch.bool, device=dev),
+            updated=torch.zeros(b, 0, dtype=torch.bool, device=dev),
         )
-        self.classifier = IncrementalAttentionClassifier(hafed, b, p, dev)
+        self.classifier = IncrementalAttentionClassifier(hafed, b, 0, dev)
+        #: The observed ``state`` ``(B, P, d)``, built on the first :meth:`observation` (module docstring).
+        self._observed: np.ndarray | None = None
         self.rule = UPDATE_RULES[config.update]
         # host-side per-episode bookkeeping
         self.slide = np.zeros(b, dtype=np.int64)
@@ -298,7 +323,12 @@ class ZoomBatch:
         """Start new episodes: environment ``envs[j]`` on slide position ``slides[j]``."""
         if not envs:
             return
-        t, src, p = self.tensors, self.source, self.max_patches
+        src = self.source
+        previous = {e: int(self.n[e]) for e in envs}
+        for e, k in zip(envs, slides, strict=True):
+            self.n[e] = src.n_list[k]
+        self._fit_rows()
+        t = self.tensors
         for e, k in zip(envs, slides, strict=True):
             n = src.n_list[k]
             z, coords, tumour = src.episode_arrays(k)
@@ -319,7 +349,10 @@ class ZoomBatch:
             t.valid[e, :n] = True
             t.visited[e].zero_()
             t.updated[e].zero_()
-            self.slide[e], self.n[e] = k, n
+            self.slide[e] = k
+            if self._observed is not None:  # the rows this episode observes now
+                self._observed[e, n : previous[e]] = 0.0
+                self._observed[e, :n] = t.z[e, :n].cpu().numpy()
             self.steps_budget[e] = budget_steps(n, self.config.budget)
             self.zooms[e] = 0
             self.labels[e] = src.labels[k]
@@ -337,7 +370,22 @@ class ZoomBatch:
         logits = self.classifier.logits()
         self.logits[idx] = logits[idx]
         self.ce[idx] = cross_entropy(logits[idx], self.labels[idx])
-        del p
+
+    def _fit_rows(self) -> None:
+        """Set ``R`` for the current episodes' slides ``self.n`` (module docstring): grow to the largest,
+        or shrink when it needs at most half of ``R``; rows past every slide are padding, so cutting
+        them loses nothing."""
+        need = int(self.n.max())
+        rows = min(-(-need // ROW_STEP) * ROW_STEP, self.max_patches)
+        if need <= self.rows < 2 * rows:
+            return
+        t = self.tensors
+        t.state, t.z = _with_rows(t.state, rows, 0.0), _with_rows(t.z, rows, 0.0)
+        t.z_norm = _with_rows(t.z_norm, rows, 1.0)
+        t.valid, t.visited = _with_rows(t.valid, rows, False), _with_rows(t.visited, rows, False)
+        t.updated = _with_rows(t.updated, rows, False)
+        self.classifier.row_logits = _with_rows(self.classifier.row_logits, rows, float("-inf"))
+        self.rows = rows
 
     def action_masks(self) -> np.ndarray:
         """Legal actions ``(B, P)`` bool: real, not zoomed (and not updated with ``mask_updated``)."""
@@ -504,8 +552,10 @@ class ZoomBatch:
         # bookkeeping on the host
         self.order[act_idx, actions[act_idx]] = self.zooms[act_idx]
         self.zooms[act_idx] += 1
-        self.visited_np = t.visited.to(torch.int8).cpu().numpy()
-        self.updated_np = t.updated.to(torch.int8).cpu().numpy()
+        self.visited_np[:, : self.rows] = t.visited.to(torch.int8).cpu().numpy()
+        self.updated_np[:, : self.rows] = t.updated.to(torch.int8).cpu().numpy()
+        if self._observed is not None and self.config.agent_view == "state":  # Z rows do not change
+            self._observed[change.env.cpu().numpy(), change.row.cpu().numpy()] = change.new.cpu().numpy()
         no_legal = ~self.action_masks().any(axis=1)
         budget_done = self.zooms >= self.steps_budget
         done = active & (budget_done | no_legal)
@@ -534,12 +584,14 @@ class ZoomBatch:
     # ------------------------------------------------------------------ views
     def observation(self, copy: bool = True) -> dict[str, np.ndarray]:
         """Batched observation ``{key: (B, ...)}`` (module docstring). ``copy=False`` may share memory
-        with the internal CPU state, which the next step overwrites."""
+        with the engine's observation buffers, which the next step overwrites."""
         b = self.num_envs
         lowres = self.config.agent_view == "lowres"
-        state = (self.tensors.z if lowres else self.tensors.state).reshape(b, -1)
-        state_np = state.cpu().numpy()
-        if copy and self.device.type == "cpu":
+        if self._observed is None:  # built once, then kept current by load() and step()
+            self._observed = np.zeros((b, self.max_patches, self.dim), dtype=np.float32)
+            self._observed[:, : self.rows] = (self.tensors.z if lowres else self.tensors.state).cpu().numpy()
+        state_np = self._observed.reshape(b, -1)
+        if copy:
             state_np = state_np.copy()
         taken = self.updated_np if self.config.mask_updated else self.visited_np
         remaining = (self.steps_budget - self.zooms) / self.steps_budget
@@ -572,4 +624,6 @@ class ZoomBatch:
 
     def attention(self) -> np.ndarray:
         """HAFED's branch-averaged attention on the current states ``(B, P)``."""
-        return self.classifier.attention().cpu().numpy()
+        out = np.zeros((self.num_envs, self.max_patches), dtype=np.float32)
+        out[:, : self.rows] = self.classifier.attention().cpu().numpy()
+        return out
