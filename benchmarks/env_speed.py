@@ -6,8 +6,9 @@ Measured in one run, for each slide size N (default 2000 and 10000) at d = 384:
     zoomed row against the whole evolving state (``|cos|``, normalising ``S_t`` every step), TSU on
     the new similar rows, overwrite every zoomed row, then the **full** ``HAFED.classify`` of the
     ``N x d`` state for the reward;
-(b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied), and the same
-    with ``update="none"`` (b') to separate the TSU MLP's cost from the environment's own;
+(b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied), the same with
+    ``update="none"`` (b') to separate the TSU MLP's cost from the environment's own, and with
+    ``copy_obs=False`` (b''), where the observation is the engine's buffer, kept current row by row;
 (c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256.
 
 Reported: environment steps per second (for the vector env, ``B x`` vector steps per second), the
@@ -175,6 +176,9 @@ def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, 
     env = WSIZoomEnv(**kw, update="none")
     sec_n, k_n, _ = time_single_env(env, rng, args, device)
     rows.append(("(b') WSIZoomNoUpdate-v0 (no TSU rows)", 1 / sec_n, sec_n, k_n))
+    env = WSIZoomEnv(**kw, copy_obs=False)
+    sec_s, k_s, _ = time_single_env(env, rng, args, device)
+    rows.append(("(b'') WSIZoom-v0, copy_obs=False", 1 / sec_s, sec_s, k_s))
     env = None
 
     # (c) vector env
