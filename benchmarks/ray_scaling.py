@@ -5,23 +5,34 @@ One run prints, side by side for each workload,
 - the wall time with the local backend (one process, one torch thread), with Ray on a local cluster of 1
   worker (``num_cpus=1``) and of 2 workers (``num_cpus=2``);
 - the speed-up of 2 Ray workers over local (goal on 2 cores: >= 1.7x);
-- the overhead per task: ``(Ray 1 worker - local) / tasks``, and as a share of the mean task's work
-  (``local / tasks``) (goal: < 5%); it includes shipping the inputs, starting worker processes
-  (importing torch) and rebuilding the environments from the object store in each worker;
-- a projection to N workers: ``max(longest task, work * (1 + overhead) / N)``, the bound set by the
-  total work and by the longest task (the protocol has one task per agent, budget and seed, so with
-  more workers than tasks the longest task is the wall time).
+- the pool start (extraction only): seconds from putting the encoder in the object store to the last
+  actor ready with it (actor processes start, import torch, deserialise the encoder, move it to the
+  device), a one-off per job, not per slide; with 1 and 2 workers;
+- the overhead per task, twice: with the pool start, ``(Ray 1 worker - local) / tasks`` (the earlier
+  definition), and without it, ``(Ray 1 worker - pool start - local) / tasks``; each also as a share of
+  the mean task's work (``local / tasks``) (goal: < 5%). It includes shipping the inputs, starting
+  worker processes (importing torch) and rebuilding the environments from the object store in each
+  worker (evaluation), or shipping each slide's arguments and results (extraction, whose actors keep
+  the encoder from slide to slide);
+- a projection to N workers: ``pool start + max(longest task, work * (1 + overhead) / N)`` with the
+  overhead without the pool start and the pool start of 2 workers, the bound set by the total work and
+  by the longest task (the protocol has one task per agent, budget and seed, so with more workers than
+  tasks the longest task is the wall time).
 
 Workloads: the evaluation protocol on synth-c16's test split (``--slides`` slides; agents random,
 attention-top-k, coverage, oracle at budgets 10% and 20%, ``--seeds`` seeds: one task per agent,
 budget and seed, deterministic agents once per budget) and ``wsigym slides extract`` of ``--extract``
 synthetic 20x slides (2048^2 px, the test slides' generator) with a random-init ``timm:resnet10t`` at
-128 px patches, 5x/10x (one task per slide). The Ray cluster's start and a warm-up call (worker processes
+128 px patches, 5x/10x (a pool of actors, one per worker; one call per slide). ``--workloads`` picks
+either or both (default). The Ray cluster's start and a warm-up call of each workload (worker processes
 start and import torch: seconds, once per cluster) are printed apart and not counted, as the local
-backend's warm-up (reading synth-c16's ``V`` into the process) is not. Every configuration computes the same numbers (checked here).
+backend's warm-up (reading synth-c16's ``V`` into the process) is not; extraction's actors are new
+processes in every job, so their start is in the pool start, not in the warm-up. Every configuration computes the
+same numbers (checked here).
 
     .venv/bin/python benchmarks/ray_scaling.py                       # ~10 min on 2 shared cores
     .venv/bin/python benchmarks/ray_scaling.py --slides 8 --extract 4   # a quicker look
+    .venv/bin/python benchmarks/ray_scaling.py --workloads extraction   # extraction alone
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+WORKLOADS = ("evaluation", "extraction")
 
 
 def _evaluate(backend: str, slides: int, seeds: list[int]) -> tuple[float, Any, list[float]]:
@@ -68,7 +81,8 @@ def _evaluate(backend: str, slides: int, seeds: list[int]) -> tuple[float, Any, 
         ev.run_job = original
 
 
-def _extract(backend: str, slides: Path, job: Path) -> tuple[float, dict, list[float]]:
+def _extract(backend: str, slides: Path, job: Path) -> tuple[float, dict, list[float], dict[str, Any]]:
+    """Wall time, done slides, per-slide work (local) and the Ray pool's ``stats`` (Ray)."""
     from wsigym.slides.encoders import build_encoder
     from wsigym.slides.extract import encoder_identity, extract_features, extract_folder
 
@@ -77,6 +91,7 @@ def _extract(backend: str, slides: Path, job: Path) -> tuple[float, dict, list[f
     identity = encoder_identity(encoder)
     geometry = {"lr_mag": 5.0, "hr_mag": 10.0, "patch_size": 128}
     durations: list[float] = []
+    stats: dict[str, Any] = {}
     t0 = time.perf_counter()
     if backend == "local":
         import wsigym.slides.extract as ex
@@ -96,8 +111,10 @@ def _extract(backend: str, slides: Path, job: Path) -> tuple[float, dict, list[f
     else:
         from wsigym.distributed.extraction import extract_folder_ray
 
-        done, _ = extract_folder_ray(slides, job, encoder, progress=False, identity=identity, **geometry)
-    return time.perf_counter() - t0, done, durations
+        done, _ = extract_folder_ray(
+            slides, job, encoder, progress=False, identity=identity, stats=stats, **geometry
+        )
+    return time.perf_counter() - t0, done, durations, stats
 
 
 def _features(job: Path, names: list[str]) -> list[bytes]:
@@ -122,11 +139,22 @@ def _metrics(report: Any) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=WORKLOADS,
+        default=list(WORKLOADS),
+        help="which workloads to time (default: both)",
+    )
     parser.add_argument("--slides", type=int, default=24, help="test slides of synth-c16 in the protocol")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--extract", type=int, default=6, help="synthetic slides to extract (0: skip)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
+    evaluation = "evaluation" in args.workloads
+    extraction = "extraction" in args.workloads and args.extract > 0
+    if not (evaluation or extraction):
+        parser.error("nothing to time: --workloads extraction needs --extract > 0")
     torch.set_num_threads(1)
     import ray
 
@@ -135,17 +163,26 @@ def main() -> None:
 
     rows: dict[str, dict[str, Any]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
-    slide_dir = tmp / "slides"
-    slide_dir.mkdir()
-    for i in range(args.extract):
-        write_aperio_tiff(slide_dir / f"s{i}.svs", width=2048, height=2048, mpp=0.5, levels=2, seed=i)
+    slide_dir, warm_dir = tmp / "slides", tmp / "warm-slides"
     names = [f"s{i}" for i in range(args.extract)]
+    if extraction:
+        slide_dir.mkdir()
+        for i in range(args.extract):
+            write_aperio_tiff(slide_dir / f"s{i}.svs", width=2048, height=2048, mpp=0.5, levels=2, seed=i)
+        warm_dir.mkdir()
+        write_aperio_tiff(warm_dir / "w.svs", width=1024, height=1024, mpp=0.5, levels=2, seed=0)
 
-    _evaluate("local", 2, args.seeds[:1])  # warm-up: synth-c16's V read into this process once
-    t, report, durations = _evaluate("local", args.slides, args.seeds)
-    rows["evaluation"] = {"local": t, "tasks": len(durations), "task_s": durations, "ref": _metrics(report)}
-    if args.extract:
-        t, _, durations = _extract("local", slide_dir, tmp / "job-local")
+    if evaluation:
+        _evaluate("local", 2, args.seeds[:1])  # warm-up: synth-c16's V read into this process once
+        t, report, durations = _evaluate("local", args.slides, args.seeds)
+        rows["evaluation"] = {
+            "local": t,
+            "tasks": len(durations),
+            "task_s": durations,
+            "ref": _metrics(report),
+        }
+    if extraction:
+        t, _, durations, _ = _extract("local", slide_dir, tmp / "job-local")
         rows["extraction"] = {"local": t, "tasks": len(durations), "task_s": durations}
         rows["extraction"]["ref"] = _features(tmp / "job-local", names)
     starts, warmups = {}, {}
@@ -154,41 +191,60 @@ def main() -> None:
         connect(num_cpus=workers, num_gpus=0)
         starts[workers] = time.perf_counter() - t0
         t0 = time.perf_counter()  # warm-up, as for local: the workers start and import torch once
-        _evaluate("ray", 2, args.seeds[:1])
+        if evaluation:
+            _evaluate("ray", 2, args.seeds[:1])
+        if extraction:
+            _extract("ray", warm_dir, tmp / f"job-warm{workers}")
         warmups[workers] = time.perf_counter() - t0
-        t, report, _ = _evaluate("ray", args.slides, args.seeds)
-        assert _metrics(report) == rows["evaluation"]["ref"], "Ray's evaluation differs from local"
-        rows["evaluation"][f"ray{workers}"] = t
-        if args.extract:
-            t, _, _ = _extract("ray", slide_dir, tmp / f"job-ray{workers}")
+        if evaluation:
+            t, report, _ = _evaluate("ray", args.slides, args.seeds)
+            assert _metrics(report) == rows["evaluation"]["ref"], "Ray's evaluation differs from local"
+            rows["evaluation"][f"ray{workers}"] = t
+        if extraction:
+            t, _, _, stats = _extract("ray", slide_dir, tmp / f"job-ray{workers}")
             assert _features(tmp / f"job-ray{workers}", names) == rows["extraction"]["ref"], "features differ"
             rows["extraction"][f"ray{workers}"] = t
+            rows["extraction"][f"start{workers}"] = stats["start_s"]
+            rows["extraction"][f"slides_per_actor{workers}"] = [a["slides"] for a in stats["actors"]]
         ray.shutdown()
 
     print(
         f"Ray scaling on {torch.get_num_threads()} torch thread(s) per task; cluster start "
-        f"{starts[1]:.1f} s (1 worker), {starts[2]:.1f} s (2 workers) and a warm-up call (worker processes "
-        f"start, import torch) {warmups[1]:.1f} s / {warmups[2]:.1f} s, not counted (local had its warm-up too). "
-        "Results identical to local: yes."
+        f"{starts[1]:.1f} s (1 worker), {starts[2]:.1f} s (2 workers) and a warm-up call of each workload "
+        f"(worker processes start, import torch) {warmups[1]:.1f} s / {warmups[2]:.1f} s, not counted "
+        "(local had its warm-up too). Results identical to local: yes."
     )
+    if extraction:
+        r = rows["extraction"]
+        print(
+            f"Extraction slides per actor: {r['slides_per_actor1']} (1 worker), {r['slides_per_actor2']} "
+            "(2 workers); each actor loads the encoder once."
+        )
     print()
     print(
-        "| workload | tasks | local s | Ray 1 worker s | Ray 2 workers s | speed-up 2w/local | overhead/task s | overhead % of task | projected 4 / 8 / 16 workers s |"
+        "| workload | tasks | local s | Ray 1 worker s | Ray 2 workers s | speed-up 2w/local "
+        "| pool start 1w / 2w s | overhead/task s with start | % of task | overhead/task s without start "
+        "| % of task | projected 4 / 8 / 16 workers s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     summary = {}
     for name, r in rows.items():
         tasks = r["tasks"]
         mean_task = r["local"] / tasks
-        overhead = (r["ray1"] - r["local"]) / tasks
+        start1, start2 = r.get("start1", 0.0), r.get("start2", 0.0)
+        overhead = (r["ray1"] - r["local"]) / tasks  # the earlier definition: the pool start included
         share = overhead / mean_task
+        per_task = (r["ray1"] - start1 - r["local"]) / tasks
+        per_task_share = per_task / mean_task
         longest = max(r["task_s"])
         work = sum(r["task_s"])
-        proj = [max(longest, work * (1 + max(share, 0.0)) / n) for n in (4, 8, 16)]
+        proj = [start2 + max(longest, work * (1 + max(per_task_share, 0.0)) / n) for n in (4, 8, 16)]
         speedup = r["local"] / r["ray2"]
+        start = f"{start1:.1f} / {start2:.1f}" if "start1" in r else "-"
         print(
             f"| {name} | {tasks} | {r['local']:.1f} | {r['ray1']:.1f} | {r['ray2']:.1f} | {speedup:.2f}x | "
-            f"{overhead:.2f} | {100 * share:.1f}% | {' / '.join(f'{p:.1f}' for p in proj)} |"
+            f"{start} | {overhead:.2f} | {100 * share:.1f}% | {per_task:.2f} | {100 * per_task_share:.1f}% | "
+            f"{' / '.join(f'{p:.1f}' for p in proj)} |"
         )
         summary[name] = {
             "tasks": tasks,
@@ -196,19 +252,31 @@ def main() -> None:
             "ray1_s": r["ray1"],
             "ray2_s": r["ray2"],
             "speedup_2_workers": speedup,
+            "pool_start_s": {"1": start1, "2": start2} if "start1" in r else None,
             "overhead_per_task_s": overhead,
             "overhead_share": share,
+            "overhead_per_task_without_start_s": per_task,
+            "overhead_share_without_start": per_task_share,
             "longest_task_s": longest,
             "projected_s": dict(zip(("4", "8", "16"), proj)),
         }
+        if "start1" in r:
+            summary[name]["slides_per_actor"] = {"1": r["slides_per_actor1"], "2": r["slides_per_actor2"]}
     print()
     print(
-        "Projection: max(longest task, total work x (1 + overhead) / N). Beyond ~tasks/2 workers the longest "
-        "task bounds the wall time; more slides (evaluation) or more slides per cohort (extraction) raise the bound."
+        "Overhead with start: (Ray 1 worker - local) / tasks; without start: the pool start (extraction's "
+        "actors starting and loading the encoder, once per job) taken out first. Projection: pool start "
+        "(2 workers) + max(longest task, total work x (1 + overhead without start) / N). Beyond ~tasks/2 "
+        "workers the longest task bounds the wall time; more slides (evaluation) or more slides per cohort "
+        "(extraction) raise the bound."
     )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"starts_s": starts, "warmups_s": warmups, "rows": summary}, indent=2, allow_nan=True)
+            json.dumps(
+                {"workloads": list(rows), "starts_s": starts, "warmups_s": warmups, "rows": summary},
+                indent=2,
+                allow_nan=True,
+            )
         )
     if not math.isfinite(sum(v["speedup_2_workers"] for v in summary.values())):
         raise SystemExit("non-finite timing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -24,19 +25,28 @@ class MeanColour(torch.nn.Module):
 
 
 class SlowEncoder(TorchPatchEncoder):
-    """A :class:`TorchPatchEncoder` that sleeps ``delay`` seconds per batch (to kill a job mid-way)."""
+    """A :class:`TorchPatchEncoder` that sleeps ``delay`` seconds per batch (to kill a job mid-way) and,
+    with a ``load_log`` file, appends the process id to it each time it is unpickled (in a worker)."""
 
     delay = 0.0
+    load_log: str | None = None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         time.sleep(self.delay)
         return super().__call__(images)
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.load_log is not None:
+            with open(self.load_log, "a") as f:
+                f.write(f"{os.getpid()}\n")
 
-def tiny_encoder(seed: int = 0, delay: float = 0.0) -> SlowEncoder:
+
+def tiny_encoder(seed: int = 0, delay: float = 0.0, load_log: Path | None = None) -> SlowEncoder:
     torch.manual_seed(seed)
     encoder = SlowEncoder(MeanColour(), name="meancolour", input_size=16)
     encoder.delay = delay
+    encoder.load_log = None if load_log is None else str(load_log)
     return encoder
 
 

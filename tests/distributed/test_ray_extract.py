@@ -1,5 +1,6 @@
 """``slides extract`` on Ray: the same files as the local backend, one error per bad slide without
-losing the others, resumption after a killed job, and the CLI's ``--backend ray``."""
+losing the others, one encoder load per worker (actor), actors ended after the job, resumption after
+a killed job, and the CLI's ``--backend ray`` (``--workers``)."""
 
 from __future__ import annotations
 
@@ -68,8 +69,63 @@ def test_ray_extraction_equals_local_and_reports_the_bad_slide(ray_cluster, slid
 
     from wsigym.errors import DataError
 
+    stats: dict = {}
     with pytest.raises(DataError, match=r"bad\.svs"):  # on_error="raise": the slide's own error, unwrapped
-        extract_folder_ray(slides, tmp_path / "job2", tiny_encoder(), progress=False, **GEOMETRY)
+        extract_folder_ray(slides, tmp_path / "job2", tiny_encoder(), progress=False, stats=stats, **GEOMETRY)
+    assert stats["workers"] == 2  # default: as many actors as the 2-CPU cluster holds
+    _assert_killed([a["pid"] for a in stats["actors"]])
+
+
+def _assert_killed(pids: list[int], timeout: float = 30.0) -> None:
+    """The processes ``pids`` (the job's actors) end within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        time.sleep(0.05)
+    assert not alive, f"actors still running: {alive}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) has ended too
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_each_worker_loads_the_encoder_once(ray_cluster, slides, local_job, tmp_path):
+    """workers=2 over five slides: at most two actors, each unpickles the encoder once (not once per
+    slide) and extracts several slides; the files equal the local backend's."""
+    from wsigym.distributed.extraction import extract_folder_ray
+
+    log = tmp_path / "loads.txt"
+    stats: dict = {}
+    job = tmp_path / "job"
+    done, failed = extract_folder_ray(
+        slides,
+        job,
+        tiny_encoder(load_log=log),
+        workers=2,
+        on_error="skip",
+        progress=False,
+        stats=stats,
+        **GEOMETRY,
+    )
+    assert list(done) == list(SLIDES) and list(failed) == ["bad"]
+    actors = stats["actors"]
+    assert stats["workers"] == 2 and 1 <= len(actors) <= 2 and stats["start_s"] > 0
+    assert sum(a["slides"] for a in actors) == len(SLIDES) + 1
+    loads = [int(line) for line in log.read_text().split()]
+    assert sorted(loads) == sorted(a["pid"] for a in actors)  # one load per actor, in its own process
+    for slide in SLIDES:
+        ours, theirs = _arrays(job, slide), _arrays(local_job[0], slide)
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{slide} {key}")
+    _assert_killed([a["pid"] for a in actors])
 
 
 KILLED_JOB = """
@@ -138,7 +194,8 @@ def test_cli_backend_ray(ray_cluster, slides, tmp_path, capsys):
         os.symlink(slides / name, two / name)
     argv = ["--threads", "1", "slides", "extract", str(two), "--encoder", "timm:resnet10t", "--skip-errors"]
     argv += ["--no-progress", "--lr-mag", "5", "--hr-mag", "10", "--patch-size", "128"]
-    assert wsigym_main([*argv, "--job-dir", str(tmp_path / "ray"), "--backend", "ray"]) == 1  # one bad slide
+    ray_argv = [*argv, "--job-dir", str(tmp_path / "ray"), "--backend", "ray", "--workers", "1"]
+    assert wsigym_main(ray_argv) == 1  # one bad slide
     out, err = capsys.readouterr()
     assert [line.split(":")[0] for line in out.splitlines()] == ["s1"]
     assert err.count("FAILED bad:") == 1 and "Traceback" not in err
@@ -152,3 +209,5 @@ def test_cli_backend_ray(ray_cluster, slides, tmp_path, capsys):
     capsys.readouterr()
     assert wsigym_main([*argv, "--job-dir", str(tmp_path / "x"), "--address", "auto"]) == 2
     assert "--address is only used with --backend ray" in capsys.readouterr().err
+    assert wsigym_main([*argv, "--job-dir", str(tmp_path / "x"), "--workers", "2"]) == 2
+    assert "--workers is only used with --backend ray" in capsys.readouterr().err

@@ -4,8 +4,9 @@
 - ``wsigym slides thumbnail SLIDE --out PNG [--mpp X] [--lr-mag 5] [--hr-mag 20] [--patch-size 256]``
 - ``wsigym slides extract SLIDES... --job-dir DIR --encoder timm:NAME|open_clip:NAME [--weights FILE]
   [--lr-mag 5] [--hr-mag 20] [--patch-size 256] [--batch-size 32] [--mpp X] [--min-tissue 0.25]
-  [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress] [--backend ray [--address A]]``
-  (``--backend ray``: one Ray task per slide, :mod:`wsigym.distributed.extraction`)
+  [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress]
+  [--backend ray [--address A] [--workers N]]`` (``--backend ray``: N Ray actors, each loading the encoder
+  once and extracting slide after slide, :mod:`wsigym.distributed.extraction`)
 
 ``extract`` records the encoder's identity (name, weights SHA-256, preprocessing, weights source) in
 every features file and in ``features_<encoder>/encoder.json``; rerunning into a job folder made by
@@ -55,9 +56,12 @@ def _extract(args: argparse.Namespace) -> int:
     from wsigym.slides.extract import encoder_identity, extract_folder
 
     slides = args.slides[0] if len(args.slides) == 1 else args.slides
+    if args.workers is not None and args.backend != "ray":
+        raise ValueError("--workers is only used with --backend ray")
     distributed = connect_from_args(args) is not None
     torch.manual_seed(args.seed)  # the initialisation of every weight the --weights do not set
-    # on Ray the network is built here on the CPU, put in the object store once, moved to --device per task
+    # on Ray the network is built here on the CPU, put in the object store once, moved to --device once
+    # per worker
     encoder = build_encoder(args.encoder, args.weights, device="cpu" if distributed else args.device)
     if args.weights is not None:
         source = str(args.weights)
@@ -68,7 +72,7 @@ def _extract(args: argparse.Namespace) -> int:
     if distributed:
         from wsigym.distributed.extraction import extract_folder_ray
 
-        run: Any = functools.partial(extract_folder_ray, device=args.device)
+        run: Any = functools.partial(extract_folder_ray, device=args.device, workers=args.workers)
     else:
         run = extract_folder
     done, failed = run(
@@ -141,4 +145,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true")
     add_backend_arguments(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --backend ray: Ray actors extracting in parallel, each loading the encoder once "
+        "(default: as many as the cluster holds, 1 CPU each or 1 GPU each with --device cuda; at most "
+        "one per slide)",
+    )
     p.set_defaults(func=_extract)

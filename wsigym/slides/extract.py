@@ -543,7 +543,7 @@ def extract_folder(
     **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Path]], dict[str, str]]:
     """:func:`extract_features` over a folder or list of slides, one after another in this process
-    (:func:`wsigym.distributed.extraction.extract_folder_ray` runs one Ray task per slide).
+    (:func:`wsigym.distributed.extraction.extract_folder_ray` runs them on a pool of Ray actors).
 
     Args:
         mpp: one override for all slides, or ``{slide_id: mpp}`` for some.
