@@ -107,5 +107,9 @@ def test_cli_and_bad_input(tmp_path, capsys):
         load_runs(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="training seed twice"):
         build_protocol([TrainedRun.from_dict(runs[0])] * 2, FullHafed([{"accuracy": 1.0}]), dataset="d")
+    # the same seed at two training scales (a main run and an ablation run) makes two rows, not an error
+    scales = [TrainedRun.from_dict({**runs[0], "compute": c}) for c in ("15 passes", "1 pass")]
+    rows = build_protocol(scales, FullHafed([{"accuracy": 1.0}]), dataset="d")["rows"]
+    assert [(r["compute"], r["train_seeds"]) for r in rows] == [("15 passes", [0]), ("1 pass", [0])]
     assert main(["protocol", str(tmp_path / "bad.json"), "--dataset", "d", "--full-hafed", hafed]) == 2
     assert "bad.json" in capsys.readouterr().err

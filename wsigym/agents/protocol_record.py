@@ -188,6 +188,9 @@ def build_protocol(
 ) -> dict[str, Any]:
     """The protocol record (module docstring): rows in order of first appearance, mean/std over seeds.
 
+    A row is one configuration: agent, recipe, reward, update rule, budget and ``compute`` (so a run at
+    SASHA's scale and a shorter ablation run of the same rule are two rows).
+
     Raises:
         ValueError: for no runs, no full-HAFED value, or one training seed listed twice in a row.
     """
@@ -196,17 +199,17 @@ def build_protocol(
     if not full_hafed.metrics:
         raise ValueError("build_protocol: full_hafed needs at least one evaluation")
     groups: dict[tuple[Any, ...], list[TrainedRun]] = {}
-    for run in runs:
-        groups.setdefault((run.agent, run.recipe, run.reward, run.update, run.budget), []).append(run)
+    for run in runs:  # one row per configuration, training scale included (main and ablation runs)
+        key = (run.agent, run.recipe, run.reward, run.update, run.budget, run.compute)
+        groups.setdefault(key, []).append(run)
     rows = []
-    for (agent, recipe, reward, update, budget), members in groups.items():
+    for (agent, recipe, reward, update, budget, compute), members in groups.items():
         seeds = [r.train_seed for r in members]
         if len(set(seeds)) != len(seeds):
             raise ValueError(
                 f"build_protocol: {agent!r} ({recipe}, {reward}, {update}, budget {budget}) lists a training seed "
                 f"twice: {seeds}"
             )
-        computes = sorted({r.compute for r in members if r.compute})
         row: dict[str, Any] = {
             "agent": agent,
             "recipe": recipe,
@@ -214,7 +217,7 @@ def build_protocol(
             "update": update,
             "budget": budget,
             "train_seeds": seeds,
-            "compute": "; ".join(computes) if computes else None,
+            "compute": compute,
         }
         for m in PROTOCOL_METRICS:
             row[m] = _summary([r.metrics[m] for r in members])
