@@ -63,7 +63,8 @@ synth-calibration: $(STAMP)
 # SASHA's experiment (wsigym/agents/reproduction.py, docs/sasha-reproduction.md): the main TSU rows at SASHA's
 # scale and the update-rule ablation at one pass (the most a global-rule run fits into one 2.5-hour job on
 # one core), 3 training seeds. Resumable: `make -j2 sasha-lanes` in every session (one lane per core); finished
-# runs are skipped, interrupted ones continue from their checkpoint.
+# runs are skipped, interrupted ones continue from their checkpoint on the same machine. Finished runs are also
+# written to results/synth-c16/reproduce/: commit it, since a new machine has no runs/.
 SASHA_OUT := runs/sasha-synth-c16
 SASHA_RUN := $(WSIGYM) reproduce run --ablation-passes 1 --out $(SASHA_OUT)
 sasha-lanes: sasha-lane-main sasha-lane-ablation

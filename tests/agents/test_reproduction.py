@@ -16,6 +16,7 @@ from wsigym.agents.reproduction import (
     PlannedRun,
     collect_protocol,
     plan_status,
+    record_dir,
     run_plan,
     sasha_plan,
     sasha_timesteps,
@@ -116,3 +117,29 @@ def test_a_run_another_process_holds_is_skipped_and_a_never_checkpointed_run_res
     assert done == [free.name]
     assert not (tmp_path / held.name).exists()
     assert not (stale / "leftover.txt").exists() and (stale / EVALUATION).is_file()
+
+
+def test_the_committed_record_outlives_the_run_folders(env_kwargs, tmp_path):
+    """A new machine has the repository's record but not ``runs/``: finished runs are not trained again."""
+    dataset = env_kwargs["dataset"]
+    models = {"hafed": env_kwargs["hafed"], "tsu": env_kwargs["tsu"]}
+    plan = sasha_plan((0,), passes=0.25, updates=("none",), rows=("ablation",))
+    record = record_dir(tmp_path / "results", dataset)
+    first = tmp_path / "machine-1"
+    run_plan(
+        plan, first, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False, record=record
+    )
+    name = plan[0].name
+    assert sorted(p.name for p in (record / name).iterdir()) == [EVALUATION, RUN_RECORD]
+    assert (record / "baselines.json").is_file()
+    expected = collect_protocol(plan, first, dataset=dataset)
+
+    second = tmp_path / "machine-2"  # the run folders are gone
+    assert [state for _, state in plan_status(plan, second)] == ["not started"]
+    assert [state for _, state in plan_status(plan, second, record)] == ["done"]
+    run_plan(
+        plan, second, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False, record=record
+    )
+    assert not (second / name).exists() and not (second / "baselines.json").exists()  # nothing redone
+    again = collect_protocol(plan, second, dataset=dataset, record=record)
+    assert json.dumps(again, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN-safe equality

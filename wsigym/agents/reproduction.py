@@ -22,6 +22,11 @@ starting the same command once per core runs that many runs at a time (a lock di
 untrained comparisons (random, attention-top-k, full-resolution HAFED; episode seeds 0-2) and the shipped
 evidence-reward policy are evaluated once, into ``out/baselines.json`` and ``out/evidence.json``.
 
+**What outlives the machine.** A session's machine (with ``out``) may be gone by the next session, so each finished
+evaluation is also copied into the repository's record, ``<results>/<dataset>/reproduce/`` (:func:`record_dir`:
+``<name>/reproduce.json`` and ``<name>/evaluation.json`` per run, ``baselines.json``, ``evidence.json``; a few
+kB each, committed). A run or comparison found there is done and is not trained or evaluated again.
+
 **The record** (:func:`collect_protocol`, ``wsigym reproduce report``): every finished evaluation becomes
 :class:`~wsigym.agents.protocol_record.TrainedRun` rows, written as ``<results>/<dataset>/protocol.json``
 and its README table (:mod:`wsigym.agents.protocol_record`). Unfinished runs are listed, never guessed.
@@ -56,6 +61,8 @@ BASELINES = "baselines.json"
 EVIDENCE = "evidence.json"
 #: The planned run and its compute, written into the run folder before training starts.
 RUN_RECORD = "reproduce.json"
+#: Folder of the committed record under ``<results>/<dataset>/`` (:func:`record_dir`).
+RECORD_FOLDER = "reproduce"
 #: Environment options of each rule. SASHA's global-update environment (``envs/WSI_env.py``) hands its agent
 #: ``Z`` at every step, so the global row's agent sees ``Z`` too (``agent_view="lowres"``); the classifier and
 #: the reward read the updated state as under every rule.
@@ -165,6 +172,31 @@ def claim(path: Path) -> Iterator[bool]:
         lock.release()
 
 
+def record_dir(results: str | Path, dataset: Any = DEFAULT_DATASET) -> Path:
+    """The committed record of finished runs: ``<results>/<dataset>/reproduce/`` (module docstring)."""
+    return Path(results) / str(getattr(dataset, "name", dataset)) / RECORD_FOLDER
+
+
+def _finished(out: Path, record: Path | None, relative: str) -> Path | None:
+    """Where ``relative`` (e.g. ``<name>/evaluation.json``) is: the record first, then ``out``; None if neither."""
+    for root in (record, out):
+        if root is not None and (root / relative).is_file():
+            return root / relative
+    return None
+
+
+def _keep(out: Path, record: Path | None, relatives: Sequence[str]) -> None:
+    """Copy finished files from ``out`` into the record (atomically: temp file, then rename)."""
+    if record is None:
+        return
+    for relative in relatives:
+        target = record / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(out / relative, tmp)
+        tmp.replace(target)
+
+
 def train_and_evaluate(
     run: PlannedRun,
     out: Path,
@@ -172,9 +204,11 @@ def train_and_evaluate(
     dataset: Any = DEFAULT_DATASET,
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    record: Path | None = None,
 ) -> Path:
     """Train ``run`` into ``out/<name>`` (continuing from its checkpoint when there is one) and evaluate it.
-    ``env_kwargs`` (``hafed``, ``tsu``, ...) go to the training and the evaluation environments.
+    ``env_kwargs`` (``hafed``, ``tsu``, ...) go to the training and the evaluation environments. With a
+    ``record`` folder (:func:`record_dir`), a run found there is done, and a run finished here is copied there.
 
     Returns:
         the path of its ``evaluation.json``.
@@ -186,8 +220,12 @@ def train_and_evaluate(
 
     env_kwargs = dict(env_kwargs or {})
     folder = out / run.name
-    if (folder / EVALUATION).is_file():
-        return folder / EVALUATION
+    files = [f"{run.name}/{RUN_RECORD}", f"{run.name}/{EVALUATION}"]
+    done = _finished(out, record, files[1])
+    if done is not None:
+        if done.parent == folder:
+            _keep(out, record, files)
+        return done
     if not (folder / "train.json").is_file():
         steps = _train_steps(dataset, run.budget, env_kwargs)
         total, per_pass = sasha_timesteps(steps, run.passes)
@@ -216,7 +254,9 @@ def train_and_evaluate(
         env_kwargs={**env_kwargs, **run.env_options},
         progress=progress,
     )
-    return report.to_json(folder / EVALUATION)
+    report.to_json(folder / EVALUATION)
+    _keep(out, record, files)
+    return _finished(out, record, files[1]) or folder / EVALUATION
 
 
 def evaluate_references(
@@ -227,8 +267,10 @@ def evaluate_references(
     env_kwargs: dict[str, Any] | None = None,
     evidence_policy: str | None = EVIDENCE_POLICY,
     progress: bool = True,
+    record: Path | None = None,
 ) -> None:
-    """Evaluate the untrained comparisons (3 episode seeds) and the evidence-reward policy (None: skip) once."""
+    """Evaluate the untrained comparisons (3 episode seeds) and the evidence-reward policy (None: skip) once;
+    a comparison found in ``record`` (:func:`record_dir`) is not evaluated again."""
     from wsigym.evaluate import evaluate
 
     jobs: list[tuple[Path, list[str], list[str] | None, tuple[int, ...]]] = [
@@ -238,7 +280,9 @@ def evaluate_references(
         jobs.append((out / EVIDENCE, [evidence_policy], ["ppo (evidence reward)"], (0,)))
     for target, agents, names, seeds in jobs:
         with claim(target) as mine:
-            if not mine or target.is_file():
+            if not mine or _finished(out, record, target.name) is not None:
+                if mine and target.is_file():
+                    _keep(out, record, [target.name])
                 continue
             print(f"wsigym reproduce: evaluating {', '.join(map(str, agents))} on the test split")
             report = evaluate(
@@ -251,6 +295,7 @@ def evaluate_references(
                 progress=progress,
             )
             report.to_json(target)
+            _keep(out, record, [target.name])
 
 
 def run_plan(
@@ -261,9 +306,11 @@ def run_plan(
     env_kwargs: dict[str, Any] | None = None,
     evidence_policy: str | None = EVIDENCE_POLICY,
     progress: bool = True,
+    record: Path | None = None,
 ) -> list[str]:
     """Work through ``plan`` (module docstring), skipping runs another process holds; returns the names of the
-    runs this call finished or found finished. ``env_kwargs`` go to every environment."""
+    runs this call finished or found finished. ``env_kwargs`` go to every environment; ``record``
+    (:func:`record_dir`; None: none) is read for finished runs and receives the ones finished here."""
     out = Path(out)
     budgets = sorted(set(REFERENCE_BUDGETS) | {r.budget for r in plan})
     evaluate_references(
@@ -273,18 +320,24 @@ def run_plan(
         env_kwargs=env_kwargs,
         evidence_policy=evidence_policy,
         progress=progress,
+        record=record,
     )
     finished = []
     for run in plan:
         with claim(out / run.name) as mine:
             if mine:
-                train_and_evaluate(run, out, dataset=dataset, env_kwargs=env_kwargs, progress=progress)
+                train_and_evaluate(
+                    run, out, dataset=dataset, env_kwargs=env_kwargs, progress=progress, record=record
+                )
                 finished.append(run.name)
     return finished
 
 
-def plan_status(plan: Sequence[PlannedRun], out: str | Path) -> list[tuple[str, str]]:
-    """``(name, state)`` per run: ``done``, ``trained`` (not evaluated), ``at <k> timesteps`` or ``not started``."""
+def plan_status(
+    plan: Sequence[PlannedRun], out: str | Path, record: Path | None = None
+) -> list[tuple[str, str]]:
+    """``(name, state)`` per run: ``done``, ``trained`` (not evaluated), ``at <k> timesteps`` or ``not started``
+    (``done`` when its evaluation is in ``out`` or in the ``record``, :func:`record_dir`)."""
     import json
 
     from wsigym.agents.resume import STATE, latest_checkpoint
@@ -294,7 +347,7 @@ def plan_status(plan: Sequence[PlannedRun], out: str | Path) -> list[tuple[str, 
     states = []
     for run in plan:
         folder = out / run.name
-        if (folder / EVALUATION).is_file():
+        if _finished(out, record, f"{run.name}/{EVALUATION}") is not None:
             state = "done"
         elif (folder / "train.json").is_file():
             state = "trained (not evaluated)"
@@ -309,10 +362,15 @@ def plan_status(plan: Sequence[PlannedRun], out: str | Path) -> list[tuple[str, 
 
 
 def collect_protocol(
-    plan: Sequence[PlannedRun], out: str | Path, *, dataset: Any = DEFAULT_DATASET
+    plan: Sequence[PlannedRun],
+    out: str | Path,
+    *,
+    dataset: Any = DEFAULT_DATASET,
+    record: Path | None = None,
 ) -> dict[str, Any]:
     """The protocol record (:func:`~wsigym.agents.protocol_record.build_protocol`) of every evaluated run of
-    ``plan``, the baselines and the evidence-reward policy.
+    ``plan``, the baselines and the evidence-reward policy, each read from ``record`` (:func:`record_dir`) or
+    else from ``out``.
 
     Raises:
         ValueError: when the baselines (which hold full HAFED) are not evaluated yet.
@@ -323,12 +381,13 @@ def collect_protocol(
     from wsigym.evaluate import EvalReport
 
     out = Path(out)
-    if not (out / BASELINES).is_file():
+    baselines = _finished(out, record, BASELINES)
+    if baselines is None:
         raise ValueError(
             f"{out / BASELINES}: the baselines are not evaluated yet (run `wsigym reproduce run`)"
         )
     runs, full = runs_from_report(
-        EvalReport.from_json(out / BASELINES),
+        EvalReport.from_json(baselines),
         recipe=None,
         reward=None,
         update="tsu",
@@ -336,9 +395,9 @@ def collect_protocol(
         include_baselines=True,
     )
     for run in plan:
-        path = out / run.name / EVALUATION
-        if path.is_file():
-            note = json.loads((out / run.name / RUN_RECORD).read_text())["compute"]
+        path = _finished(out, record, f"{run.name}/{EVALUATION}")
+        if path is not None:
+            note = json.loads((path.parent / RUN_RECORD).read_text())["compute"]
             runs += runs_from_report(
                 EvalReport.from_json(path),
                 recipe="sasha",
@@ -347,9 +406,10 @@ def collect_protocol(
                 train_seed=run.seed,
                 compute=note,
             )[0]
-    if (out / EVIDENCE).is_file():
+    evidence = _finished(out, record, EVIDENCE)
+    if evidence is not None:
         runs += runs_from_report(
-            EvalReport.from_json(out / EVIDENCE),
+            EvalReport.from_json(evidence),
             recipe="evidence-bandit",
             reward="evidence",
             update="tsu",
@@ -378,10 +438,24 @@ def add_subcommand(sub: Any) -> None:
         help="passes over the training slides of the main rows (SASHA: %(default)s)",
     )
     p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=list(REFERENCE_BUDGETS),
+        help="budgets of the main rows (default: %(default)s; e.g. 0.1 alone for a lane whose runs fit a session)",
+    )
+    p.add_argument(
         "--ablation-passes",
         type=float,
         default=None,
         help="common passes of the update-rule ablation (default: --passes)",
+    )
+    p.add_argument(
+        "--updates",
+        nargs="+",
+        choices=tuple(RULE_OPTIONS),
+        default=list(RULE_OPTIONS),
+        help="update rules of the ablation, in this order (default: %(default)s)",
     )
     p.add_argument(
         "--rows",
@@ -390,7 +464,12 @@ def add_subcommand(sub: Any) -> None:
         default=["main", "ablation"],
         help="which part of the plan (default: both)",
     )
-    p.add_argument("--results", default="results", help="folder of protocol.json (default: %(default)s)")
+    p.add_argument(
+        "--results",
+        default="results",
+        help="folder of protocol.json and of the committed record of finished runs, <results>/<dataset>/"
+        f"{RECORD_FOLDER}/ (default: %(default)s)",
+    )
     p.add_argument("--readme", default=None, help="report: also replace <!-- results:sasha-DATASET --> in it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
@@ -399,14 +478,22 @@ def add_subcommand(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from wsigym.agents.protocol_record import write_protocol
 
-    plan = sasha_plan(args.seeds, passes=args.passes, ablation_passes=args.ablation_passes, rows=args.rows)
+    plan = sasha_plan(
+        args.seeds,
+        passes=args.passes,
+        ablation_passes=args.ablation_passes,
+        budgets=args.budgets,
+        updates=args.updates,
+        rows=args.rows,
+    )
+    record = record_dir(args.results, args.dataset)
     if args.action == "run":
-        run_plan(plan, args.out, dataset=args.dataset, progress=not args.no_progress)
+        run_plan(plan, args.out, dataset=args.dataset, progress=not args.no_progress, record=record)
     if args.action in ("run", "status"):
-        for name, state in plan_status(plan, args.out):
+        for name, state in plan_status(plan, args.out, record):
             print(f"{name:32s} {state}")
     if args.action == "report":
-        protocol = collect_protocol(plan, args.out, dataset=args.dataset)
+        protocol = collect_protocol(plan, args.out, dataset=args.dataset, record=record)
         path = write_protocol(protocol, args.results, readme=args.readme, readme_key=f"sasha-{args.dataset}")
         print(f"wrote {path}")
     return 0
