@@ -9,7 +9,9 @@ Measured in one run, for each slide size N (default 2000 and 10000) at d = 384:
 (b) ``WSIZoom-v0`` (:class:`wsigym.envs.zoom.WSIZoomEnv`, observations copied), the same with
     ``update="none"`` (b') to separate the TSU MLP's cost from the environment's own, and with
     ``copy_obs=False`` (b''), where the observation is the engine's buffer, kept current row by row;
-(c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256.
+(c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256, and (c') the same
+    with ``copy=False`` (the observation is the engine's buffer, not a fresh ``B x P x d`` copy), and the floor
+    of any vector env: the ``B`` similarity scans of one vector step alone (``B`` different ``N x d`` states).
 
 Reported: environment steps per second (for the vector env, ``B x`` vector steps per second), the
 ratio to (a), and the step time divided by the time of one ``N x d`` similarity scan (``Z @ z_a``,
@@ -61,6 +63,24 @@ def scan_floor(z: torch.Tensor, device: torch.device) -> float:
     def fn():
         a[0] = (a[0] + 17) % z.shape[0]
         torch.mv(z, z[a[0]])
+        sync(device)
+
+    return median_time(fn, reps=50)
+
+
+def batch_scan_floor(b: int, n: int, dim: int, device: torch.device) -> float:
+    """Seconds of one vector step's similarity scans alone: ``B`` scans of ``B`` different ``N x d`` states
+    (as the engine reads them; at large ``B`` they no longer fit the CPU caches, so each costs more than
+    :func:`scan_floor`'s one cached scan). No vector env can step faster than this."""
+    z = torch.randn(b, n, dim, device=device)
+    q = torch.randn(b, dim, device=device)
+
+    def fn():
+        if device.type == "cpu":
+            for i in range(b):
+                torch.mv(z[i], q[i])
+        else:
+            torch.bmm(z, q.unsqueeze(-1))
         sync(device)
 
     return median_time(fn, reps=50)
@@ -193,6 +213,10 @@ def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, 
             continue
         sec_c, k_c = time_vector_env(WSIZoomVectorEnv(num_envs=b, **kw), rng, args, device)
         rows.append((f"(c) vector env B={b}", b / sec_c, sec_c / b, k_c))
+        sec_c, k_c = time_vector_env(WSIZoomVectorEnv(num_envs=b, copy=False, **kw), rng, args, device)
+        rows.append((f"(c') vector env B={b}, copy=False", b / sec_c, sec_c / b, k_c))
+        sec_f = batch_scan_floor(b, n, dim, device)
+        rows.append((f"(floor) B={b}: the B scans alone", b / sec_f, sec_f / b, 50))
     out = []
     base = rows[0][1]
     print(

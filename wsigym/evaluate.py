@@ -381,7 +381,16 @@ def evaluate(
     rows: list[EvalRow] = []
     envs: dict[float, gym.Env] = {}
     owned: list[gym.Env] = []
-    kwargs = {"progress": progress, "illegal_action": "raise", **(env_kwargs or {})}
+    # Agents built here (baseline names, policies, SB3 models) read each observation before the next step and
+    # keep none of it, so the environments may hand out their state buffer without copying it; a caller's own
+    # callable may keep observations, so with one the copies stay (``env_kwargs`` may set ``copy_obs`` either way).
+    shares = all(isinstance(a, (str, Path)) or hasattr(a, "predict") for a in agents)
+    kwargs = {
+        "progress": progress,
+        "illegal_action": "raise",
+        **({"copy_obs": False} if shares else {}),
+        **(env_kwargs or {}),
+    }
     if isinstance(env, gym.Env):
         base = env.unwrapped
         budgets = (float(base.config.budget),)
@@ -398,7 +407,16 @@ def evaluate(
                 if not isinstance(made, gym.Env):
                     raise TypeError(f"the env factory returned {made!r} for budget {budget}, not a gym.Env")
             else:
-                made = gym.make(env_id, dataset=dataset, split=split, fold=fold, budget=budget, **kwargs)
+                made = gym.make(
+                    env_id,
+                    dataset=dataset,
+                    split=split,
+                    fold=fold,
+                    budget=budget,
+                    # the checker warns once that shared observations are shared (copy_obs=False, above)
+                    disable_env_checker=kwargs.get("copy_obs", True) is False,
+                    **kwargs,
+                )
             envs[budget] = made
             owned.append(made)
         return envs[budget]

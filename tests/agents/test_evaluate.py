@@ -198,3 +198,25 @@ def test_evaluate_cli_slides_and_sample(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match="--slides/--sample"):
         main(["evaluate", "--all", "--sample", "3", "--out", str(tmp_path)])
+
+
+def test_shared_observations_for_built_agents_copies_for_a_callers_agent(env_kwargs):
+    """Agents evaluate() builds keep no observation, so their environments share the state buffer
+    (copy_obs=False) with the same results; a caller's callable, which may keep observations, gets copies."""
+    agents = ["random", "attention-topk", "oracle"]
+    args = {"dataset": env_kwargs["dataset"], "split": "train", "budgets": (0.2,), "seeds": (0, 1)}
+    shared = evaluate(agents, env_kwargs=_kw(env_kwargs), progress=False, **args)
+    copied = evaluate(agents, env_kwargs={**_kw(env_kwargs), "copy_obs": True}, progress=False, **args)
+    for a, b in zip(shared.rows, copied.rows, strict=True):
+        for x, y in zip(a.per_seed, b.per_seed, strict=True):
+            x.pop("seconds_per_slide"), y.pop("seconds_per_slide")
+            assert json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+    kept = []
+
+    def keeper(obs, info):
+        kept.append(obs["state"])
+        return int(np.flatnonzero(obs["action_mask"])[0])
+
+    evaluate([keeper], env_kwargs=_kw(env_kwargs), progress=False, **{**args, "seeds": (0,)})
+    assert len(kept) > 2 and not any(np.shares_memory(kept[0], k) for k in kept[1:])

@@ -225,8 +225,9 @@ def train_ppo(
     train_env: Any = VecMonitor(venv)
     if config.normalize_reward:
         train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True, gamma=config.gamma)
-    val_kwargs = {"progress": progress, **config.env_kwargs, "split": "val"}
-    val_env = gym.make(config.env_id, **{k: v for k, v in val_kwargs.items()})
+    # the validation agent (PolicyAgent) keeps its own copy of what it needs: no observation copies
+    val_kwargs = {"progress": progress, "copy_obs": False, **config.env_kwargs, "split": "val"}
+    val_env = gym.make(config.env_id, disable_env_checker=True, **val_kwargs)
     val_ids = (
         val_env.unwrapped.slide_ids[: config.eval_slides]
         if config.eval_slides
