@@ -1,4 +1,5 @@
-"""Peak memory and time of one selective-scan forward + backward: ``parallel`` (old) vs ``checkpointed`` (new).
+"""Peak memory and time of one selective-scan forward + backward: an old backend vs a new one (default
+``parallel`` vs ``checkpointed``; ``--backends checkpointed numba`` compares the compiled CPU scan).
 
 Each case (backend x sequence length ``L``) runs in its own subprocess on one bag (batch 1) of ``D``
 channels (``--d``, default 384) and ``N`` states (``--d-state``, default 16), with random inputs as in
@@ -13,6 +14,7 @@ inputs built). Time is the wall clock of the forward + backward. A case whose pr
 
     python benchmarks/scan_memory.py [--lengths 1000 10000 20000 100000] [--d 384] [--out FILE.json]
     python benchmarks/scan_memory.py --semamil --lengths 20000   # the whole SemaMIL, in_dim 384
+    python benchmarks/scan_memory.py --backends checkpointed numba --lengths 20000 [--semamil]
 
 Prints one table with new/old ratios and writes the raw numbers as JSON (default
 ``runs/scan_memory.json``).
@@ -107,6 +109,13 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 10000, 20000, 100000])
+    parser.add_argument(
+        "--backends",
+        nargs=2,
+        default=list(BACKENDS),
+        metavar=("OLD", "NEW"),
+        help="the two backends compared",
+    )
     parser.add_argument("--d", type=int, default=384, help="channels D of the scan")
     parser.add_argument("--d-state", type=int, default=16, help="states N per channel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each subprocess")
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = int(args.limit_gb * 2**30)
     rows = []
     for length in args.lengths:
-        for backend in BACKENDS:
+        for backend in args.backends:
             row = run_case(backend, length, args.d, args.d_state, args.threads, limit, args.semamil)
             if row.get("status") == "ok":
                 row["scan_mib"] = row["peak_mib"] - row["base_mib"]
@@ -140,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{what} forward + backward, B=1, D={args.d}, N={args.d_state}, float32, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()}, limit {args.limit_gb} GB"
     )
+    print(f"old = {args.backends[0]}, new = {args.backends[1]}")
     print("peak RSS increase over the pre-scan peak (MiB), absolute peak RSS (MiB), seconds")
     header = (
         f"{'L':>7} | {'old MiB':>8} {'new MiB':>8} {'new/old':>7} | {'old peak':>8} {'new peak':>8} | "
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for length in args.lengths:
-        old, new = (next(r for r in rows if r["length"] == length and r["backend"] == b) for b in BACKENDS)
+        old, new = (
+            next(r for r in rows if r["length"] == length and r["backend"] == b) for b in args.backends
+        )
         both = old.get("status") == "ok" and new.get("status") == "ok"
         mem_ratio = f"{new['scan_mib'] / max(old['scan_mib'], 1e-9):.2f}" if both else "–"
         time_ratio = f"{new['seconds'] / old['seconds']:.2f}" if both else "–"

@@ -26,6 +26,15 @@ def _inputs(b, d, n, length, seed=0, dtype=torch.float32, delta_scale=1.0):
     }
 
 
+def _run(inp: dict, backend: str, full: bool, seed: int, **kw) -> tuple[torch.Tensor, dict]:
+    """Output and the gradients of every input of ``sum(y * w)`` (``w`` random, from ``seed``)."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+    y = selective_scan(**leaves, delta_softplus=full, backend=backend, **kw)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+    (y * w).sum().backward()
+    return y.detach(), {k: v.grad for k, v in leaves.items()}
+
+
 @pytest.mark.parametrize(
     ("b", "d", "n", "length", "chunk"),
     [(2, 3, 4, 1, 64), (2, 5, 3, 7, 4), (1, 4, 16, 130, 64), (2, 3, 5, 257, 8), (1, 2, 4, 64, 64)],
@@ -36,15 +45,9 @@ def test_parallel_matches_reference_values_and_grads(b, d, n, length, chunk, ful
     if not full:  # no softplus: step sizes must be positive themselves
         inp = {k: inp[k] for k in ("u", "delta", "A", "B", "C")}
         inp["delta"] = inp["delta"].abs()
-    grads = {}
-    outs = {}
+    outs, grads = {}, {}
     for backend in ("reference", "parallel"):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-        y = selective_scan(**leaves, delta_softplus=full, backend=backend, chunk=chunk)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-        (y * w).sum().backward()
-        outs[backend] = y.detach()
-        grads[backend] = {k: v.grad for k, v in leaves.items()}
+        outs[backend], grads[backend] = _run(inp, backend, full, 1, chunk=chunk)
     assert outs["parallel"].shape == (b, d, length)
     torch.testing.assert_close(outs["parallel"], outs["reference"], rtol=1e-5, atol=1e-5)
     for k in inp:
@@ -63,12 +66,7 @@ def test_checkpointed_matches_parallel_values_and_grads(length, segment, chunk, 
         inp["delta"] = inp["delta"].abs()
     outs, grads = {}, {}
     for backend in ("parallel", "checkpointed"):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
-        y = selective_scan(**leaves, delta_softplus=full, backend=backend, chunk=chunk, segment=segment)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
-        (y * w).sum().backward()
-        outs[backend] = y.detach()
-        grads[backend] = {k: v.grad for k, v in leaves.items()}
+        outs[backend], grads[backend] = _run(inp, backend, full, 2, chunk=chunk, segment=segment)
     torch.testing.assert_close(outs["checkpointed"], outs["parallel"], rtol=1e-5, atol=1e-5)
     for k in inp:
         torch.testing.assert_close(grads["checkpointed"][k], grads["parallel"][k], rtol=1e-4, atol=1e-4)
@@ -88,9 +86,45 @@ def test_checkpointed_without_grad_and_partial_grads():
     torch.testing.assert_close(u.grad, u_ref.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_auto_picks_checkpointed_for_large_states_with_grad():
+@pytest.mark.parametrize(("b", "d", "n", "length"), [(1, 2, 3, 1), (2, 5, 4, 37), (1, 3, 16, 600)])
+@pytest.mark.parametrize("full", [True, False])
+def test_numba_matches_reference_values_and_grads(b, d, n, length, full):
+    """The compiled sequential scan and its hand-written backward equal the autograd reference,
+    including steps whose log-decay is clamped (delta_scale 40: Δ A below -80)."""
+    pytest.importorskip("numba")
+    for scale in (1.0, 40.0):
+        inp = _inputs(b, d, n, length, seed=length + 7, delta_scale=scale)
+        if not full:
+            inp = {k: inp[k] for k in ("u", "delta", "A", "B", "C")}
+            inp["delta"] = inp["delta"].abs()
+        outs, grads = {}, {}
+        for backend in ("reference", "numba"):
+            outs[backend], grads[backend] = _run(inp, backend, full, 3)
+        torch.testing.assert_close(outs["numba"], outs["reference"], rtol=1e-5, atol=1e-5)
+        for k in inp:
+            torch.testing.assert_close(grads["numba"][k], grads["reference"][k], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_numba_on_cpu_when_it_imports(monkeypatch):
+    import zoo.nn.scan_numba
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(zoo.nn.scan_numba, "numba_available", lambda: True)
+    assert resolve_backend("auto", cpu, state_elements=10**9, grad=True) == "numba"
+    assert resolve_backend("auto", cpu) == "numba"
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        resolve_backend("numba", torch.device("meta"))
+    monkeypatch.setattr(zoo.nn.scan_numba, "numba_available", lambda: False)
+    assert resolve_backend("auto", cpu) == "parallel"
+    with pytest.raises(ValueError, match="numba does not import"):
+        resolve_backend("numba", cpu)
+
+
+def test_auto_picks_checkpointed_for_large_states_with_grad(monkeypatch):
+    import zoo.nn.scan_numba
     from zoo.nn.scan import AUTO_CHECKPOINT_ELEMENTS
 
+    monkeypatch.setattr(zoo.nn.scan_numba, "numba_available", lambda: False)  # the pure-PyTorch rules
     cpu = torch.device("cpu")
     big = AUTO_CHECKPOINT_ELEMENTS + 1
     assert resolve_backend("auto", cpu, state_elements=big, grad=True) == "checkpointed"
@@ -150,7 +184,9 @@ def test_half_precision_inputs_keep_dtype():
 
 
 def test_backend_resolution_and_errors():
-    assert resolve_backend("auto", torch.device("cpu")) == "parallel"
+    from zoo.nn.scan_numba import numba_available
+
+    assert resolve_backend("auto", torch.device("cpu")) == ("numba" if numba_available() else "parallel")
     inp = _inputs(1, 2, 3, 5)
     with pytest.raises(ValueError, match="backend must be one of"):
         selective_scan(**inp, backend="fast")
