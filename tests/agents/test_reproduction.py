@@ -10,11 +10,15 @@ import textwrap
 
 import pytest
 
+from wsigym.agents.learning_curves import CURVES
 from wsigym.agents.reproduction import (
+    CURVES_FIGURE,
     EVALUATION,
     RUN_RECORD,
     PlannedRun,
     collect_protocol,
+    draw_plan_curves,
+    plan_curves,
     plan_status,
     record_dir,
     run_plan,
@@ -130,9 +134,11 @@ def test_the_committed_record_outlives_the_run_folders(env_kwargs, tmp_path):
         plan, first, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False, record=record
     )
     name = plan[0].name
-    assert sorted(p.name for p in (record / name).iterdir()) == [EVALUATION, RUN_RECORD]
+    assert sorted(p.name for p in (record / name).iterdir()) == sorted([CURVES, EVALUATION, RUN_RECORD])
     assert (record / "baselines.json").is_file()
     expected = collect_protocol(plan, first, dataset=dataset)
+    curves = plan_curves(plan, first)[name]
+    assert curves["validation"] and curves["training"]["return"]["timesteps"]  # what the run folder logged
 
     second = tmp_path / "machine-2"  # the run folders are gone
     assert [state for _, state in plan_status(plan, second)] == ["not started"]
@@ -143,3 +149,8 @@ def test_the_committed_record_outlives_the_run_folders(env_kwargs, tmp_path):
     assert not (second / name).exists() and not (second / "baselines.json").exists()  # nothing redone
     again = collect_protocol(plan, second, dataset=dataset, record=record)
     assert json.dumps(again, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN-safe equality
+    assert plan_curves(plan, second) == {}
+    assert json.dumps(plan_curves(plan, second, record)[name]) == json.dumps(curves)  # the figure's data too
+    figure = draw_plan_curves(plan, second, record, dataset=dataset)
+    assert figure == record / CURVES_FIGURE and figure.read_bytes().startswith(b"\x89PNG")
+    assert draw_plan_curves(plan, second, record_dir(tmp_path / "elsewhere", dataset)) is None

@@ -259,6 +259,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     from wsigym.agents.reproduction import add_subcommand as add_reproduce
 
     add_reproduce(sub)
+    from wsigym.agents.learning_curves import add_subcommand as add_curves
+
+    add_curves(sub)
 
 
 def _resume_config(args: argparse.Namespace) -> Any:

@@ -24,8 +24,10 @@ evidence-reward policy are evaluated once, into ``out/baselines.json`` and ``out
 
 **What outlives the machine.** A session's machine (with ``out``) may be gone by the next session, so each finished
 evaluation is also copied into the repository's record, ``<results>/<dataset>/reproduce/`` (:func:`record_dir`:
-``<name>/reproduce.json`` and ``<name>/evaluation.json`` per run, ``baselines.json``, ``evidence.json``; a few
-kB each, committed). A run or comparison found there is done and is not trained or evaluated again.
+``<name>/reproduce.json``, ``<name>/evaluation.json`` and ``<name>/curves.json`` per run, ``baselines.json``,
+``evidence.json``; a few kB each, committed). A run or comparison found there is done and is not trained or
+evaluated again. ``curves.json`` (:mod:`wsigym.agents.learning_curves`) holds the run's training and validation
+curves, so ``report`` also draws ``<results>/<dataset>/reproduce/learning-curves.png`` from the record alone.
 
 **The record** (:func:`collect_protocol`, ``wsigym reproduce report``): every finished evaluation becomes
 :class:`~wsigym.agents.protocol_record.TrainedRun` rows, written as ``<results>/<dataset>/protocol.json``
@@ -45,6 +47,7 @@ from typing import Any
 
 import filelock
 
+from wsigym.agents.learning_curves import CURVES, draw_curves, load_curves, write_curves
 from wsigym.cachedir import lock_path
 from wsigym.envs.options import DEFAULT_DATASET
 from wsigym.io import atomic_write_json
@@ -63,6 +66,8 @@ EVIDENCE = "evidence.json"
 RUN_RECORD = "reproduce.json"
 #: Folder of the committed record under ``<results>/<dataset>/`` (:func:`record_dir`).
 RECORD_FOLDER = "reproduce"
+#: The figure ``report`` draws into the record from every run's ``curves.json``.
+CURVES_FIGURE = "learning-curves.png"
 #: Environment options of each rule. SASHA's global-update environment (``envs/WSI_env.py``) hands its agent
 #: ``Z`` at every step, so the global row's agent sees ``Z`` too (``agent_view="lowres"``); the classifier and
 #: the reward read the updated state as under every rule.
@@ -186,11 +191,14 @@ def _finished(out: Path, record: Path | None, relative: str) -> Path | None:
 
 
 def _keep(out: Path, record: Path | None, relatives: Sequence[str]) -> None:
-    """Copy finished files from ``out`` into the record (atomically: temp file, then rename)."""
+    """Copy finished files from ``out`` into the record (atomically: temp file, then rename), unless the
+    record already holds the same bytes."""
     if record is None:
         return
     for relative in relatives:
         target = record / relative
+        if target.is_file() and target.read_bytes() == (out / relative).read_bytes():
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(out / relative, tmp)
@@ -220,10 +228,12 @@ def train_and_evaluate(
 
     env_kwargs = dict(env_kwargs or {})
     folder = out / run.name
-    files = [f"{run.name}/{RUN_RECORD}", f"{run.name}/{EVALUATION}"]
+    files = [f"{run.name}/{RUN_RECORD}", f"{run.name}/{EVALUATION}", f"{run.name}/{CURVES}"]
     done = _finished(out, record, files[1])
     if done is not None:
-        if done.parent == folder:
+        if done.parent == folder:  # finished on this machine: the record gets its files (curves made once)
+            if not (folder / CURVES).is_file():
+                write_curves(folder)
             _keep(out, record, files)
         return done
     if not (folder / "train.json").is_file():
@@ -258,6 +268,7 @@ def train_and_evaluate(
         progress=progress,
     )
     report.to_json(folder / EVALUATION)
+    write_curves(folder)
     _keep(out, record, files)
     return _finished(out, record, files[1]) or folder / EVALUATION
 
@@ -364,6 +375,32 @@ def plan_status(
     return states
 
 
+def plan_curves(
+    plan: Sequence[PlannedRun], out: str | Path, record: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{name: curves}`` (:mod:`wsigym.agents.learning_curves`) of the plan's finished runs that have a
+    ``curves.json``, read from ``record`` (:func:`record_dir`) or else from ``out``, in plan order."""
+    out = Path(out)
+    curves = {}
+    for run in plan:
+        evaluated = _finished(out, record, f"{run.name}/{EVALUATION}")
+        path = _finished(out, record, f"{run.name}/{CURVES}")
+        if evaluated is not None and path is not None:
+            curves[run.name] = load_curves(path)
+    return curves
+
+
+def draw_plan_curves(
+    plan: Sequence[PlannedRun], out: str | Path, record: Path, *, dataset: Any = DEFAULT_DATASET
+) -> Path | None:
+    """Draw :func:`plan_curves` into ``record/learning-curves.png``; None (nothing written) without curves."""
+    curves = plan_curves(plan, out, record)
+    if not curves:
+        return None
+    name = getattr(dataset, "name", dataset)
+    return draw_curves(curves, record / CURVES_FIGURE, title=f"SASHA's recipe on {name}: {len(curves)} runs")
+
+
 def collect_protocol(
     plan: Sequence[PlannedRun],
     out: str | Path,
@@ -429,7 +466,7 @@ def add_subcommand(sub: Any) -> None:
         "action",
         choices=("run", "status", "report"),
         help="run: work through the plan (start once per core); status: where each run is; "
-        "report: protocol.json and its table from the finished runs",
+        "report: protocol.json, its table and the learning curves of the finished runs",
     )
     p.add_argument("--out", default="runs/sasha-synth-c16", help="folder of the runs (default: %(default)s)")
     p.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -499,4 +536,7 @@ def _run(args: argparse.Namespace) -> int:
         protocol = collect_protocol(plan, args.out, dataset=args.dataset, record=record)
         path = write_protocol(protocol, args.results, readme=args.readme, readme_key=f"sasha-{args.dataset}")
         print(f"wrote {path}")
+        figure = draw_plan_curves(plan, args.out, record, dataset=args.dataset)
+        if figure is not None:
+            print(f"wrote {figure}")
     return 0
