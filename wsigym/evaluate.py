@@ -205,13 +205,14 @@ def run_split(
     """Run one episode per slide (``reset(seed=seed + i, options={"slide_id": ...})``) and return the
     protocol's metrics for this seed: :func:`zoo.metrics.classification_metrics` of the final
     ``info["probability"]`` plus ``zooms`` (mean per slide), ``tumour_hits`` (mean over slides of the
-    fraction of zooms with ``info["hit_tumour"]``; NaN without ground truth) and ``seconds_per_slide``
-    (wall time of the episode, agent and environment).
+    fraction of zooms with ``info["hit_tumour"]``; NaN without ground truth), ``tumour_reached`` (the
+    fraction of tumour slides, label 1, with at least one such zoom; NaN without ground truth or tumour
+    slides) and ``seconds_per_slide`` (wall time of the episode, agent and environment).
 
     Raises:
         ValueError: the agent returned an illegal action (the environment's message).
     """
-    probs, labels, zooms, hits, seconds = [], [], [], [], []
+    probs, labels, zooms, hits, reached, seconds = [], [], [], [], [], []
     for i, slide_id in enumerate(tqdm(slide_ids, desc=desc, disable=not progress, leave=False)):
         t0 = time.perf_counter()
         obs, info = env.reset(seed=seed + i, options={"slide_id": slide_id})
@@ -230,9 +231,27 @@ def run_split(
         labels.append(int(info["label"]))
         zooms.append(int(info["zooms"]))
         hits.append(n_hit / n_known if n_known else math.nan)
-    out = classification_metrics(np.stack(probs), np.asarray(labels))
+        reached.append(float(n_hit > 0) if n_known and labels[-1] == 1 else math.nan)
+    return _with_zoom_metrics(
+        classification_metrics(np.stack(probs), np.asarray(labels)), zooms, hits, reached, seconds
+    )
+
+
+def _nanmean_or_nan(values: Sequence[float]) -> float:
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+
+
+def _with_zoom_metrics(
+    out: dict[str, float],
+    zooms: Sequence[int],
+    hits: Sequence[float],
+    reached: Sequence[float],
+    seconds: Sequence[float],
+) -> dict[str, float]:
+    """``out`` plus the per-slide zoom metrics (:func:`run_split`), averaged over the slides that have them."""
     out["zooms"] = float(np.mean(zooms))
-    out["tumour_hits"] = float(np.nanmean(hits)) if not np.all(np.isnan(hits)) else math.nan
+    out["tumour_hits"] = _nanmean_or_nan(hits)
+    out["tumour_reached"] = _nanmean_or_nan(reached)
     out["seconds_per_slide"] = float(np.mean(seconds))
     return out
 
@@ -242,7 +261,7 @@ def full_hafed(env: gym.Env, slide_ids: Sequence[str], progress: bool = False) -
     """HAFED on ``V`` (every patch zoomed) for each slide: the 100% budget reference, same metrics."""
     base = env.unwrapped
     source, hafed = base.source, base.hafed
-    probs, labels, zooms, hits, seconds = [], [], [], [], []
+    probs, labels, zooms, hits, reached, seconds = [], [], [], [], [], []
     for slide_id in tqdm(slide_ids, desc="full-hafed", disable=not progress, leave=False):
         t0 = time.perf_counter()
         k = source.index_of(str(slide_id))
@@ -253,12 +272,12 @@ def full_hafed(env: gym.Env, slide_ids: Sequence[str], progress: bool = False) -
         labels.append(int(source.labels[k]))
         zooms.append(int(source.n_list[k]))
         truth = source.tumour[rows].cpu().numpy()
-        hits.append(float(np.mean(truth > 0)) if np.isfinite(truth).all() else math.nan)
-    out = classification_metrics(np.stack(probs), np.asarray(labels))
-    out["zooms"] = float(np.mean(zooms))
-    out["tumour_hits"] = float(np.nanmean(hits)) if not np.all(np.isnan(hits)) else math.nan
-    out["seconds_per_slide"] = float(np.mean(seconds))
-    return out
+        known = bool(np.isfinite(truth).all())
+        hits.append(float(np.mean(truth > 0)) if known else math.nan)
+        reached.append(float((truth > 0).any()) if known and labels[-1] == 1 else math.nan)
+    return _with_zoom_metrics(
+        classification_metrics(np.stack(probs), np.asarray(labels)), zooms, hits, reached, seconds
+    )
 
 
 @dataclass

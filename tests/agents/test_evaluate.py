@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 from wsigym.agents.baselines import RandomAgent, make_baseline
 from wsigym.agents.benchmark import published_table
 from wsigym.envs.zoom import WSIZoomEnv
-from wsigym.evaluate import METRICS, as_agent, evaluate
+from wsigym.evaluate import METRICS, as_agent, evaluate, run_split
 from wsigym.readme_sections import replace_section
 
 
@@ -95,6 +96,31 @@ def test_oracle_hits_more_tumour_than_random(env_kwargs):
     )
     hits = {r.agent: r.mean["tumour_hits"] for r in report.rows}
     assert hits["oracle"] > hits["random"]
+    assert {r.agent: r.mean["tumour_reached"] for r in report.rows}["oracle"] == 1.0
+
+
+def test_tumour_reached_is_the_share_of_tumour_slides_with_a_tumour_zoom(env_kwargs):
+    slides = env_kwargs["dataset"].splits[0]["train"]
+    label_and_hit: dict[str, list] = {}
+
+    class Record(gym.Wrapper):
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            self.slide = info["slide_id"]
+            label_and_hit[self.slide] = [info["label"], False]
+            return obs, info
+
+        def step(self, action):
+            out = self.env.step(action)
+            label_and_hit[self.slide][1] |= bool(out[4]["hit_tumour"])
+            return out
+
+    env = Record(gym.make("WSIZoom-v0", split="train", budget=0.03, **env_kwargs))
+    metrics = run_split(RandomAgent(seed=0), env, slides)
+    reached = [hit for label, hit in label_and_hit.values() if label == 1]
+    assert 0 < sum(reached) < len(reached)  # the case can tell a share from all or none
+    assert metrics["tumour_reached"] == pytest.approx(np.mean(reached))
+    assert math.isnan(run_split(RandomAgent(), env, slides, zero_steps=True)["tumour_reached"])
 
 
 def test_oracle_needs_ground_truth(models, no_truth_dataset):

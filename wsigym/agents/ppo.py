@@ -180,7 +180,17 @@ class ValidationCallback(BaseCallback):
             **{k: float(v) for k, v in metrics.items()},
         }
         self.history.append(row)
-        for key in ("accuracy", "auc", "f1", "ece", "nll", "criterion", "zooms", "tumour_hits"):
+        for key in (
+            "accuracy",
+            "auc",
+            "f1",
+            "ece",
+            "nll",
+            "criterion",
+            "zooms",
+            "tumour_hits",
+            "tumour_reached",
+        ):
             if math.isfinite(row.get(key, math.nan)):
                 self.logger.record(f"val/{key}", row[key])
         self.log_path.mkdir(parents=True, exist_ok=True)
