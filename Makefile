@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean synth-weights synth-calibration sasha-lanes sasha-report
+.PHONY: install demo test lint clean synth-weights synth-calibration sasha-lanes sasha-carry sasha-report
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -63,14 +63,17 @@ synth-calibration: $(STAMP)
 # SASHA's experiment (wsigym/agents/reproduction.py, docs/sasha-reproduction.md): the main TSU rows at SASHA's
 # scale and the update-rule ablation at one pass (the most a global-rule run fits into one 2.5-hour job on
 # one core), 3 training seeds. Resumable: `make -j2 sasha-lanes` in every session (one lane per core); finished
-# runs are skipped, interrupted ones continue from their checkpoint on the same machine. Finished runs are also
-# written to results/synth-c16/reproduce/: commit it, since a new machine has no runs/.
+# runs are skipped, interrupted ones continue from their checkpoint. Finished runs, and the latest checkpoint of
+# unfinished ones, are also written to results/synth-c16/reproduce/: commit it, since a new machine has no runs/
+# (it continues an unfinished run from there). `make sasha-carry` copies the checkpoints by hand.
 SASHA_OUT := runs/sasha-synth-c16
 SASHA_RUN := $(WSIGYM) reproduce run --ablation-passes 1 --out $(SASHA_OUT)
 sasha-lanes: sasha-lane-main sasha-lane-ablation
 sasha-lane-%: $(STAMP)
 	mkdir -p $(SASHA_OUT)
 	$(SASHA_RUN) --rows $* > $(SASHA_OUT)/lane-$*.log 2>&1
+sasha-carry: $(STAMP)
+	$(WSIGYM) reproduce carry --ablation-passes 1 --out $(SASHA_OUT)
 sasha-report: $(STAMP)
 	$(WSIGYM) reproduce report --ablation-passes 1 --out $(SASHA_OUT)
 

@@ -9,13 +9,16 @@ import sys
 import textwrap
 
 import pytest
+from stable_baselines3.common.callbacks import BaseCallback
 
 from wsigym.agents.learning_curves import CURVES
 from wsigym.agents.reproduction import (
     CURVES_FIGURE,
     EVALUATION,
     RUN_RECORD,
+    UNFINISHED,
     PlannedRun,
+    carry_unfinished,
     collect_protocol,
     draw_plan_curves,
     plan_curves,
@@ -24,6 +27,7 @@ from wsigym.agents.reproduction import (
     run_plan,
     sasha_plan,
     sasha_timesteps,
+    train_and_evaluate,
 )
 from wsigym.cachedir import lock_path
 
@@ -121,6 +125,48 @@ def test_a_run_another_process_holds_is_skipped_and_a_never_checkpointed_run_res
     assert done == [free.name]
     assert not (tmp_path / held.name).exists()
     assert not (stale / "leftover.txt").exists() and (stale / EVALUATION).is_file()
+
+
+def _metrics(evaluation) -> list[dict]:
+    """An evaluation's per-seed metrics, without the wall time."""
+    rows = json.loads(evaluation.read_text())["rows"]
+    return [{k: v for k, v in m.items() if k != "seconds_per_slide"} for row in rows for m in row["per_seed"]]
+
+
+class KilledAfterTraining(Exception):
+    """Stands for the machine going away after training, before the evaluation."""
+
+
+class KillAtTrainingEnd(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        raise KilledAfterTraining
+
+
+def test_an_unfinished_run_continues_from_the_record_on_a_new_machine(env_kwargs, tmp_path):
+    dataset = env_kwargs["dataset"]
+    models = {"hafed": env_kwargs["hafed"], "tsu": env_kwargs["tsu"]}
+    (run,) = plan = sasha_plan((0,), passes=0.25, updates=("none",), rows=("ablation",))
+    record = record_dir(tmp_path / "results", dataset)
+    kw = dict(dataset=dataset, env_kwargs=models, progress=False)
+    first = tmp_path / "machine-1"
+    with pytest.raises(KilledAfterTraining):
+        train_and_evaluate(run, first, record=record, callbacks=[KillAtTrainingEnd()], **kw)
+    unfinished = record / run.name / UNFINISHED
+    assert (unfinished / RUN_RECORD).is_file() and not (record / run.name / EVALUATION).exists()
+    (state,) = [s for _, s in plan_status(plan, tmp_path / "machine-2", record)]
+    assert state.startswith("at ") and state.endswith("(in the record)")
+
+    second = tmp_path / "machine-2"  # machine 1 and its runs/ are gone; the record came with the repository
+    run_plan(plan, second, evidence_policy=None, record=record, **kw)
+    assert (second / run.name / "train.json").is_file() and not unfinished.exists()
+    assert [s for _, s in plan_status(plan, second, record)] == ["done"]
+    reference = tmp_path / "uninterrupted"
+    run_plan(plan, reference, evidence_policy=None, **kw)
+    assert _metrics(record / run.name / EVALUATION) == _metrics(reference / run.name / EVALUATION)
+    assert carry_unfinished(plan, second, record) == []  # a finished run is not carried
 
 
 def test_the_committed_record_outlives_the_run_folders(env_kwargs, tmp_path):

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from wsigym.agents.ppo import train_ppo
 from wsigym.agents.recipes import PPOConfig
-from wsigym.agents.resume import latest_checkpoint, restore
+from wsigym.agents.resume import ExportCheckpoints, export_run, import_run, latest_checkpoint, restore
 from wsigym.cli import build_parser, main
 from wsigym.errors import DataError
 
@@ -91,6 +91,35 @@ def test_stopped_run_resumes_to_the_same_total(env_kwargs, tmp_path):
     assert folders == ["ppo_1"] and steps == whole_steps
     assert latest_checkpoint(run).name == "update-0000005"  # and the last update is checkpointed
     assert len([p for p in (run / "resume").iterdir() if p.is_dir()]) == 1
+
+
+def test_an_exported_run_continues_on_another_machine(env_kwargs, tmp_path):
+    """A run killed on one machine continues from its exported copy in another folder as it would in place."""
+    config = _config(env_kwargs)
+    run, copy = tmp_path / "machine-1" / "run", tmp_path / "record" / "unfinished"
+    assert export_run(run, copy) is None and not copy.exists()  # nothing to export before a checkpoint
+    with pytest.raises(Killed):
+        train_ppo(
+            config,
+            run,
+            progress=False,
+            callbacks=[ExportCheckpoints(run, copy), KillDuringRollout(updates=3)],
+        )
+    assert latest_checkpoint(copy).name == "update-0000002"  # exported after the checkpoint was written
+    assert sorted(p.name for p in copy.iterdir()) == ["best", "eval", "resume", "tb"]
+
+    elsewhere = tmp_path / "machine-2" / "run"
+    import_run(copy, elsewhere)
+    moved = train_ppo(config, elsewhere, progress=False, resume=True)
+    in_place = train_ppo(config, run, progress=False, resume=True)
+    for name in ("policy.safetensors", "best/policy.safetensors"):
+        a, b = (load_file(str(d / name)) for d in (elsewhere, run))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert moved.num_timesteps == in_place.num_timesteps == config.total_timesteps
+    assert _steps(elsewhere) == _steps(run)  # one TensorBoard run, continued
+    with pytest.raises(DataError, match="no resumable checkpoint"):
+        import_run(tmp_path / "nothing", tmp_path / "machine-3")
+    assert not (tmp_path / "machine-3").exists()
 
 
 def test_restore_puts_back_policy_optimizer_counters_and_rngs(env_kwargs, tmp_path):

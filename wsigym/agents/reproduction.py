@@ -29,6 +29,13 @@ evaluation is also copied into the repository's record, ``<results>/<dataset>/re
 evaluated again. ``curves.json`` (:mod:`wsigym.agents.learning_curves`) holds the run's training and validation
 curves, so ``report`` also draws ``<results>/<dataset>/reproduce/learning-curves.png`` from the record alone.
 
+**Unfinished runs outlive the machine too.** While a run trains, the record also holds ``<name>/unfinished/``: its
+latest resumable checkpoint, best policy so far, validation history and TensorBoard logs
+(:func:`wsigym.agents.resume.export_run`, refreshed after every checkpoint; ~4 MB). A machine without the run folder
+continues the run from there (:func:`wsigym.agents.resume.import_run`), so a run may span sessions on different
+machines; ``unfinished/`` is removed when the run is evaluated. ``wsigym reproduce carry`` exports the runs of
+``out`` that are not finished (e.g. those started by code older than this).
+
 **The record** (:func:`collect_protocol`, ``wsigym reproduce report``): every finished evaluation becomes
 :class:`~wsigym.agents.protocol_record.TrainedRun` rows, written as ``<results>/<dataset>/protocol.json``
 and its README table (:mod:`wsigym.agents.protocol_record`). Unfinished runs are listed, never guessed.
@@ -66,6 +73,8 @@ EVIDENCE = "evidence.json"
 RUN_RECORD = "reproduce.json"
 #: Folder of the committed record under ``<results>/<dataset>/`` (:func:`record_dir`).
 RECORD_FOLDER = "reproduce"
+#: The record's copy of a run that is not finished yet (module docstring).
+UNFINISHED = "unfinished"
 #: The figure ``report`` draws into the record from every run's ``curves.json``.
 CURVES_FIGURE = "learning-curves.png"
 #: Environment options of each rule. SASHA's global-update environment (``envs/WSI_env.py``) hands its agent
@@ -213,17 +222,20 @@ def train_and_evaluate(
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     record: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Path:
     """Train ``run`` into ``out/<name>`` (continuing from its checkpoint when there is one) and evaluate it.
     ``env_kwargs`` (``hafed``, ``tsu``, ...) go to the training and the evaluation environments. With a
-    ``record`` folder (:func:`record_dir`), a run found there is done, and a run finished here is copied there.
+    ``record`` folder (:func:`record_dir`), a run found there is done, a run unfinished there continues from
+    its copy when ``out`` has none, and a run training here keeps its copy there (module docstring).
+    ``callbacks``: more SB3 callbacks for the training.
 
     Returns:
         the path of its ``evaluation.json``.
     """
     from wsigym.agents.ppo import train_ppo
     from wsigym.agents.recipes import ppo_config
-    from wsigym.agents.resume import LATEST, RESUME_DIR
+    from wsigym.agents.resume import LATEST, RESUME_DIR, ExportCheckpoints, import_run
     from wsigym.evaluate import evaluate
 
     env_kwargs = dict(env_kwargs or {})
@@ -235,8 +247,16 @@ def train_and_evaluate(
             if not (folder / CURVES).is_file():
                 write_curves(folder)
             _keep(out, record, files)
+        if record is not None:
+            shutil.rmtree(record / run.name / UNFINISHED, ignore_errors=True)
         return done
+    carried = record / run.name / UNFINISHED if record is not None else None
     if not (folder / "train.json").is_file():
+        resume = (folder / RESUME_DIR / LATEST).is_file()
+        if not resume and carried is not None and carried.is_dir():
+            import_run(carried, folder)
+            resume = True
+            print(f"wsigym reproduce: {run.name} continues from the record's copy ({carried})")
         steps = _train_steps(dataset, run.budget, env_kwargs)
         total, per_pass = sasha_timesteps(steps, run.passes)
         config = ppo_config(
@@ -249,14 +269,14 @@ def train_and_evaluate(
             # interruption is handled by resume/ (every 10 updates), not by these
             checkpoint_freq=min(per_pass, total),
         )
-        resume = (folder / RESUME_DIR / LATEST).is_file()
         if not resume and folder.exists():
             shutil.rmtree(folder)  # started but never checkpointed: nothing to keep
         note = compute_note(run, total, len(steps))
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / RUN_RECORD, {**asdict(run), "timesteps": total, "compute": note})
         print(f"wsigym reproduce: {'resuming' if resume else 'training'} {run.name} ({note})")
-        train_ppo(config, folder, progress=progress, resume=resume)
+        keep = [ExportCheckpoints(folder, carried, (RUN_RECORD,))] if carried is not None else []
+        train_ppo(config, folder, progress=progress, resume=resume, callbacks=[*keep, *callbacks])
     print(f"wsigym reproduce: evaluating {run.name} on the test split")
     report = evaluate(
         [str(folder)],
@@ -270,6 +290,8 @@ def train_and_evaluate(
     report.to_json(folder / EVALUATION)
     write_curves(folder)
     _keep(out, record, files)
+    if carried is not None:
+        shutil.rmtree(carried, ignore_errors=True)
     return _finished(out, record, files[1]) or folder / EVALUATION
 
 
@@ -350,12 +372,17 @@ def run_plan(
 def plan_status(
     plan: Sequence[PlannedRun], out: str | Path, record: Path | None = None
 ) -> list[tuple[str, str]]:
-    """``(name, state)`` per run: ``done``, ``trained`` (not evaluated), ``at <k> timesteps`` or ``not started``
-    (``done`` when its evaluation is in ``out`` or in the ``record``, :func:`record_dir`)."""
+    """``(name, state)`` per run: ``done``, ``trained`` (not evaluated), ``at <k> of <n> timesteps`` (from
+    ``out``, else ``(in the record)`` from its unfinished copy) or ``not started`` (``done`` when its
+    evaluation is in ``out`` or in the ``record``, :func:`record_dir`)."""
     import json
 
     from wsigym.agents.resume import STATE, latest_checkpoint
     from wsigym.errors import DataError
+
+    def progress(folder: Path) -> str:
+        saved = json.loads((latest_checkpoint(folder) / STATE).read_text())
+        return f"at {saved['num_timesteps']:,} of {saved['config']['total_timesteps']:,} timesteps"
 
     out = Path(out)
     states = []
@@ -367,12 +394,29 @@ def plan_status(
             state = "trained (not evaluated)"
         else:
             try:
-                record = json.loads((latest_checkpoint(folder) / STATE).read_text())
-                state = f"at {record['num_timesteps']:,} of {record['config']['total_timesteps']:,} timesteps"
+                state = progress(folder)
             except DataError:
                 state = "not started"
+                if record is not None and (record / run.name / UNFINISHED).is_dir():
+                    state = f"{progress(record / run.name / UNFINISHED)} (in the record)"
         states.append((run.name, state))
     return states
+
+
+def carry_unfinished(plan: Sequence[PlannedRun], out: str | Path, record: Path) -> list[str]:
+    """Export each run of ``plan`` that has a checkpoint in ``out`` but no evaluation into
+    ``record/<name>/unfinished/`` (:func:`wsigym.agents.resume.export_run`); returns their names."""
+    from wsigym.agents.resume import export_run
+
+    out = Path(out)
+    carried = []
+    for run in plan:
+        target = record / run.name / UNFINISHED
+        if _finished(out, record, f"{run.name}/{EVALUATION}") is None and export_run(
+            out / run.name, target, (RUN_RECORD,)
+        ):
+            carried.append(run.name)
+    return carried
 
 
 def plan_curves(
@@ -464,9 +508,10 @@ def add_subcommand(sub: Any) -> None:
     p = sub.add_parser("reproduce", help="SASHA's experiment: train the plan's policies (resumable), report")
     p.add_argument(
         "action",
-        choices=("run", "status", "report"),
+        choices=("run", "status", "report", "carry"),
         help="run: work through the plan (start once per core); status: where each run is; "
-        "report: protocol.json, its table and the learning curves of the finished runs",
+        "report: protocol.json, its table and the learning curves of the finished runs; "
+        "carry: copy the unfinished runs' latest checkpoints into the record (run does it by itself)",
     )
     p.add_argument("--out", default="runs/sasha-synth-c16", help="folder of the runs (default: %(default)s)")
     p.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -529,7 +574,10 @@ def _run(args: argparse.Namespace) -> int:
     record = record_dir(args.results, args.dataset)
     if args.action == "run":
         run_plan(plan, args.out, dataset=args.dataset, progress=not args.no_progress, record=record)
-    if args.action in ("run", "status"):
+    if args.action == "carry":
+        for name in carry_unfinished(plan, args.out, record):
+            print(f"{name}: copied to {record / name / UNFINISHED}")
+    if args.action in ("run", "status", "carry"):
         for name, state in plan_status(plan, args.out, record):
             print(f"{name:32s} {state}")
     if args.action == "report":

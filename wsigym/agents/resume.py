@@ -18,6 +18,12 @@ the previous checkpoint usable. :func:`restore` puts a fresh model back in that 
 ``total_timesteps`` with ``reset_num_timesteps=False``, so SB3 appends to the same TensorBoard run
 (``tb/ppo_1``) at the continuing timestep, and ``eval/evaluations.json`` continues its history.
 
+**On another machine.** :func:`export_run` copies what a run needs to continue elsewhere (its latest
+checkpoint, ``best/``, ``eval/`` and ``tb/``; a few MB) into a folder, and :func:`import_run` makes a run
+folder of such a copy; :class:`ExportCheckpoints` exports after every new checkpoint. SASHA's reproduction
+keeps its unfinished runs this way in the repository (:mod:`wsigym.agents.reproduction`), since a session's
+machine and its ``runs/`` do not outlive the session.
+
 **As far as SB3 allows.** The episodes in flight at the checkpoint are not saved (the environments
 hold slide state SB3 cannot serialise): the resumed run restarts its environments, seeded with
 ``seed + updates`` so the resumed run is itself deterministic. Policy, optimiser, timestep counter,
@@ -212,6 +218,108 @@ def restore(model: Any, validation: Any, train_env: Any, config: PPOConfig, run_
     updates = int(state["updates"])
     train_env.seed(config.seed + updates)  # the episodes in flight are lost: restart them, seeded
     return updates
+
+
+#: Folders of a run that :func:`export_run` copies besides its latest checkpoint: the best policy so far
+#: (kept at the end), the validation history and the TensorBoard logs (so the curves continue).
+PORTABLE_PARTS = ("best", "eval", "tb")
+#: Attempts of :func:`export_run` when the run rotates its checkpoint during the copy (another process).
+EXPORT_ATTEMPTS = 3
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Put the complete folder ``tmp`` at ``target``, replacing what is there (renames only)."""
+    old = target.parent / temp_name(target.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: str | Path, target: str | Path, extra_files: tuple[str, ...] = ()) -> Path | None:
+    """Copy what run ``run_dir`` needs to continue on another machine into the folder ``target``: its latest
+    resumable checkpoint (with ``resume/latest.json``), :data:`PORTABLE_PARTS` and ``extra_files`` (names in
+    ``run_dir``). ``target`` is written as a temp folder, then renamed into place, so it is always a complete
+    copy. Safe beside the training process: a checkpoint rotated away during the copy is copied again.
+
+    Returns:
+        ``target``, or None (nothing written) when the run has no checkpoint yet.
+    """
+    run_dir, target = Path(run_dir), Path(target)
+    for attempt in range(EXPORT_ATTEMPTS):
+        try:
+            checkpoint = latest_checkpoint(run_dir)
+        except DataError:
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / temp_name(target.name)
+        try:
+            shutil.copytree(checkpoint, tmp / RESUME_DIR / checkpoint.name)
+            atomic_write_json(
+                tmp / RESUME_DIR / LATEST, json.loads((run_dir / RESUME_DIR / LATEST).read_text())
+            )
+            latest_checkpoint(tmp)  # still the checkpoint copied (not rotated in between), and complete
+            for part in PORTABLE_PARTS:
+                if (run_dir / part).is_dir():
+                    shutil.copytree(run_dir / part, tmp / part)
+            for name in extra_files:
+                shutil.copyfile(run_dir / name, tmp / name)
+            _replace_folder(tmp, target)
+            return target
+        except (FileNotFoundError, DataError):
+            shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == EXPORT_ATTEMPTS - 1:
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def import_run(source: str | Path, run_dir: str | Path) -> Path:
+    """Make ``run_dir`` (replaced) a copy of the exported run ``source`` (:func:`export_run`);
+    ``train_ppo(config, run_dir, resume=True)`` then continues it.
+
+    Raises:
+        DataError: naming the file, when ``source`` holds no complete checkpoint.
+    """
+    source, run_dir = Path(source), Path(run_dir)
+    latest_checkpoint(source)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.parent / temp_name(run_dir.name)
+    try:
+        shutil.copytree(source, tmp)
+        _replace_folder(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+class ExportCheckpoints(BaseCallback):
+    """After each new resumable checkpoint of ``run_dir`` (and at the end of training), :func:`export_run`
+    it to ``target``. Put it after :class:`ResumeCheckpoint` (``train_ppo``'s ``callbacks`` are)."""
+
+    def __init__(self, run_dir: str | Path, target: str | Path, extra_files: tuple[str, ...] = ()) -> None:
+        super().__init__(verbose=0)
+        self.run_dir, self.target, self.extra_files = Path(run_dir), Path(target), tuple(extra_files)
+        self.exported: str | None = None
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self._export()
+
+    def _on_training_end(self) -> None:
+        self._export()
+
+    def _export(self) -> None:
+        latest = self.run_dir / RESUME_DIR / LATEST
+        text = latest.read_text() if latest.is_file() else None
+        if text is not None and text != self.exported:
+            export_run(self.run_dir, self.target, self.extra_files)
+            self.exported = text
 
 
 class ResumeCheckpoint(BaseCallback):
