@@ -25,10 +25,10 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 # Re-train every model shipped in zoo/assets/weights/ on synth-c16 (CPU, about two hours on 2 cores).
-# Short runs: 3 epochs (HAFED 12, TransMIL and SemaMIL 1) at lr 1e-3 instead of the papers' ~50 at 1e-4
+# Short runs: 3 epochs (HAFED 12, TransMIL 1) at lr 1e-3 instead of the papers' ~50 at 1e-4
 # (see each card). ABMIL, ACMIL, ASMIL and TransMIL read every high-res child (view=hr, ~18k per slide;
 # ASMIL's queries start at std 1, see its card; TransMIL ~50 min per epoch on one CPU thread) and so does SemaMIL
-# (pure-PyTorch scan, ~35 min per epoch on one thread): on synth-c16 the low-res patches carry no slide evidence
+# (numba scan, ~22 min per epoch on one thread): on synth-c16 the low-res patches carry no slide evidence
 # (docs/synth-c16.md). LRMIL reads the low-res patches (distilled from the high-res ABMIL).
 ZOO  := $(VENV)/bin/zoo
 # SASHA's f_S (LayerNorm MLP) by SASHA's CAMELYON16 TSU recipe (config/camelyon_tsu_config.yml; 200 epochs
@@ -43,7 +43,7 @@ synth-weights: $(STAMP)
 		$(ZOO) train $$m $(SYNTH) --config view=hr --out runs/$$m-synth-c16 || exit 1; done
 	$(ZOO) train asmil $(SYNTH) --config view=hr query_init_std=1.0 --out runs/asmil-synth-c16
 	$(ZOO) train transmil --dataset synth-c16 --epochs 1 --lr 1e-3 --config view=hr --out runs/transmil-synth-c16
-	$(ZOO) train semamil --dataset synth-c16 --epochs 1 --lr 1e-3 --config view=hr --out runs/semamil-synth-c16
+	$(ZOO) train semamil $(SYNTH) --config view=hr --out runs/semamil-synth-c16
 	$(ZOO) train lrmil $(SYNTH) --teacher runs/abmil-synth-c16 --out runs/lrmil-synth-c16
 	$(ZOO) train wisefuse $(SYNTH) --out runs/wisefuse-synth-c16
 	$(ZOO) results $(foreach m,hafed abmil acmil transmil asmil semamil lrmil wisefuse,runs/$(m)-synth-c16) \
