@@ -100,7 +100,9 @@ def test_numba_matches_reference_values_and_grads(b, d, n, length, full):
         outs, grads = {}, {}
         for backend in ("reference", "numba"):
             outs[backend], grads[backend] = _run(inp, backend, full, 3)
-        torch.testing.assert_close(outs["numba"], outs["reference"], rtol=1e-5, atol=1e-5)
+        # float32 sums over 600 steps in another order (and with or without fused multiply-adds, which
+        # depends on the CPU): 1e-5 was exceeded by 1.4e-5 on one of 1800 outputs on one machine
+        torch.testing.assert_close(outs["numba"], outs["reference"], rtol=1e-4, atol=1e-4)
         for k in inp:
             torch.testing.assert_close(grads["numba"][k], grads["reference"][k], rtol=1e-4, atol=1e-4)
 
