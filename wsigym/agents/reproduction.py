@@ -241,16 +241,16 @@ def train_and_evaluate(
     env_kwargs = dict(env_kwargs or {})
     folder = out / run.name
     files = [f"{run.name}/{RUN_RECORD}", f"{run.name}/{EVALUATION}", f"{run.name}/{CURVES}"]
+    carried = record / run.name / UNFINISHED if record is not None else None
     done = _finished(out, record, files[1])
     if done is not None:
         if done.parent == folder:  # finished on this machine: the record gets its files (curves made once)
             if not (folder / CURVES).is_file():
                 write_curves(folder)
             _keep(out, record, files)
-        if record is not None:
-            shutil.rmtree(record / run.name / UNFINISHED, ignore_errors=True)
+        if carried is not None:
+            shutil.rmtree(carried, ignore_errors=True)
         return done
-    carried = record / run.name / UNFINISHED if record is not None else None
     if not (folder / "train.json").is_file():
         resume = (folder / RESUME_DIR / LATEST).is_file()
         if not resume and carried is not None and carried.is_dir():

@@ -255,9 +255,7 @@ def export_run(run_dir: str | Path, target: str | Path, extra_files: tuple[str, 
         tmp = target.parent / temp_name(target.name)
         try:
             shutil.copytree(checkpoint, tmp / RESUME_DIR / checkpoint.name)
-            atomic_write_json(
-                tmp / RESUME_DIR / LATEST, json.loads((run_dir / RESUME_DIR / LATEST).read_text())
-            )
+            shutil.copyfile(run_dir / RESUME_DIR / LATEST, tmp / RESUME_DIR / LATEST)
             latest_checkpoint(tmp)  # still the checkpoint copied (not rotated in between), and complete
             for part in PORTABLE_PARTS:
                 if (run_dir / part).is_dir():
