@@ -244,7 +244,9 @@ def train_and_evaluate(
     carried = record / run.name / UNFINISHED if record is not None else None
     done = _finished(out, record, files[1])
     if done is not None:
-        if done.parent == folder:  # finished on this machine: the record gets its files (curves made once)
+        if (
+            folder / EVALUATION
+        ).is_file():  # finished on this machine: the record gets its files (curves once)
             if not (folder / CURVES).is_file():
                 write_curves(folder)
             _keep(out, record, files)
