@@ -57,7 +57,7 @@ import filelock
 from wsigym.agents.learning_curves import CURVES, draw_curves, load_curves, write_curves
 from wsigym.cachedir import lock_path
 from wsigym.envs.options import DEFAULT_DATASET
-from wsigym.io import atomic_write_json
+from wsigym.io import atomic_write, atomic_write_json
 
 #: SASHA's scale: passes over the training slides and episodes per slide and pass.
 SASHA_PASSES = 15
@@ -209,9 +209,7 @@ def _keep(out: Path, record: Path | None, relatives: Sequence[str]) -> None:
         if target.is_file() and target.read_bytes() == (out / relative).read_bytes():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(out / relative, tmp)
-        tmp.replace(target)
+        atomic_write(target, lambda tmp, source=out / relative: shutil.copyfile(source, tmp))
 
 
 def train_and_evaluate(
