@@ -9,6 +9,8 @@ import sys
 import textwrap
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from stable_baselines3.common.callbacks import BaseCallback
 
 from wsigym.agents.learning_curves import CURVES
@@ -29,6 +31,7 @@ from wsigym.agents.reproduction import (
     sasha_timesteps,
     train_and_evaluate,
 )
+from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS, load_policy
 from wsigym.cachedir import lock_path
 
 
@@ -180,8 +183,12 @@ def test_the_committed_record_outlives_the_run_folders(env_kwargs, tmp_path):
         plan, first, dataset=dataset, env_kwargs=models, evidence_policy=None, progress=False, record=record
     )
     name = plan[0].name
-    assert sorted(p.name for p in (record / name).iterdir()) == sorted([CURVES, EVALUATION, RUN_RECORD])
+    kept = sorted([CURVES, EVALUATION, RUN_RECORD, POLICY_CONFIG, POLICY_WEIGHTS])
+    assert sorted(p.name for p in (record / name).iterdir()) == kept
     assert (record / "baselines.json").is_file()
+    evaluated = load_file(str(first / name / POLICY_WEIGHTS))  # the record's copy is the evaluated policy
+    loaded = load_policy(record / name).policy.state_dict()
+    assert evaluated.keys() == loaded.keys() and all(torch.equal(evaluated[k], loaded[k]) for k in evaluated)
     expected = collect_protocol(plan, first, dataset=dataset)
     curves = plan_curves(plan, first)[name]
     assert curves["validation"] and curves["training"]["return"]["timesteps"]  # what the run folder logged

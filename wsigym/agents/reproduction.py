@@ -25,8 +25,10 @@ evidence-reward policy are evaluated once, into ``out/baselines.json`` and ``out
 **What outlives the machine.** A session's machine (with ``out``) may be gone by the next session, so each finished
 evaluation is also copied into the repository's record, ``<results>/<dataset>/reproduce/`` (:func:`record_dir`:
 ``<name>/reproduce.json``, ``<name>/evaluation.json`` and ``<name>/curves.json`` per run, ``baselines.json``,
-``evidence.json``; a few kB each, committed). A run or comparison found there is done and is not trained or
-evaluated again. ``curves.json`` (:mod:`wsigym.agents.learning_curves`) holds the run's training and validation
+``evidence.json``; a few kB each, committed), with the evaluated policy itself (``<name>/policy.safetensors`` +
+``policy.json``, ~0.9 MB; ``<results>/<dataset>/reproduce/<name>`` loads with
+:func:`wsigym.agents.saved_policy.load_policy`), so a finished policy can be analysed on any machine. A run or
+comparison found there is done and is not trained or evaluated again. ``curves.json`` (:mod:`wsigym.agents.learning_curves`) holds the run's training and validation
 curves, so ``report`` also draws ``<results>/<dataset>/reproduce/learning-curves.png`` from the record alone.
 
 **Unfinished runs outlive the machine too.** While a run trains, the record also holds ``<name>/unfinished/``: its
@@ -234,11 +236,13 @@ def train_and_evaluate(
     from wsigym.agents.ppo import train_ppo
     from wsigym.agents.recipes import ppo_config
     from wsigym.agents.resume import LATEST, RESUME_DIR, ExportCheckpoints, import_run
+    from wsigym.agents.saved_policy import POLICY_CONFIG, POLICY_WEIGHTS
     from wsigym.evaluate import evaluate
 
     env_kwargs = dict(env_kwargs or {})
     folder = out / run.name
     files = [f"{run.name}/{RUN_RECORD}", f"{run.name}/{EVALUATION}", f"{run.name}/{CURVES}"]
+    files += [f"{run.name}/{POLICY_WEIGHTS}", f"{run.name}/{POLICY_CONFIG}"]  # the evaluated policy
     carried = record / run.name / UNFINISHED if record is not None else None
     done = _finished(out, record, files[1])
     if done is not None:
