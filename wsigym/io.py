@@ -3,7 +3,8 @@
 **Atomic.** :func:`atomic_write` runs ``write(tmp)`` on a temp file in the target's folder, named
 ``.<name>.<pid>.<random>.tmp`` (:func:`temp_name`), then moves it into place with ``os.replace``; on
 any error (or ``KeyboardInterrupt``) the temp file is removed. A reader sees either the old file or
-the complete new one, never a half-written one.
+the complete new one, never a half-written one. A folder is published the same way (:func:`atomic_folder`:
+built as a temp folder beside it, then renamed into place by :func:`replace_folder`).
 
 **Mode.** A replaced file keeps its permissions; a new file gets ``0644`` less the umask, as ``open()``
 would give it (:func:`new_file_mode`; ``tempfile.mkstemp`` alone would leave ``0600``).
@@ -21,7 +22,9 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,41 @@ def atomic_write_files(files: Mapping[Path, bytes]) -> None:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_folder(tmp: str | Path, path: str | Path) -> Path:
+    """Put the complete folder ``tmp`` at ``path`` (same parent folder), replacing whatever is there, by renames
+    only: the old ``path`` is renamed to a :func:`temp_name`, ``tmp`` renamed into place, then the old one removed.
+    A reader finds the old folder, briefly none, or the new one; never a partly written one."""
+    path = Path(path)
+    old = path.with_name(temp_name(path.name + ".old"))
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Publish the folder ``path`` atomically: yields a new empty temp folder beside it (:func:`temp_name`,
+    the normal folder mode), to be filled in the ``with`` block; when the block ends without error the temp
+    folder replaces ``path`` (:func:`replace_folder`), otherwise it is removed and the error propagates.
+
+    Example::
+
+        with atomic_folder(cache / "slides-v2") as tmp:
+            (tmp / "index.json").write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temp_name(path.name))
+    tmp.mkdir()  # not mkdtemp, which gives 0700
+    try:
+        yield tmp
+        replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
 
 
 def _mode_for(path: Path) -> int:

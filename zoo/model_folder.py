@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from wsigym.io import atomic_write_files, dumps_json, temp_name
+from wsigym.io import atomic_folder, atomic_write_files, dumps_json
 from zoo.pretrained import PRETRAINED, hub_org
 
 if TYPE_CHECKING:  # annotations only: zoo.models.base imports this module to save itself
@@ -144,18 +142,10 @@ def _write_folder(directory: Path, files: Mapping[str, bytes], stale: tuple[str,
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
-        tmp = directory.with_name(temp_name(directory.name))
-        try:
-            tmp.mkdir()  # the normal folder mode (mkdtemp would give 0700)
+        with atomic_folder(directory) as tmp:
             for name, data in files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
-            if directory.exists():
-                directory.rmdir()
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return
     if not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a folder")

@@ -12,6 +12,7 @@ import pytest
 
 from wsigym.evaluate import EvalReport, EvalRow
 from wsigym.io import (
+    atomic_folder,
     atomic_write,
     atomic_write_bytes,
     atomic_write_files,
@@ -83,3 +84,20 @@ def test_temp_names_record_the_writer(tmp_path):
     assert temp_writer_pid(tmp_path / ".slide.h5.123.tmp", "slide.h5") == 123  # the older form
     assert temp_writer_pid(tmp_path / ".other.h5.123.tmp", "slide.h5") is None
     assert temp_writer_pid(tmp_path / ".slide.h5.abc.tmp", "slide.h5") is None
+
+
+def test_a_folder_is_published_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+        assert not target.exists()  # nothing visible while it is built
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError, match="half-way"), atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("two")
+        raise RuntimeError("half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # the old folder, no temp left
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_folder(target) as tmp:  # an existing folder is replaced, not merged into
+        (tmp / "c.txt").write_text("three")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    assert sorted(p.name for p in target.iterdir()) == ["c.txt"]

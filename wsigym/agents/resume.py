@@ -11,7 +11,7 @@ finished) :class:`ResumeCheckpoint` writes ``<run>/resume/update-<k>/``:
   best so far), ``VecNormalize``'s reward statistics when used, numpy's and Python's global RNG states,
   and the run's :class:`~wsigym.agents.recipes.PPOConfig`.
 
-The folder is written under a temporary name (:func:`wsigym.io.temp_name`) and renamed; ``resume/latest.json`` (replaced
+The folder is written under a temporary name and renamed (:func:`wsigym.io.atomic_folder`); ``resume/latest.json`` (replaced
 atomically) then names it, and older checkpoints are removed, so an interruption at any moment leaves
 the previous checkpoint usable. :func:`restore` puts a fresh model back in that state:
 ``train_ppo(config, run, resume=True)`` (``wsigym train ppo --resume RUN``) continues to the same
@@ -34,7 +34,6 @@ uninterrupted and the resumed run end at the same total timesteps, but their lat
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict
@@ -49,7 +48,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
 from wsigym.errors import DataError
-from wsigym.io import atomic_write_json, temp_name
+from wsigym.io import atomic_folder, atomic_write_json
 
 RESUME_DIR = "resume"
 LATEST = "latest.json"
@@ -82,48 +81,48 @@ def save_checkpoint(
     root = Path(run_dir) / RESUME_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"update-{updates:07d}"
-    tmp = root / temp_name(name)
-    tmp.mkdir()
-    save_policy(model, tmp, config, sb3_zip=False)
-    opt = model.policy.optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in opt["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_json = _rng_states()
-    save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-    state: dict[str, Any] = {
-        "num_timesteps": int(updates) * int(model.n_steps * model.n_envs),  # the timesteps of those updates
-        "updates": int(updates),
-        "episode_num": int(model._episode_num),
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "validation": {"best": validation.best, "history": validation.history, "next": validation.next_eval},
-        "rng": rng_json,
-        "config": _config_record(config),
-    }
-    if isinstance(train_env, VecNormalize):
-        rms = train_env.ret_rms
-        state["vec_normalize"] = {
-            "mean": np.asarray(rms.mean).tolist(),
-            "var": np.asarray(rms.var).tolist(),
-            "count": float(rms.count),
-            "returns": np.asarray(train_env.returns).tolist(),
+    with atomic_folder(root / name) as tmp:
+        save_policy(model, tmp, config, sb3_zip=False)
+        opt = model.policy.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in opt["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_json = _rng_states()
+        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
+        state: dict[str, Any] = {
+            "num_timesteps": int(updates)
+            * int(model.n_steps * model.n_envs),  # the timesteps of those updates
+            "updates": int(updates),
+            "episode_num": int(model._episode_num),
+            "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+            "validation": {
+                "best": validation.best,
+                "history": validation.history,
+                "next": validation.next_eval,
+            },
+            "rng": rng_json,
+            "config": _config_record(config),
         }
-    atomic_write_json(tmp / STATE, state, indent=1)  # NaN / inf -> null (wsigym.io)
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        if isinstance(train_env, VecNormalize):
+            rms = train_env.ret_rms
+            state["vec_normalize"] = {
+                "mean": np.asarray(rms.mean).tolist(),
+                "var": np.asarray(rms.var).tolist(),
+                "count": float(rms.count),
+                "returns": np.asarray(train_env.returns).tolist(),
+            }
+        atomic_write_json(tmp / STATE, state, indent=1)  # NaN / inf -> null (wsigym.io)
     atomic_write_json(root / LATEST, {"checkpoint": name, "updates": int(updates)})
     for old in root.iterdir():  # earlier checkpoints and leftovers of interrupted writes
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
-    return final
+    return root / name
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -227,15 +226,6 @@ PORTABLE_PARTS = ("best", "eval", "tb")
 EXPORT_ATTEMPTS = 3
 
 
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Put the complete folder ``tmp`` at ``target``, replacing what is there (renames only)."""
-    old = target.parent / temp_name(target.name + ".old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_run(run_dir: str | Path, target: str | Path, extra_files: tuple[str, ...] = ()) -> Path | None:
     """Copy what run ``run_dir`` needs to continue on another machine into the folder ``target``: its latest
     resumable checkpoint (with ``resume/latest.json``), :data:`PORTABLE_PARTS` and ``extra_files`` (names in
@@ -251,26 +241,20 @@ def export_run(run_dir: str | Path, target: str | Path, extra_files: tuple[str, 
             checkpoint = latest_checkpoint(run_dir)
         except DataError:
             return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / temp_name(target.name)
         try:
-            shutil.copytree(checkpoint, tmp / RESUME_DIR / checkpoint.name)
-            shutil.copyfile(run_dir / RESUME_DIR / LATEST, tmp / RESUME_DIR / LATEST)
-            latest_checkpoint(tmp)  # still the checkpoint copied (not rotated in between), and complete
-            for part in PORTABLE_PARTS:
-                if (run_dir / part).is_dir():
-                    shutil.copytree(run_dir / part, tmp / part)
-            for name in extra_files:
-                shutil.copyfile(run_dir / name, tmp / name)
-            _replace_folder(tmp, target)
+            with atomic_folder(target) as tmp:
+                shutil.copytree(checkpoint, tmp / RESUME_DIR / checkpoint.name)
+                shutil.copyfile(run_dir / RESUME_DIR / LATEST, tmp / RESUME_DIR / LATEST)
+                latest_checkpoint(tmp)  # still the checkpoint copied (not rotated in between), and complete
+                for part in PORTABLE_PARTS:
+                    if (run_dir / part).is_dir():
+                        shutil.copytree(run_dir / part, tmp / part)
+                for name in extra_files:
+                    shutil.copyfile(run_dir / name, tmp / name)
             return target
         except (FileNotFoundError, DataError):
-            shutil.rmtree(tmp, ignore_errors=True)
             if attempt == EXPORT_ATTEMPTS - 1:
                 raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return None  # pragma: no cover - the loop returns or raises
 
 
@@ -283,14 +267,8 @@ def import_run(source: str | Path, run_dir: str | Path) -> Path:
     """
     source, run_dir = Path(source), Path(run_dir)
     latest_checkpoint(source)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.parent / temp_name(run_dir.name)
-    try:
-        shutil.copytree(source, tmp)
-        _replace_folder(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(run_dir) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
     return run_dir
 
 

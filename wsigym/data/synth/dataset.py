@@ -20,8 +20,6 @@ Every fold has the same test split; its val split is a stratified ``val_fraction
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import zlib
 from pathlib import Path
@@ -39,7 +37,7 @@ from wsigym.data.synth.generator import FeatureModel
 from wsigym.data.synth.geometry import MPP, TumourGeometry
 from wsigym.data.synth.layout import CHILD_PX, LR_PX, SlideLayout, simulate_layout
 from wsigym.errors import DataError
-from wsigym.io import atomic_write_json, temp_name
+from wsigym.io import atomic_folder, atomic_write_json
 
 CLASS_NAMES = ("normal", "tumour")
 MANIFEST = "manifest.json"
@@ -209,9 +207,8 @@ class SynthC16(SlideDataset):
         """Build the cache folder (the caller holds its lock)."""
         start = time.perf_counter()
         type(self).build_count += 1
-        tmp = self.cache_dir.with_name(temp_name(self.cache_dir.name))
-        (tmp / "slides").mkdir(parents=True)
-        try:
+        with atomic_folder(self.cache_dir) as tmp:  # a stale or corrupt folder there is replaced
+            (tmp / "slides").mkdir()
             slides = plan_slides(self.config, self.seed, self.geometry)
             for s in tqdm(slides, desc=f"building {self.name}", disable=not progress, leave=False):
                 rng = np.random.default_rng(np.random.SeedSequence([self.seed, _LAYOUT_KEY, s["key"]]))
@@ -235,13 +232,6 @@ class SynthC16(SlideDataset):
                 "disk_bytes": disk,
             }
             _write_json_atomic(tmp / MANIFEST, manifest)
-            if self.cache_dir.exists():  # stale or corrupt: move aside (a temp name), then remove
-                trash = self.cache_dir.with_name(temp_name(self.cache_dir.name))
-                os.replace(self.cache_dir, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, self.cache_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return manifest
 
     def content_digest(self, slide_id: str) -> str:
