@@ -7,15 +7,21 @@ alike and near one another, while on synth-c16 a slide is decided by whether *on
 
 - ``greedy``: argmax over the legal patches (the protocol's agent);
 - ``sampled``: a draw from ``softmax(logits)`` over the legal patches, seeded per episode seed;
-- ``random``: uniform over the legal patches.
+- ``random`` (with ``--random``): uniform over the legal patches (the protocol's random baseline at the same
+  episode seeds; ``wsigym evaluate --agent random`` gives it too).
+
+The greedy policy and the environment are deterministic, so ``greedy`` is run once (episode seed 0); the
+other agents draw, once per seed.
 
 It prints accuracy, AUC, tumour hits (share of zooms on tumour), tumour reached (share of tumour slides with
-at least one tumour zoom) and, for the policy, the normalised entropy of its first action
-(``H(softmax(logits over the N patches of S_0)) / log N``: 1 is uniform, 0 one patch), mean over slides.
+at least one tumour zoom) and, for the policy at ``S_0`` (mean over slides), the normalised entropy of its first
+action (``H(softmax(logits over the N legal patches)) / log N``: 1 is uniform, 0 one patch) and the standard
+deviation of those logits in nats (how far the actor is from uniform; a logit spread of ``s`` changes a patch's
+probability by a factor of about ``e^s``).
 
 Run from the repository root (a few minutes per budget and seed on one thread)::
 
-    .venv/bin/python examples/greedy_vs_sampled_policy.py runs/sasha-synth-c16/tsu-10pct-15p-seed1 \\
+    .venv/bin/python examples/greedy_vs_sampled_policy.py results/synth-c16/reproduce/tsu-10pct-15p-seed1 \\
         --budget 0.1 --seeds 0 1 2
 """
 
@@ -52,20 +58,22 @@ class SampledPolicy:
         return int(self.rng.choice(legal, p=p / p.sum()))
 
 
-def first_action_entropy(agent: PolicyAgent, budget: float, slides: int | None) -> float:
-    """Mean over test slides of the normalised entropy of the policy's distribution at ``S_0``."""
+def first_action_spread(agent: PolicyAgent, budget: float, slides: int | None) -> tuple[float, float]:
+    """Means over test slides of the normalised entropy of the policy's distribution at ``S_0`` and of the
+    standard deviation of its logits over the legal patches."""
     env = gym.make("WSIZoom-v0", dataset="synth-c16", split="test", budget=budget, progress=False)
     ids = env.unwrapped.slide_ids[:slides] if slides else env.unwrapped.slide_ids
-    values = []
+    entropies, spreads = [], []
     for slide_id in ids:
         obs, _ = env.reset(seed=0, options={"slide_id": slide_id})
         agent.reset()
         legal = np.asarray(obs["action_mask"]).astype(bool)
         logits = torch.as_tensor(agent.logits(obs)[legal], dtype=torch.float64)
         p = torch.softmax(logits, 0)
-        values.append(float(-(p * torch.log(p.clamp_min(1e-300))).sum()) / math.log(int(legal.sum())))
+        entropies.append(float(-(p * torch.log(p.clamp_min(1e-300))).sum()) / math.log(int(legal.sum())))
+        spreads.append(float(logits.std()))
     env.close()
-    return float(np.mean(values))
+    return float(np.mean(entropies)), float(np.mean(spreads))
 
 
 def main() -> None:
@@ -76,15 +84,23 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--slides", type=int, default=None, help="first N test slides only (quick look)")
+    parser.add_argument("--random", action="store_true", help="also random zooms at the same seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
     greedy = load_policy(args.policy)
-    print(f"first-action entropy / log N: {first_action_entropy(greedy, args.budget, args.slides):.3f}")
+    entropy, spread = first_action_spread(greedy, args.budget, args.slides)
+    print(f"at S_0: entropy / log N {entropy:.5f}, logit std {spread:.4f} nats")
     rows = []
     for seed in args.seeds:  # one sampled agent per seed, so each seed draws differently
+        agents: list[Any] = [SampledPolicy(load_policy(args.policy), seed)]
+        names = ["sampled"]
+        if seed == args.seeds[0]:  # deterministic: once
+            agents, names = [load_policy(args.policy), *agents], ["greedy", *names]
+        if args.random:
+            agents, names = [*agents, "random"], [*names, "random"]
         report = evaluate(
-            [load_policy(args.policy), SampledPolicy(load_policy(args.policy), seed), "random"],
-            names=["greedy", "sampled", "random"],
+            agents,
+            names=names,
             dataset="synth-c16",
             budgets=(args.budget,),
             seeds=(seed,),
