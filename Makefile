@@ -75,7 +75,7 @@ sasha-lane-%: $(STAMP)
 sasha-carry: $(STAMP)
 	$(WSIGYM) reproduce carry --ablation-passes 1 --out $(SASHA_OUT)
 sasha-report: $(STAMP)
-	$(WSIGYM) reproduce report --ablation-passes 1 --out $(SASHA_OUT)
+	$(WSIGYM) reproduce report --ablation-passes 1 --out $(SASHA_OUT) --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -82,7 +82,9 @@ def test_writer_on_a_tiny_evaluation(env_kwargs, tmp_path):
     assert json.loads(path.read_text()) == json.loads(json.dumps(protocol))
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
-    assert protocol_markdown(protocol).strip() in text
+    assert protocol_markdown(protocol, published=False).strip() in text  # published rows: protocol.md only
+    assert "| source |" not in text and "[`protocol.md`](results/tiny/protocol.md)" in text
+    assert PUBLISHED_C16[0]["source"] in (path.parent / "protocol.md").read_text()
     assert f"{ppo['accuracy']['mean']:.3f} ± {ppo['accuracy']['std']:.3f}" in text
     share = ppo["accuracy"]["mean"] / protocol["full_hafed"]["accuracy"]["mean"]
     assert f"{share:.1%}" in text

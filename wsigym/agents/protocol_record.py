@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,9 @@ def _cell(summary: Mapping[str, float]) -> str:
     return "n/a" if math.isnan(mu) else f"{mu:.3f} ± {sd:.3f}"
 
 
-def protocol_markdown(protocol: Mapping[str, Any]) -> str:
-    """The README table of a protocol record: the measured rows, full HAFED, then the published rows."""
+def protocol_markdown(protocol: Mapping[str, Any], *, published: bool = True) -> str:
+    """The table of a protocol record: the measured rows, full HAFED, then (``published``) the published
+    rows of another dataset, with their sources."""
     hafed_acc = protocol["full_hafed"]["accuracy"]["mean"]
     lines = [
         f"**{protocol['dataset']}** ({protocol['split']} split; {protocol['metric_note']}; "
@@ -266,11 +268,11 @@ def protocol_markdown(protocol: Mapping[str, Any]) -> str:
     cells = [_cell(h[m]) if m in h else "n/a" for m in PROTOCOL_METRICS]
     lines.append(f"| full HAFED | - | - | - | 100% | {max(1, len(h['train_seeds']))} | {cells[0]} | 100% | "
                  f"{cells[1]} | {cells[2]} | - |")  # fmt: skip
-    published = protocol.get("published") or []
-    if published:
+    rows = (protocol.get("published") or []) if published else []
+    if rows:
         lines += [
             "",
-            f"For context only, **a different dataset** ({published[0]['dataset']}, published numbers, not "
+            f"For context only, **a different dataset** ({rows[0]['dataset']}, published numbers, not "
             "produced here), with the source of each number:",
             "",
             "| method (published) | budget | accuracy | AUC | F1 (binary) | source |",
@@ -278,7 +280,7 @@ def protocol_markdown(protocol: Mapping[str, Any]) -> str:
         ]
         lines += [
             f"| {p['method']} | {p['budget']} | {p['accuracy']} | {p['auc']} | {p['f1']} | {p['source']} |"
-            for p in published
+            for p in rows
         ]
     return "\n".join(lines) + "\n"
 
@@ -290,8 +292,10 @@ def write_protocol(
     readme: str | Path | None = None,
     readme_key: str | None = None,
 ) -> Path:
-    """Write ``<results_dir>/<dataset>/protocol.json`` (and ``protocol.md``) atomically; with ``readme``,
-    replace its section ``<!-- results:<readme_key or dataset> -->`` by :func:`protocol_markdown`.
+    """Write ``<results_dir>/<dataset>/protocol.json`` (and ``protocol.md``, with the published rows)
+    atomically; with ``readme``, replace its section ``<!-- results:<readme_key or dataset> -->`` by the
+    measured rows of :func:`protocol_markdown` and a link to ``protocol.md`` for the published ones (the README
+    shows them once, in the evaluation table).
 
     Returns:
         the path of ``protocol.json``.
@@ -303,6 +307,10 @@ def write_protocol(
     text = protocol_markdown(protocol)
     atomic_write_text(folder / "protocol.md", text)
     if readme is not None:
+        link = Path(os.path.relpath(folder / "protocol.md", Path(readme).resolve().parent)).as_posix()
+        text = protocol_markdown(protocol, published=False)
+        if protocol.get("published"):
+            text += f"\nPublished numbers of another dataset, with their sources: [`protocol.md`]({link}).\n"
         replace_section(readme, readme_key or str(protocol["dataset"]), text)
     return path
 
