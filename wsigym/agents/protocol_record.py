@@ -307,11 +307,13 @@ def write_protocol(
     text = protocol_markdown(protocol)
     atomic_write_text(folder / "protocol.md", text)
     if readme is not None:
-        link = Path(os.path.relpath(folder / "protocol.md", Path(readme).resolve().parent)).as_posix()
-        text = protocol_markdown(protocol, published=False)
+        section = protocol_markdown(protocol, published=False)
         if protocol.get("published"):
-            text += f"\nPublished numbers of another dataset, with their sources: [`protocol.md`]({link}).\n"
-        replace_section(readme, readme_key or str(protocol["dataset"]), text)
+            link = Path(os.path.relpath(folder / "protocol.md", Path(readme).resolve().parent)).as_posix()
+            section += (
+                f"\nPublished numbers of another dataset, with their sources: [`protocol.md`]({link}).\n"
+            )
+        replace_section(readme, readme_key or str(protocol["dataset"]), section)
     return path
 
 
