@@ -5,30 +5,26 @@ One run prints, side by side for each workload,
 - the wall time with the local backend (one process, one torch thread), with Ray on a local cluster of 1
   worker (``num_cpus=1``) and of 2 workers (``num_cpus=2``);
 - the speed-up of 2 Ray workers over local (goal on 2 cores: >= 1.7x);
-- the pool start (extraction only): seconds from putting the encoder in the object store to the last
-  actor ready with it (actor processes start, import torch, deserialise the encoder, move it to the
-  device), a one-off per job, not per slide; with 1 and 2 workers;
-- the overhead per task, twice: with the pool start, ``(Ray 1 worker - local) / tasks`` (the earlier
-  definition), and without it, ``(Ray 1 worker - pool start - local) / tasks``; each also as a share of
-  the mean task's work (``local / tasks``) (goal: < 5%). It includes shipping the inputs, starting
-  worker processes (importing torch) and rebuilding the environments from the object store in each
-  worker (evaluation), or shipping each slide's arguments and results (extraction, whose actors keep
-  the encoder from slide to slide);
-- a projection to N workers: ``pool start + max(longest task, work * (1 + overhead) / N)`` with the
-  overhead without the pool start and the pool start of 2 workers, the bound set by the total work and
-  by the longest task (the protocol has one task per agent, budget and seed, so with more workers than
-  tasks the longest task is the wall time).
+- the overhead per task, ``(Ray 1 worker - local) / tasks``, also as a share of the mean task's work
+  (``local / tasks``) (goal: < 5%). It includes shipping the inputs and rebuilding the environments
+  from the object store in each worker (evaluation), or shipping each slide's arguments and results
+  and loading the encoder once per worker process (extraction);
+- the encoder loads of extraction: per worker process that ran slides, the seconds it spent fetching
+  and deserialising the job's encoder (once per process and job), with 1 and 2 workers;
+- a projection to N workers: ``max(longest task, work * (1 + overhead share) / N)``, the bound set by
+  the total work and by the longest task (the protocol has one task per agent, budget and seed, so
+  with more workers than tasks the longest task is the wall time).
 
 Workloads: the evaluation protocol on synth-c16's test split (``--slides`` slides; agents random,
 attention-top-k, coverage, oracle at budgets 10% and 20%, ``--seeds`` seeds: one task per agent,
 budget and seed, deterministic agents once per budget) and ``wsigym slides extract`` of ``--extract``
 synthetic 20x slides (2048^2 px, the test slides' generator) with a random-init ``timm:resnet10t`` at
-128 px patches, 5x/10x (a pool of actors, one per worker; one call per slide). ``--workloads`` picks
-either or both (default). The Ray cluster's start and a warm-up call of each workload (worker processes
-start and import torch: seconds, once per cluster) are printed apart and not counted, as the local
-backend's warm-up (reading synth-c16's ``V`` into the process) is not; extraction's actors are new
-processes in every job, so their start is in the pool start, not in the warm-up. Every configuration computes the
-same numbers (checked here).
+128 px patches, 5x/10x (one task per slide). ``--workloads`` picks either or both (default). The Ray
+cluster's start and a warm-up call of each workload (worker processes start and import torch: seconds,
+once per cluster, as on a running cluster) are printed apart and not counted, as the local backend's
+warm-up (reading synth-c16's ``V`` into the process) is not; the warm-up extracts two other slides
+(one per worker process) with another encoder object, so the timed job still loads its own encoder in
+every worker process. Every configuration computes the same numbers (checked here).
 
     .venv/bin/python benchmarks/ray_scaling.py                       # ~10 min on 2 shared cores
     .venv/bin/python benchmarks/ray_scaling.py --slides 8 --extract 4   # a quicker look
@@ -82,7 +78,7 @@ def _evaluate(backend: str, slides: int, seeds: list[int]) -> tuple[float, Any, 
 
 
 def _extract(backend: str, slides: Path, job: Path) -> tuple[float, dict, list[float], dict[str, Any]]:
-    """Wall time, done slides, per-slide work (local) and the Ray pool's ``stats`` (Ray)."""
+    """Wall time, done slides, per-slide work (local) and the Ray job's ``stats`` (Ray)."""
     from wsigym.slides.encoders import build_encoder
     from wsigym.slides.extract import encoder_identity, extract_features, extract_folder
 
@@ -170,7 +166,8 @@ def main() -> None:
         for i in range(args.extract):
             write_aperio_tiff(slide_dir / f"s{i}.svs", width=2048, height=2048, mpp=0.5, levels=2, seed=i)
         warm_dir.mkdir()
-        write_aperio_tiff(warm_dir / "w.svs", width=1024, height=1024, mpp=0.5, levels=2, seed=0)
+        for i in range(2):  # one per worker process of the 2-worker cluster
+            write_aperio_tiff(warm_dir / f"w{i}.svs", width=1024, height=1024, mpp=0.5, levels=2, seed=i)
 
     if evaluation:
         _evaluate("local", 2, args.seeds[:1])  # warm-up: synth-c16's V read into this process once
@@ -204,8 +201,8 @@ def main() -> None:
             t, _, _, stats = _extract("ray", slide_dir, tmp / f"job-ray{workers}")
             assert _features(tmp / f"job-ray{workers}", names) == rows["extraction"]["ref"], "features differ"
             rows["extraction"][f"ray{workers}"] = t
-            rows["extraction"][f"start{workers}"] = stats["start_s"]
-            rows["extraction"][f"slides_per_actor{workers}"] = [a["slides"] for a in stats["actors"]]
+            rows["extraction"][f"loads{workers}"] = [round(q["load_s"], 3) for q in stats["processes"]]
+            rows["extraction"][f"slides_per_process{workers}"] = [q["slides"] for q in stats["processes"]]
         ray.shutdown()
 
     print(
@@ -217,34 +214,29 @@ def main() -> None:
     if extraction:
         r = rows["extraction"]
         print(
-            f"Extraction slides per actor: {r['slides_per_actor1']} (1 worker), {r['slides_per_actor2']} "
-            "(2 workers); each actor loads the encoder once."
+            f"Extraction slides per worker process: {r['slides_per_process1']} (1 worker), "
+            f"{r['slides_per_process2']} (2 workers); each process loads the job's encoder once."
         )
     print()
     print(
         "| workload | tasks | local s | Ray 1 worker s | Ray 2 workers s | speed-up 2w/local "
-        "| pool start 1w / 2w s | overhead/task s with start | % of task | overhead/task s without start "
-        "| % of task | projected 4 / 8 / 16 workers s |"
+        "| overhead/task s | % of task | encoder loads 1w / 2w s | projected 4 / 8 / 16 workers s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     summary = {}
     for name, r in rows.items():
         tasks = r["tasks"]
         mean_task = r["local"] / tasks
-        start1, start2 = r.get("start1", 0.0), r.get("start2", 0.0)
-        overhead = (r["ray1"] - r["local"]) / tasks  # the earlier definition: the pool start included
+        overhead = (r["ray1"] - r["local"]) / tasks
         share = overhead / mean_task
-        per_task = (r["ray1"] - start1 - r["local"]) / tasks
-        per_task_share = per_task / mean_task
         longest = max(r["task_s"])
         work = sum(r["task_s"])
-        proj = [start2 + max(longest, work * (1 + max(per_task_share, 0.0)) / n) for n in (4, 8, 16)]
+        proj = [max(longest, work * (1 + max(share, 0.0)) / n) for n in (4, 8, 16)]
         speedup = r["local"] / r["ray2"]
-        start = f"{start1:.1f} / {start2:.1f}" if "start1" in r else "-"
+        loads = f"{r['loads1']} / {r['loads2']}" if "loads1" in r else "-"
         print(
             f"| {name} | {tasks} | {r['local']:.1f} | {r['ray1']:.1f} | {r['ray2']:.1f} | {speedup:.2f}x | "
-            f"{start} | {overhead:.2f} | {100 * share:.1f}% | {per_task:.2f} | {100 * per_task_share:.1f}% | "
-            f"{' / '.join(f'{p:.1f}' for p in proj)} |"
+            f"{overhead:.2f} | {100 * share:.1f}% | {loads} | {' / '.join(f'{p:.1f}' for p in proj)} |"
         )
         summary[name] = {
             "tasks": tasks,
@@ -252,23 +244,22 @@ def main() -> None:
             "ray1_s": r["ray1"],
             "ray2_s": r["ray2"],
             "speedup_2_workers": speedup,
-            "pool_start_s": {"1": start1, "2": start2} if "start1" in r else None,
             "overhead_per_task_s": overhead,
             "overhead_share": share,
-            "overhead_per_task_without_start_s": per_task,
-            "overhead_share_without_start": per_task_share,
             "longest_task_s": longest,
             "projected_s": dict(zip(("4", "8", "16"), proj)),
         }
-        if "start1" in r:
-            summary[name]["slides_per_actor"] = {"1": r["slides_per_actor1"], "2": r["slides_per_actor2"]}
+        if "loads1" in r:
+            summary[name]["encoder_load_s"] = {"1": r["loads1"], "2": r["loads2"]}
+            summary[name]["slides_per_process"] = {
+                "1": r["slides_per_process1"],
+                "2": r["slides_per_process2"],
+            }
     print()
     print(
-        "Overhead with start: (Ray 1 worker - local) / tasks; without start: the pool start (extraction's "
-        "actors starting and loading the encoder, once per job) taken out first. Projection: pool start "
-        "(2 workers) + max(longest task, total work x (1 + overhead without start) / N). Beyond ~tasks/2 "
-        "workers the longest task bounds the wall time; more slides (evaluation) or more slides per cohort "
-        "(extraction) raise the bound."
+        "Overhead: (Ray 1 worker - local) / tasks. Projection: max(longest task, total work x (1 + overhead "
+        "share) / N). Beyond ~tasks/2 workers the longest task bounds the wall time; more slides "
+        "(evaluation) or more slides per cohort (extraction) raise the bound."
     )
     if args.json:
         Path(args.json).write_text(

@@ -1,6 +1,6 @@
 """``slides extract`` on Ray: the same files as the local backend, one error per bad slide without
-losing the others, one encoder load per worker (actor), actors ended after the job, resumption after
-a killed job, and the CLI's ``--backend ray`` (``--workers``)."""
+losing the others, one encoder load per worker process and job, at most ``workers`` slides at once,
+resumption after a killed job, and the CLI's ``--backend ray`` (``--workers``)."""
 
 from __future__ import annotations
 
@@ -72,60 +72,41 @@ def test_ray_extraction_equals_local_and_reports_the_bad_slide(ray_cluster, slid
     stats: dict = {}
     with pytest.raises(DataError, match=r"bad\.svs"):  # on_error="raise": the slide's own error, unwrapped
         extract_folder_ray(slides, tmp_path / "job2", tiny_encoder(), progress=False, stats=stats, **GEOMETRY)
-    assert stats["workers"] == 2  # default: as many actors as the 2-CPU cluster holds
-    _assert_killed([a["pid"] for a in stats["actors"]])
+    assert stats["workers"] == 2  # default: as many slides at once as the 2-CPU cluster holds
 
 
-def _assert_killed(pids: list[int], timeout: float = 30.0) -> None:
-    """The processes ``pids`` (the job's actors) end within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if _alive(pid)]
-        time.sleep(0.05)
-    assert not alive, f"actors still running: {alive}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) has ended too
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
-def test_each_worker_loads_the_encoder_once(ray_cluster, slides, local_job, tmp_path):
-    """workers=2 over five slides: at most two actors, each unpickles the encoder once (not once per
-    slide) and extracts several slides; the files equal the local backend's."""
+def test_each_worker_process_loads_the_encoder_once_per_job(ray_cluster, slides, local_job, tmp_path):
+    """Two jobs of five slides each: every worker process that runs slides of a job unpickles that
+    job's encoder once (not once per slide), a second job loads its own encoder again, and the files
+    equal the local backend's."""
     from wsigym.distributed.extraction import extract_folder_ray
 
     log = tmp_path / "loads.txt"
-    stats: dict = {}
-    job = tmp_path / "job"
-    done, failed = extract_folder_ray(
-        slides,
-        job,
-        tiny_encoder(load_log=log),
-        workers=2,
-        on_error="skip",
-        progress=False,
-        stats=stats,
-        **GEOMETRY,
-    )
-    assert list(done) == list(SLIDES) and list(failed) == ["bad"]
-    actors = stats["actors"]
-    assert stats["workers"] == 2 and 1 <= len(actors) <= 2 and stats["start_s"] > 0
-    assert sum(a["slides"] for a in actors) == len(SLIDES) + 1
+    processes = []
+    for run in ("a", "b"):
+        stats: dict = {}
+        job = tmp_path / f"job-{run}"
+        done, failed = extract_folder_ray(
+            slides,
+            job,
+            tiny_encoder(load_log=log),
+            workers=2,
+            on_error="skip",
+            progress=False,
+            stats=stats,
+            **GEOMETRY,
+        )
+        assert list(done) == list(SLIDES) and list(failed) == ["bad"]
+        assert stats["workers"] == 2 and stats["processes"]
+        assert sum(p["slides"] for p in stats["processes"]) == len(SLIDES) + 1
+        assert all(p["loads"] == 1 and p["load_s"] > 0 for p in stats["processes"]), stats["processes"]
+        processes += stats["processes"]
+        for slide in SLIDES:
+            ours, theirs = _arrays(job, slide), _arrays(local_job[0], slide)
+            for key in ours:
+                np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{slide} {key}")
     loads = [int(line) for line in log.read_text().split()]
-    assert sorted(loads) == sorted(a["pid"] for a in actors)  # one load per actor, in its own process
-    for slide in SLIDES:
-        ours, theirs = _arrays(job, slide), _arrays(local_job[0], slide)
-        for key in ours:
-            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{slide} {key}")
-    _assert_killed([a["pid"] for a in actors])
+    assert sorted(loads) == sorted(p["pid"] for p in processes)  # one load per process and job, there
 
 
 KILLED_JOB = """

@@ -1,7 +1,7 @@
 """Wait for Ray work with one overall progress bar, in submission order, failing fast.
 
-:func:`gather` waits for a fixed list of tasks; :func:`map_on_actors` runs a list of items over a fixed
-set of actors as a work queue (each actor gets the next item as soon as it is free).
+:func:`gather` waits for a fixed list of tasks; :func:`map_bounded` runs a list of items as a work queue
+with a fixed number of tasks in flight (the next item is submitted as soon as a task finishes).
 """
 
 from __future__ import annotations
@@ -56,57 +56,49 @@ def gather(
     return results
 
 
-def map_on_actors(
-    actors: Sequence[Any],
-    ready: Callable[[Any], Any],
-    submit: Callable[[Any, Any], Any],
+def map_bounded(
+    submit: Callable[[Any], Any],
     items: Sequence[Any],
     *,
+    slots: int,
     desc: str,
     unit: str = "task",
     progress: bool = True,
-    on_ready: Callable[[int, Any], None] | None = None,
     on_result: Callable[[int, Any], None] | None = None,
 ) -> list[Any]:
-    """The results of ``submit(actor, item)`` for every item of ``items``, in the order of ``items``.
+    """The results of ``submit(item)`` (a Ray ``ObjectRef``) for every item of ``items``, in their order.
 
-    A work queue over a fixed set of Ray actors: an actor gets its first item once it is up
-    (``ready(actor)``, a ref of a call that returns once the actor is constructed; then
-    ``on_ready(k, value)`` for ``actors[k]``) and its next item as soon as it returns the last one, in
-    the order of ``items``. An actor the cluster cannot place yet holds no item, so the others finish the
-    job without it. One tqdm bar counts finished items; ``on_result(i, value)`` is called as each one
-    finishes. The first call that raises re-raises its error (Ray's ``RayTaskError`` unwrapped to the
-    task's own exception); the items still running are left to the caller, who owns the actors (e.g.
-    ``ray.kill`` them in a ``finally``).
+    A work queue with at most ``slots`` tasks in flight: the first ``slots`` items are submitted at once
+    and each later one as soon as a task finishes, in the order of ``items``. So a job takes no more
+    of the cluster than it asked for, and a slow item holds up one slot, not the others. One tqdm bar
+    counts finished items; ``on_result(i, value)`` is called as each one finishes. The first task that
+    raises cancels the tasks still in flight and re-raises its error (Ray's ``RayTaskError`` unwrapped
+    to the task's own exception); the items not yet submitted never run.
+
+    Raises:
+        ValueError: ``slots < 1``.
     """
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
     ray = require_ray()
     results: list[Any] = [None] * len(items)
     queue = deque(range(len(items)))
-    # ref -> (actor index, item index or None for the actor's readiness)
-    running: dict[Any, tuple[int, int | None]] = {}
-    if items:
-        running = {ready(actor): (k, None) for k, actor in enumerate(actors)}
-    left = len(items)
+    running: dict[Any, int] = {}  # ref -> item index
     with tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
-        while left:
-            if not running:
-                raise ValueError("map_on_actors needs at least one actor")
+        while queue or running:
+            while queue and len(running) < slots:
+                i = queue.popleft()
+                running[submit(items[i])] = i
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            k, i = running.pop(ref)
+            i = running.pop(ref)
             try:
                 value = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
+                for other in running:
+                    ray.cancel(other)
                 raise _own_error(e) from None
-            if i is None:
-                if on_ready is not None:
-                    on_ready(k, value)
-            else:
-                results[i] = value
-                left -= 1
-                if on_result is not None:
-                    on_result(i, value)
-                bar.update(1)
-            if queue:
-                j = queue.popleft()
-                running[submit(actors[k], items[j])] = (k, j)
+            results[i] = value
+            if on_result is not None:
+                on_result(i, value)
+            bar.update(1)
     return results

@@ -5,8 +5,8 @@
 - ``wsigym slides extract SLIDES... --job-dir DIR --encoder timm:NAME|open_clip:NAME [--weights FILE]
   [--lr-mag 5] [--hr-mag 20] [--patch-size 256] [--batch-size 32] [--mpp X] [--min-tissue 0.25]
   [--device cpu] [--seed 0] [--skip-errors] [--overwrite] [--no-progress]
-  [--backend ray [--address A] [--workers N]]`` (``--backend ray``: N Ray actors, each loading the encoder
-  once and extracting slide after slide, :mod:`wsigym.distributed.extraction`)
+  [--backend ray [--address A] [--workers N]]`` (``--backend ray``: one Ray task per slide, N at once,
+  the encoder loaded once per worker process, :mod:`wsigym.distributed.extraction`)
 
 ``extract`` records the encoder's identity (name, weights SHA-256, preprocessing, weights source) in
 every features file and in ``features_<encoder>/encoder.json``; rerunning into a job folder made by
@@ -149,7 +149,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="with --backend ray: Ray actors extracting in parallel, each loading the encoder once "
+        help="with --backend ray: slides extracted at once, each worker process loading the encoder once "
         "(default: as many as the cluster holds, 1 CPU each or 1 GPU each with --device cuda; at most "
         "one per slide)",
     )
