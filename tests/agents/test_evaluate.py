@@ -246,3 +246,31 @@ def test_shared_observations_for_built_agents_copies_for_a_callers_agent(env_kwa
 
     evaluate([keeper], env_kwargs=_kw(env_kwargs), progress=False, **{**args, "seeds": (0,)})
     assert len(kept) > 2 and not any(np.shares_memory(kept[0], k) for k in kept[1:])
+
+
+def test_attention_greedy_zooms_the_most_attended_legal_patch_of_the_current_state(env_kwargs):
+    """Every zoom is the argmax of HAFED's attention on ``S_t`` over the legal patches, so under TSU
+    (which rewrites rows) the zooms part from those of the no-update env, whose first zoom they share."""
+    from wsigym.agents.baselines import AttentionGreedy
+
+    zooms = {}
+    for update in ("tsu", "none"):
+        env = WSIZoomEnv(**env_kwargs, split="train", budget=0.5, update=update, tau=0.5)
+        agent = make_baseline("attention-greedy")
+        obs, info = env.reset(options={"slide_index": 0})
+        agent.reset(env, obs, info)
+        done, taken = False, []
+        while not done:
+            attention = env.attention()
+            legal = np.flatnonzero(obs["action_mask"])
+            a = agent(obs, info)
+            assert a in legal and attention[a] == attention[legal].max()
+            taken.append(a)
+            obs, _, terminated, truncated, info = env.step(a)
+            done = terminated or truncated
+        zooms[update] = taken
+    assert zooms["tsu"][0] == zooms["none"][0] and zooms["tsu"] != zooms["none"]
+    with pytest.raises(TypeError, match="attention"):
+        AttentionGreedy().reset(object(), obs, info)
+    with pytest.raises(RuntimeError, match="reset"):
+        AttentionGreedy()(obs, info)

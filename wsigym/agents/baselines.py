@@ -7,6 +7,8 @@ slide before the first step (ranking by attention, privileged ground truth) use 
 
 - :class:`RandomAgent`: uniform over the valid, unzoomed patches.
 - :class:`AttentionTopK`: the patches the frozen HAFED attends most in the low-res state, in order.
+- :class:`AttentionGreedy`: at every step, the patch HAFED attends most in the *current* state ``S_t``,
+  so, unlike the fixed orders, its zooms depend on the state update rule.
 - :class:`Coverage`: farthest-point order over the patch coordinates, spreading zooms over tissue.
 - :class:`Oracle`: zoom tumour first, by ground-truth tumour fraction (an upper bound; privileged).
 
@@ -93,6 +95,41 @@ class AttentionTopK(_RankedAgent):
         return out["attention"][0].cpu().numpy()
 
 
+class AttentionGreedy:
+    """Zoom the legal patch that HAFED attends most in the current state ``S_t``, re-ranked every step.
+
+    :class:`AttentionTopK` fixes its order from the low-res state, so it makes the same zooms under
+    every state update rule. This agent reads HAFED's branch-averaged attention on ``S_t`` before each
+    zoom (``env.attention()``, the environment's incremental classifier), so what an update writes
+    changes where it looks next: rows a zoom of a mimic refreshes with their high-res prediction can
+    lose attention, rows refreshed from a tumour zoom can gain it. It is the simplest agent whose zooms
+    depend on the state, a fixed reference for what an update rule gives an agent that reads it.
+    Ties go to the lowest patch index.
+
+    Raises:
+        TypeError: at ``reset``, for an environment without ``attention()`` (``WSIZoomEnv`` has it).
+    """
+
+    deterministic = True
+
+    def __init__(self) -> None:
+        self.env: Any = None
+
+    def reset(self, env: Any, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        if not callable(getattr(env, "attention", None)):
+            raise TypeError(
+                f"attention-greedy reads HAFED's attention on the current state through env.attention(); "
+                f"{type(env).__name__} has none"
+            )
+        self.env = env
+
+    def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> int:
+        if self.env is None:
+            raise RuntimeError("AttentionGreedy needs reset(env, obs, info) at the start of each episode")
+        attention = np.asarray(self.env.attention(), dtype=np.float64)
+        return int(np.argmax(np.where(_legal(obs), attention, -np.inf)))
+
+
 class Coverage(_RankedAgent):
     """Farthest-point order over the normalised patch coordinates, from the patch nearest the centre."""
 
@@ -149,13 +186,15 @@ def tumour_truth(env: Any) -> np.ndarray | None:
 BASELINES: dict[str, Callable[..., Agent]] = {
     "random": RandomAgent,
     "attention-topk": AttentionTopK,
+    "attention-greedy": AttentionGreedy,
     "coverage": Coverage,
     "oracle": Oracle,
 }
 
 
 def make_baseline(name: str, seed: int = 0) -> Agent:
-    """Build a baseline agent by name (``random``, ``attention-topk``, ``coverage``, ``oracle``)."""
+    """Build a baseline agent by name (``random``, ``attention-topk``, ``attention-greedy``, ``coverage``,
+    ``oracle``)."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     return RandomAgent(seed) if name == "random" else BASELINES[name]()

@@ -196,8 +196,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--agent",
         action="append",
         default=[],
-        help="baseline name (random, attention-topk, coverage, oracle, no-zoom, full-hafed), policy folder "
-        "or registered name / Hub repo of a policy; repeat for several",
+        help="baseline name (random, attention-topk, attention-greedy, coverage, oracle, no-zoom, full-hafed), "
+        "policy folder or registered name / Hub repo of a policy; repeat for several",
     )
     e.add_argument("--policy", default=None, help="policy folder/name evaluated as 'ppo' (with --all)")
     e.add_argument("--all", action="store_true", help="full protocol: every baseline, the policy, ablations")
