@@ -35,25 +35,15 @@ def gather(
     as each one finishes (e.g. to report it at once). The first task that raises cancels the tasks still
     waiting and re-raises its error (Ray's ``RayTaskError`` is unwrapped to the task's own exception).
     """
-    ray = require_ray()
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit=unit, disable=not progress) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                try:
-                    value = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    for other in pending:
-                        ray.cancel(other)
-                    raise _own_error(e) from None
-                results[index[ref]] = value
-                if on_result is not None:
-                    on_result(index[ref], value)
-                bar.update(1)
-    return results
+    return map_bounded(
+        lambda ref: ref,
+        refs,
+        slots=max(1, len(refs)),
+        desc=desc,
+        unit=unit,
+        progress=progress,
+        on_result=on_result,
+    )
 
 
 def map_bounded(
