@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 import zoo
 from wsigym.envs.state_update import (
+    PENDING_SLACK,
+    PendingRows,
+    TSURule,
     ZoomBatchState,
     cosine_to_anchor,
     global_update,
@@ -111,3 +114,56 @@ def test_factored_tsu_equals_model(residual):
         with torch.no_grad():
             torch.testing.assert_close(tsu_rows(tsu, v_a, z_a, env, z_i), tsu(v_a[env], z_a[env], z_i))
     torch.testing.assert_close(tsu_rows(fake_tsu, v_a, z_a, env, z_i), fake_tsu(v_a[env], z_a[env], z_i))
+
+
+def clustered_state(b: int, p: int, d: int, seed: int, pending: bool) -> ZoomBatchState:
+    """``b`` slides of ``p - 7 e`` rows in 12 clusters whose cosines spread across tau."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(12, d, generator=g)
+    z = centres[torch.randint(0, 12, (b, p), generator=g)] + 0.25 * torch.randn(b, p, d, generator=g)
+    valid = torch.arange(p)[None] < (p - 7 * torch.arange(b))[:, None]
+    z[~valid] = 0
+    return ZoomBatchState(
+        state=z.clone(),
+        z=z,
+        z_norm=z.norm(dim=-1).clamp_min(1e-12),
+        valid=valid,
+        visited=torch.zeros(b, p, dtype=torch.bool),
+        updated=torch.zeros(b, p, dtype=torch.bool),
+        pending=PendingRows(b) if pending else None,
+    )
+
+
+@pytest.mark.parametrize("rule", [TSURule(anchor="state"), TSURule(anchor="lowres")])
+@pytest.mark.parametrize("absolute_cosine", [False, True])
+def test_pending_scan_equals_full_scan(rule, absolute_cosine):
+    """Scanning only the rows not yet updated (PendingRows, the engine's CPU path) gives the full scan's
+    rows, states and counts at every step, through re-gathers, zooms of updated rows and inactive envs."""
+    b, p, d = 3, 300, 16
+    full, fast = clustered_state(b, p, d, 0, False), clustered_state(b, p, d, 0, True)
+    v = torch.randn(b, p, d, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    gathered = 0
+    for t in range(120):
+        anchors = torch.stack(
+            [
+                torch.multinomial((~full.visited[e] & full.valid[e]).float(), 1, generator=g)[0]
+                for e in range(b)
+            ]
+        )
+        active = torch.tensor([True, t % 3 != 0, t % 5 != 1])
+        env = active.nonzero().squeeze(-1)
+        a = rule(full, anchors, active, v[env, anchors[env]], fake_tsu, 0.9, absolute_cosine)
+        c = rule(fast, anchors, active, v[env, anchors[env]], fake_tsu, 0.9, absolute_cosine)
+        assert torch.equal(a.env, c.env) and torch.equal(a.row, c.row), f"step {t}"
+        assert torch.equal(a.tsu_count, c.tsu_count)
+        torch.testing.assert_close(c.new, a.new, rtol=0, atol=0)
+        assert torch.equal(full.updated, fast.updated) and torch.equal(full.state, fast.state)
+        for e in range(b):  # what the scan reads stays within 2 x pending + slack
+            rows = fast.pending._rows[e]
+            if rows is not None:
+                left = int((fast.valid[e] & ~fast.updated[e]).sum())
+                assert len(rows) <= 2 * left + PENDING_SLACK + 1
+                gathered += len(rows) < int(fast.valid[e].sum())
+    assert full.updated[full.valid].float().mean() > 0.8  # the run reached the sparse end
+    assert gathered > 0  # and re-gathered along the way

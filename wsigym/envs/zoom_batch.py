@@ -58,7 +58,13 @@ from wsigym.envs.options import ZoomOptions
 from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import RewardRule, cross_entropy, patch_evidence, reward, reward_rule
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
-from wsigym.envs.state_update import RULES_WITH_TSU, UPDATE_RULES, StateChange, ZoomBatchState
+from wsigym.envs.state_update import (
+    RULES_WITH_TSU,
+    UPDATE_RULES,
+    PendingRows,
+    StateChange,
+    ZoomBatchState,
+)
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 #: Subtracted from the reward of an illegal action under ``illegal_action="noop"``.
@@ -257,6 +263,8 @@ class ZoomBatch:
             valid=torch.zeros(b, 0, dtype=torch.bool, device=dev),
             visited=torch.zeros(b, 0, dtype=torch.bool, device=dev),
             updated=torch.zeros(b, 0, dtype=torch.bool, device=dev),
+            # on CUDA one bmm over every row beats a gathered scan per environment
+            pending=PendingRows(b) if torch.device(dev).type == "cpu" else None,
         )
         self.classifier = IncrementalAttentionClassifier(hafed, b, 0, dev)
         #: The observed ``state`` ``(B, P, d)``, built on the first :meth:`observation` (module docstring).
@@ -349,6 +357,8 @@ class ZoomBatch:
             t.valid[e, :n] = True
             t.visited[e].zero_()
             t.updated[e].zero_()
+            if t.pending is not None:
+                t.pending.forget([e])
             self.slide[e] = k
             if self._observed is not None:  # the rows this episode observes now
                 self._observed[e, n : previous[e]] = 0.0
@@ -384,6 +394,8 @@ class ZoomBatch:
         t.z_norm = _with_rows(t.z_norm, rows, 1.0)
         t.valid, t.visited = _with_rows(t.valid, rows, False), _with_rows(t.visited, rows, False)
         t.updated = _with_rows(t.updated, rows, False)
+        if t.pending is not None:  # its views are of the old tensors
+            t.pending.forget()
         self.classifier.row_logits = _with_rows(self.classifier.row_logits, rows, float("-inf"))
         self.rows = rows
 
@@ -591,8 +603,10 @@ class ZoomBatch:
             self._observed = np.zeros((b, self.max_patches, self.dim), dtype=np.float32)
             self._observed[:, : self.rows] = (self.tensors.z if lowres else self.tensors.state).cpu().numpy()
         state_np = self._observed.reshape(b, -1)
-        if copy:
-            state_np = state_np.copy()
+        if copy:  # np.zeros is calloc'd: only the real rows are written, the padding stays zero pages
+            state_np = np.zeros(state_np.shape, dtype=state_np.dtype)
+            for e, n in enumerate(self.n.tolist()):
+                state_np[e, : n * self.dim] = self._observed[e, :n].reshape(-1)
         taken = self.updated_np if self.config.mask_updated else self.visited_np
         remaining = (self.steps_budget - self.zooms) / self.steps_budget
         return {
