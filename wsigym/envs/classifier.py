@@ -60,6 +60,8 @@ class IncrementalAttentionClassifier:
         self.shift = torch.zeros(batch_size, m, dtype=torch.float64, device=device)
         self.denom = torch.ones(batch_size, m, dtype=torch.float64, device=device)
         self.numer = torch.zeros(batch_size, m, d, dtype=torch.float64, device=device)
+        #: ``(B,)`` real rows of each environment's state (set by :meth:`refresh`).
+        self.real = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def _row_logits(self, rows: Tensor) -> Tensor:
         """``rows (R, d)`` -> attention logits ``(R, M)``."""
@@ -73,6 +75,7 @@ class IncrementalAttentionClassifier:
         """
         if envs.numel() == 0:
             return
+        self.real[envs] = valid[envs].sum(-1)
         rows = valid[envs].any(0).nonzero()
         last = int(rows.max()) + 1 if rows.numel() else 1  # rows past the last real one are padding
         s = state[envs, :last]  # (E, last, d)
@@ -102,7 +105,7 @@ class IncrementalAttentionClassifier:
         old_l = self.row_logits[env, change.row]
         self.row_logits[env, change.row] = new_l
         counts = torch.bincount(env, minlength=self.shift.shape[0])
-        dense = (counts > 0) & (2 * counts >= valid.sum(-1))
+        dense = (counts > 0) & (2 * counts >= self.real)
         if dense.any():  # module docstring, Dense changes
             self.refresh(dense.nonzero().squeeze(-1), state, valid, recompute_logits=False)
             sparse = ~dense[env]
@@ -110,28 +113,35 @@ class IncrementalAttentionClassifier:
                 return
             env, new_rows, old_rows = env[sparse], new_rows[sparse], old_rows[sparse]
             new_l, old_l = new_l[sparse], old_l[sparse]
-        nl, ol = new_l.double(), old_l.double()
-        top = torch.full_like(self.shift, float("-inf"))
-        top.scatter_reduce_(0, env.unsqueeze(-1).expand_as(nl), nl, reduce="amax")
+        nl = new_l.double()
+        single = self.shift.shape[0] == 1  # one environment: plain reductions instead of scatters
+        if single:
+            top = nl.amax(0, keepdim=True)
+        else:
+            top = torch.full_like(self.shift, float("-inf"))
+            top.scatter_reduce_(0, env.unsqueeze(-1).expand_as(nl), nl, reduce="amax")
         shift = torch.maximum(self.shift, top)
         factor = torch.exp(self.shift - shift)
         self.denom.mul_(factor)
         self.numer.mul_(factor.unsqueeze(-1))
         self.shift = shift
-        c = shift[env]  # (R, M)
-        w_new = torch.exp(nl - c)
-        w_old = torch.exp(ol - c)
-        self.denom.index_add_(0, env, w_new - w_old)
-        nr, orow = new_rows.double(), old_rows.double()
-        if env.numel() * self.branches <= 16384:
-            delta = torch.einsum("rm,rd->rmd", w_new, nr) - torch.einsum("rm,rd->rmd", w_old, orow)
-            self.numer.index_add_(0, env, delta)
-        else:  # many rows (global update): avoid the (R, M, d) temporary
-            for m in range(self.branches):
-                self.numer[:, m].index_add_(0, env, w_new[:, m, None] * nr - w_old[:, m, None] * orow)
-        low = (self.denom < REFRESH_BELOW).any(-1).nonzero().squeeze(-1)
-        if low.numel():
-            self.refresh(low, state, valid, recompute_logits=False)
+        # the new rows' terms minus the old rows': weights (2R, M) on rows (2R, d)
+        w = torch.exp(torch.cat([nl, old_l.double()]) - shift[torch.cat([env, env])])
+        w[len(env) :] *= -1.0
+        rows = torch.cat([new_rows, old_rows]).double()
+        if single:
+            self.denom.add_(w.sum(0, keepdim=True))
+            self.numer[0].addmm_(w.T, rows)
+        else:
+            both = torch.cat([env, env])
+            self.denom.index_add_(0, both, w)
+            if w.numel() <= 16384:
+                self.numer.index_add_(0, both, w.unsqueeze(-1) * rows.unsqueeze(1))
+            else:  # many rows (global update): avoid the (2R, M, d) temporary
+                for m in range(self.branches):
+                    self.numer[:, m].index_add_(0, both, w[:, m, None] * rows)
+        if bool((self.denom < REFRESH_BELOW).any()):
+            self.refresh((self.denom < REFRESH_BELOW).any(-1).nonzero().squeeze(-1), state, valid, False)
 
     @torch.no_grad()
     def pooled(self) -> Tensor:
