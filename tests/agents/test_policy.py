@@ -10,6 +10,7 @@ from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_suppo
 
 from wsigym.agents.policy import (
     EXTRA_CHANNELS,
+    PAD_LOGIT,
     PatchPolicy,
     patch_rows,
     standardise_state,
@@ -39,9 +40,9 @@ def _obs(b: int, p: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _policy(hidden: int = 16, standardise: bool = False) -> PatchPolicy:
+def _policy(hidden: int = 16, standardise: bool = False, tokens: str = "state+context") -> PatchPolicy:
     torch.manual_seed(0)
-    return _policy_for(P, D, hidden, 8, hidden, standardise)
+    return _policy_for(P, D, hidden, 8, hidden, standardise, tokens)
 
 
 def test_shapes_and_masking():
@@ -93,16 +94,27 @@ def test_permutation_equivariant_and_any_p(standardise):
     assert torch.allclose(vf_b, vf, atol=1e-5)
 
 
-@pytest.mark.parametrize("standardise", [False, True])
-def test_policy_agent_incremental_equals_full_forward(standardise):
-    policy = _policy(standardise=standardise)
+@pytest.mark.parametrize(
+    ("standardise", "tokens"),
+    [(False, "state+context"), (True, "state+context"), (False, "state"), (True, "state")],
+)
+def test_policy_agent_incremental_equals_full_forward(standardise, tokens):
+    """The cached gates (and, for state-only tokens, cached row logits) equal a full forward pass
+    after rows change, over several steps, and on the next episode's smaller slide."""
+    policy = _policy(standardise=standardise, tokens=tokens)
     agent, full = PolicyAgent(policy), PolicyAgent(policy, incremental=False)
     obs = {k: v[0].numpy() for k, v in _obs(1, P, n=10).items()}
     assert np.allclose(agent.logits(obs), full.logits(obs), atol=1e-5)
     obs["state"] = obs["state"].copy()
-    obs["state"][3 * D : 4 * D] += 1.0  # a TSU-updated row
-    obs["budget"] = np.array([0.25], dtype=np.float32)
-    assert np.allclose(agent.logits(obs), full.logits(obs), atol=1e-5)
+    for step, row in enumerate((3, 7, 3)):
+        obs["state"][row * D : (row + 1) * D] += 1.0  # a TSU-updated, later zoomed row
+        obs["budget"] = np.array([0.25 * (3 - step)], dtype=np.float32)
+        logits = agent.logits(obs)
+        assert np.allclose(logits, full.logits(obs), atol=1e-5)
+        assert np.all(logits[10:] == PAD_LOGIT)
+    agent.reset()
+    small = {k: v[0].numpy() for k, v in _obs(1, P, n=6).items()}
+    assert np.allclose(agent.logits(small), full.logits(small), atol=1e-5)
     action = agent(obs, {})
     assert obs["action_mask"][action] == 1
     obs["action_mask"] = np.zeros(P, dtype=np.int8)

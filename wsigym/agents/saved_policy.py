@@ -53,8 +53,11 @@ class PolicyAgent:
     between steps of an episode and recomputes them only for rows whose state changed (the zoomed and
     TSU-updated rows); the six extra channels are added every step. With a standardising policy the
     cached ``V_s s_i`` are shifted and scaled by the current mean and spread of the rows, which
-    costs one pass over the state. The logits equal a full forward
-    pass up to float rounding, at a fraction of its cost.
+    costs one pass over the state. A policy that reads the state row alone (``tokens="state"``, SASHA's
+    actor) and does not standardise scores each row from its own value only, so it keeps the rows'
+    logits and recomputes only the changed rows' (a step costs the change check, ``O(N x d)`` compares,
+    instead of ``O(N x h)`` gates). The logits equal a full forward pass up to float rounding, at a
+    fraction of its cost.
     """
 
     deterministic = True
@@ -68,6 +71,8 @@ class PolicyAgent:
         self.dim = policy.features_extractor.dim
         self.context = policy.mlp_extractor.token_dim - self.dim  # 6 context channels, or 0
         self._cache: dict[str, Any] | None = None
+        #: Keep the rows' logits (state-only tokens, no standardisation: class docstring).
+        self.cache_logits = incremental and self.context == 0 and not policy.standardise
 
     def reset(
         self, env: Any = None, obs: dict[str, np.ndarray] | None = None, info: dict[str, Any] | None = None
@@ -96,6 +101,7 @@ class PolicyAgent:
                 "state": np.zeros((p, d), dtype=np.float32),
                 "tanh": torch.empty(p, actor.tanh_branch.out_features, device=device),
                 "gate": torch.empty(p, actor.gate_branch.out_features, device=device),
+                "logit": np.full(p, PAD_LOGIT, dtype=np.float32),
                 "w_tanh": actor.tanh_branch.weight[:, d:].T.contiguous(),
                 "w_gate": actor.gate_branch.weight[:, d:].T.contiguous(),
             }
@@ -107,6 +113,15 @@ class PolicyAgent:
             rows = torch.as_tensor(rows_now[changed], device=device)
             cache["tanh"][idx] = rows @ actor.tanh_branch.weight[:, :d].T
             cache["gate"][idx] = rows @ actor.gate_branch.weight[:, :d].T
+            if self.cache_logits:
+                a = torch.tanh(cache["tanh"][idx] + actor.tanh_branch.bias)
+                g = torch.sigmoid(cache["gate"][idx] + actor.gate_branch.bias)
+                cache["logit"][changed] = actor.score(a * g)[:, 0].cpu().numpy()
+        if self.cache_logits:
+            logits = cache["logit"].copy()
+            logits[n:] = PAD_LOGIT
+            logits[~real] = PAD_LOGIT
+            return logits
         extra = np.empty((n, EXTRA_CHANNELS), dtype=np.float32)  # the token's last 6 channels
         extra[:, 0] = np.asarray(obs["visited"]).reshape(p)[:n]
         extra[:, 1] = np.asarray(obs["updated"]).reshape(p)[:n]
