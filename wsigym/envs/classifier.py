@@ -132,14 +132,16 @@ class IncrementalAttentionClassifier:
         if single:
             self.denom.add_(w.sum(0, keepdim=True))
             self.numer[0].addmm_(w.T, rows)
-        else:
+        else:  # one (M, 2R_e) @ (2R_e, d) product per environment, no (2R, M, d) temporary
             both = torch.cat([env, env])
             self.denom.index_add_(0, both, w)
-            if w.numel() <= 16384:
-                self.numer.index_add_(0, both, w.unsqueeze(-1) * rows.unsqueeze(1))
-            else:  # many rows (global update): avoid the (2R, M, d) temporary
-                for m in range(self.branches):
-                    self.numer[:, m].index_add_(0, both, w[:, m, None] * rows)
+            order = torch.argsort(both, stable=True)
+            envs, sizes = torch.unique_consecutive(both[order], return_counts=True)
+            split = sizes.tolist()
+            for e, w_e, rows_e in zip(
+                envs.tolist(), w[order].split(split), rows[order].split(split), strict=True
+            ):
+                self.numer[e].addmm_(w_e.T, rows_e)
         if bool((self.denom < REFRESH_BELOW).any()):
             self.refresh((self.denom < REFRESH_BELOW).any(-1).nonzero().squeeze(-1), state, valid, False)
 
