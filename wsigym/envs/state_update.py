@@ -278,7 +278,8 @@ class TSURule:
         """``anchors (B,)`` zoomed rows (ignored where inactive), ``v_anchor (B_active, d)`` their oracle rows.
 
         Only rows not yet updated can enter ``C_new``, and they hold ``S_t(i) = Z(i)``, so the
-        similarity scan runs over ``Z`` (with its cached norms) against the anchor row.
+        similarity scan runs over ``Z`` (with its cached norms) against the anchor row: over every row,
+        or, with ``st.pending`` (the engine's CPU path), over the rows still pending (:class:`PendingRows`).
         """
         env_a, row_a = _active(anchors, active)
         b = torch.arange(st.z.shape[0], device=st.z.device)
