@@ -11,11 +11,14 @@ Measured in one run, for each slide size N (default 2000 and 10000) at d = 384:
     ``copy_obs=False`` (b''), where the observation is the engine's buffer, kept current row by row;
 (c) the vector env (:class:`wsigym.envs.vector.WSIZoomVectorEnv`) at B = 1, 16, 64, 256, and (c') the same
     with ``copy=False`` (the observation is the engine's buffer, not a fresh ``B x P x d`` copy), and the floor
-    of any vector env: the ``B`` similarity scans of one vector step alone (``B`` different ``N x d`` states).
+    of a vector env that scans every row: the ``B`` full similarity scans of one vector step alone (``B``
+    different ``N x d`` states). On the CPU the engine scans only the rows the TSU can still update
+    (:class:`wsigym.envs.state_update.PendingRows`), which here, early in 2000-row episodes with ~8 rows
+    updated per zoom, is most of them; on synth-c16's whole episodes ~0.2 of them (``pending_scan.py``).
 
 Reported: environment steps per second (for the vector env, ``B x`` vector steps per second), the
 ratio to (a), and the step time divided by the time of one ``N x d`` similarity scan (``Z @ z_a``,
-the per-step floor of any TSU environment). Steps are timed inside episodes (the budget ``0.2 N`` is
+the per-step floor of a TSU environment that scans every row). Steps are timed inside episodes (the budget ``0.2 N`` is
 far longer than the timed window), so reset cost is not included. Actions are random legal patches.
 HAFED and TSU are randomly initialised (speed does not depend on the weights); the slides are
 synthetic clustered features with a precomputed oracle view ``V`` (each zoom TSU-updates ~10 rows).
@@ -71,7 +74,7 @@ def scan_floor(z: torch.Tensor, device: torch.device) -> float:
 def batch_scan_floor(b: int, n: int, dim: int, device: torch.device) -> float:
     """Seconds of one vector step's similarity scans alone: ``B`` scans of ``B`` different ``N x d`` states
     (as the engine reads them; at large ``B`` they no longer fit the CPU caches, so each costs more than
-    :func:`scan_floor`'s one cached scan). No vector env can step faster than this."""
+    :func:`scan_floor`'s one cached scan). No vector env that scans every row can step faster than this."""
     z = torch.randn(b, n, dim, device=device)
     q = torch.randn(b, dim, device=device)
 
@@ -216,7 +219,7 @@ def run_size(n: int, args, device: torch.device, hafed, tsu) -> list[tuple[str, 
         sec_c, k_c = time_vector_env(WSIZoomVectorEnv(num_envs=b, copy=False, **kw), rng, args, device)
         rows.append((f"(c') vector env B={b}, copy=False", b / sec_c, sec_c / b, k_c))
         sec_f = batch_scan_floor(b, n, dim, device)
-        rows.append((f"(floor) B={b}: the B scans alone", b / sec_f, sec_f / b, 50))
+        rows.append((f"(floor) B={b}: the B full scans alone", b / sec_f, sec_f / b, 50))
     out = []
     base = rows[0][1]
     print(
