@@ -3,8 +3,9 @@
 One run, side by side, each case in a fresh process (so its start-up and peak memory are its own):
 
 (a) ``env``: the vector env (``n_envs``) stepped by a random masked agent, no observation built
-    (``observe=False``: what the structured learner reads), and ``env+obs`` with the padded
-    observations every other agent gets;
+    (``observe=False``: what the structured learner reads), ``env+obs`` with the padded
+    observations every other agent gets, and ``env, sasha recipe (2 envs)`` at the ``sasha`` recipe's
+    own two environments (fewer environments per vector step amortise less of its fixed cost);
 (b) ``plain``: ``MaskablePPO`` on SB3's rollout buffer of padded observations (``--path plain``);
 (c) ``segments``: the structured path (``--path segments``, the default of ``wsigym train ppo``).
 
@@ -44,6 +45,8 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "env (cold cache)": ("env", "sasha-sb3", {}),
     "env": ("env", "sasha-sb3", {}),
     "env+obs": ("env+obs", "sasha-sb3", {}),
+    # the faithful recipe's own 2 environments (whole-episode rollouts): what its learner steps
+    "env, sasha recipe (2 envs)": ("env", "sasha", {"n_envs": 2}),
     "plain sasha": ("train", "sasha-sb3", {"path": "plain", "hidden": 128, "n_envs": 4, "n_steps": 32}),
     "segments sasha": ("train", "sasha-sb3", {"path": "segments", "hidden": 128}),
     "segments sasha, state tokens, 256-step rollouts": (
@@ -264,6 +267,10 @@ def _write(
         "segments sasha / env": ("segments sasha", "env"),
         "sasha recipe: segments / plain": ("sasha recipe, segments", "sasha recipe, plain, 32-step rollouts"),
         "sasha recipe: segments / env": ("sasha recipe, segments", "env"),
+        "sasha recipe: segments / env at its 2 envs": (
+            "sasha recipe, segments",
+            "env, sasha recipe (2 envs)",
+        ),
     }
     summary = {k: rate[a] / rate[b] for k, (a, b) in ratios.items() if a in rate and b in rate}
     import torch
