@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -22,6 +24,23 @@ import torch
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.saved_policy import load_policy
 from wsigym.evaluate import run_split
+
+
+def best_times(
+    runs: dict[Any, tuple[Callable, gym.Env]], ids: list[str], repeats: int
+) -> tuple[dict[Any, float], bool]:
+    """Best seconds of :func:`run_split` for each ``{key: (agent, env)}``, alternating ``repeats`` times, and
+    whether every variant gave the same metrics (``policy_eval_speed.py`` uses it too)."""
+    best: dict[Any, float] = {}
+    metrics: dict[Any, str] = {}
+    for _ in range(repeats):
+        for key, (agent, env) in runs.items():
+            t0 = time.perf_counter()
+            m = run_split(agent, env, ids, seed=0)
+            best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+            m.pop("seconds_per_slide")
+            metrics[key] = json.dumps(m, sort_keys=True)
+    return best, len(set(metrics.values())) == 1
 
 
 def main() -> None:
@@ -40,16 +59,7 @@ def main() -> None:
         for copy in (True, False)
     }
     ids = envs[True].unwrapped.slide_ids[: args.slides]
-    best: dict[bool, float] = {}
-    metrics: dict[bool, dict] = {}
-    for _ in range(args.repeats):
-        for copy, env in envs.items():
-            t0 = time.perf_counter()
-            m = run_split(agent, env, ids, seed=0)
-            best[copy] = min(best.get(copy, float("inf")), time.perf_counter() - t0)
-            m.pop("seconds_per_slide")
-            metrics[copy] = m
-    same = json.dumps(metrics[True], sort_keys=True) == json.dumps(metrics[False], sort_keys=True)
+    best, same = best_times({copy: (agent, env) for copy, env in envs.items()}, ids, args.repeats)
     print(f"{args.policy} on {len(ids)} val slides, 20% budget, {args.threads} thread(s):")
     print(f"  copy_obs=True  {best[True]:6.1f} s")
     print(f"  copy_obs=False {best[False]:6.1f} s   ({best[True] / best[False]:.2f}x faster)")

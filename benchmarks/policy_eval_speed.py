@@ -14,15 +14,13 @@ Run: ``python benchmarks/policy_eval_speed.py [--slides 10] [--repeats 2] [--thr
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import gymnasium as gym
 import torch
+from eval_copy_speed import best_times  # benchmarks/ is the script's folder
 
 import wsigym  # noqa: F401  (registers the environments)
 from wsigym.agents.saved_policy import load_policy
-from wsigym.evaluate import run_split
 
 
 def main() -> None:
@@ -41,16 +39,7 @@ def main() -> None:
         "WSIZoom-v0", split="val", budget=0.2, progress=False, copy_obs=False, disable_env_checker=True
     )
     ids = env.unwrapped.slide_ids[: args.slides]
-    best: dict[bool, float] = {}
-    metrics: dict[bool, dict] = {}
-    for _ in range(args.repeats):
-        for cached, agent in agents.items():
-            t0 = time.perf_counter()
-            m = run_split(agent, env, ids, seed=0)
-            best[cached] = min(best.get(cached, float("inf")), time.perf_counter() - t0)
-            m.pop("seconds_per_slide")
-            metrics[cached] = m
-    same = json.dumps(metrics[True], sort_keys=True) == json.dumps(metrics[False], sort_keys=True)
+    best, same = best_times({cached: (agent, env) for cached, agent in agents.items()}, ids, args.repeats)
     print(
         f"{args.policy} on {len(ids)} val slides, 20% budget, {args.threads} thread(s), torch {torch.__version__}:"
     )

@@ -20,12 +20,13 @@ from wsigym.envs.state_update import (
 )
 
 
-def make_state(b=2, p=10, d=6, seed=0):
+def make_state(b=2, p=10, d=6, seed=0, clusters=3, noise=0.05, shrink=3, pending=False) -> ZoomBatchState:
+    """``b`` slides of ``p - shrink * e`` rows drawn around ``clusters`` centres (``pending``: with the
+    engine's :class:`PendingRows` scan)."""
     g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(3, d, generator=g)
-    z = centres[torch.randint(0, 3, (b, p), generator=g)] + 0.05 * torch.randn(b, p, d, generator=g)
-    n = torch.tensor([p, p - 3])[:b]
-    valid = torch.arange(p)[None] < n[:, None]
+    centres = torch.randn(clusters, d, generator=g)
+    z = centres[torch.randint(0, clusters, (b, p), generator=g)] + noise * torch.randn(b, p, d, generator=g)
+    valid = torch.arange(p)[None] < (p - shrink * torch.arange(b))[:, None]
     z[~valid] = 0
     return ZoomBatchState(
         state=z.clone(),
@@ -34,6 +35,7 @@ def make_state(b=2, p=10, d=6, seed=0):
         valid=valid,
         visited=torch.zeros(b, p, dtype=torch.bool),
         updated=torch.zeros(b, p, dtype=torch.bool),
+        pending=PendingRows(b) if pending else None,
     )
 
 
@@ -116,31 +118,14 @@ def test_factored_tsu_equals_model(residual):
     torch.testing.assert_close(tsu_rows(fake_tsu, v_a, z_a, env, z_i), fake_tsu(v_a[env], z_a[env], z_i))
 
 
-def clustered_state(b: int, p: int, d: int, seed: int, pending: bool) -> ZoomBatchState:
-    """``b`` slides of ``p - 7 e`` rows in 12 clusters whose cosines spread across tau."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(12, d, generator=g)
-    z = centres[torch.randint(0, 12, (b, p), generator=g)] + 0.25 * torch.randn(b, p, d, generator=g)
-    valid = torch.arange(p)[None] < (p - 7 * torch.arange(b))[:, None]
-    z[~valid] = 0
-    return ZoomBatchState(
-        state=z.clone(),
-        z=z,
-        z_norm=z.norm(dim=-1).clamp_min(1e-12),
-        valid=valid,
-        visited=torch.zeros(b, p, dtype=torch.bool),
-        updated=torch.zeros(b, p, dtype=torch.bool),
-        pending=PendingRows(b) if pending else None,
-    )
-
-
 @pytest.mark.parametrize("rule", [TSURule(anchor="state"), TSURule(anchor="lowres")])
 @pytest.mark.parametrize("absolute_cosine", [False, True])
 def test_pending_scan_equals_full_scan(rule, absolute_cosine):
     """Scanning only the rows not yet updated (PendingRows, the engine's CPU path) gives the full scan's
     rows, states and counts at every step, through re-gathers, zooms of updated rows and inactive envs."""
-    b, p, d = 3, 300, 16
-    full, fast = clustered_state(b, p, d, 0, False), clustered_state(b, p, d, 0, True)
+    b, p, d = 3, 300, 16  # 12 clusters whose cosines spread across tau
+    full = make_state(b, p, d, clusters=12, noise=0.25, shrink=7)
+    fast = make_state(b, p, d, clusters=12, noise=0.25, shrink=7, pending=True)
     v = torch.randn(b, p, d, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(2)
     gathered = 0
