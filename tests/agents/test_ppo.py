@@ -173,6 +173,12 @@ def test_cli_wiring():
     parser = build_parser()
     args = parser.parse_args(["train", "ppo", "--out", "runs/x", "--timesteps", "10"])
     assert args.timesteps == 10 and args.func.__name__ == "_train_ppo"
+    args = parser.parse_args(
+        ["train", "ppo", "--out", "runs/x", "--eval-freq", "pass", "--checkpoint-freq", "64"]
+    )
+    assert (args.eval_freq, args.checkpoint_freq) == ("pass", 64)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "ppo", "--out", "runs/x", "--eval-freq", "often"])
     args = parser.parse_args(["evaluate", "--agent", "random", "--agent", "oracle", "--budgets", "0.1"])
     assert args.agent == ["random", "oracle"] and args.budgets == [0.1]
     args = parser.parse_args(["evaluate", "--all", "--policy", "runs/x", "--readme", "README.md"])
@@ -346,8 +352,12 @@ def test_sasha_recipe_is_sashas_settings():
     assert (c.n_envs, c.n_epochs, c.rollout_episodes) == (2, 4, True)
     assert c.normalize_advantage and not c.normalize_reward and not c.select_initial
     assert RECIPES["sasha-sb3"] == {} and ppo_config("sasha-sb3") == PPOConfig()
+    assert (c.eval_freq, c.checkpoint_freq) == ("pass", "pass")  # SASHA validates after each pass
     with pytest.raises(ValueError, match="weight_decay needs optimizer='adamw'"):
         PPOConfig(weight_decay=1e-4)
+    for bad in (0, "epoch", 2.5):
+        with pytest.raises(ValueError, match="eval_freq must be an int >= 1 or 'pass'"):
+            PPOConfig(eval_freq=bad)
 
 
 def test_sasha_recipe_trains_on_whole_episodes(tiny_dataset, models, tmp_path):
@@ -359,13 +369,18 @@ def test_sasha_recipe_trains_on_whole_episodes(tiny_dataset, models, tmp_path):
     from wsigym.envs.slide_source import budget_steps
 
     env_kwargs = _tiny_env_kwargs(tiny_dataset, models)
-    config = ppo_config("sasha", env_kwargs=env_kwargs, total_timesteps=1, eval_freq=10**6, eval_slides=1)
+    config = ppo_config("sasha", env_kwargs=env_kwargs, total_timesteps=1, eval_slides=1)
     model = train_ppo(config, tmp_path, progress=False)
     train_ids = tiny_dataset.splits[0]["train"]
-    longest = max(budget_steps(tiny_dataset.load(s).features.shape[0], 0.2) for s in train_ids)
+    steps = [budget_steps(tiny_dataset.load(s).features.shape[0], 0.2) for s in train_ids]
+    longest = max(steps)
     assert model.n_steps == longest and model.batch_size == 2 * longest and model.n_epochs == 4
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["config"]["n_steps"] == longest and record["timesteps"] == 2 * longest
+    # validation and SB3 zips once per pass: 2 episodes of every training slide
+    assert (
+        record["config"]["eval_freq"] == record["config"]["checkpoint_freq"] == 2 * sum(steps) > 2 * longest
+    )
     optimizer = model.policy.optimizer
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 1e-4
     assert optimizer.defaults["lr"] == 1e-5

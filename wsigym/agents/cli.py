@@ -55,7 +55,23 @@ _FLAG_NOTES = {
     "--max-grad-norm": "clip of the joint actor+critic gradient norm (SASHA: 0.5)",
     "--hidden": "actor attention width (None: HAFED's attn_dim)",
     "--eval-slides": "validation slides per evaluation (None: all)",
+    "--eval-freq": "timesteps, or 'pass': once per pass over the training slides (the sasha recipe's)",
+    "--checkpoint-freq": "SB3 zips every that many timesteps, or 'pass'",
 }
+
+
+def _frequency(text: str) -> int | str:
+    """A ``--eval-freq`` / ``--checkpoint-freq`` value: timesteps, or ``pass`` (once per pass over the slides)."""
+    from wsigym.agents.schedule import PER_PASS
+
+    if text == PER_PASS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of timesteps or {PER_PASS!r}, got {text!r}"
+        ) from None
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -132,6 +148,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     for flag, name in _NUMERIC_FLAGS.items():
         kind = float if isinstance(getattr(d, name), float) else int
+        if name in ("eval_freq", "checkpoint_freq"):
+            kind = _frequency
         note = f"{_FLAG_NOTES[flag]}; " if flag in _FLAG_NOTES else ""
         p.add_argument(
             flag, type=kind, default=None, help=f"{note}PPOConfig.{name} (default {getattr(d, name)})"

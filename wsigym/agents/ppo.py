@@ -46,6 +46,7 @@ from wsigym.agents.recipes import PPOConfig, json_safe_kwargs
 from wsigym.agents.resume import ResumeCheckpoint, restore
 from wsigym.agents.saved_policy import POLICY_WEIGHTS, PolicyAgent
 from wsigym.agents.sb3_vec import make_sb3_vec_env
+from wsigym.agents.schedule import PER_PASS, pass_timesteps
 from wsigym.agents.segment_ppo import SegmentMaskablePPO, vector_env_of
 from wsigym.io import atomic_write_json
 
@@ -78,6 +79,22 @@ def episode_rollout(config: PPOConfig, venv: Any) -> PPOConfig:
     engine = vector_env_of(venv).batch
     longest = max(budget_steps(int(n), engine.config.budget) for n in engine.source.n_list)
     return replace(config, n_steps=longest, batch_size=config.n_envs * longest)
+
+
+def pass_frequencies(config: PPOConfig, venv: Any) -> PPOConfig:
+    """``config`` with each :data:`~wsigym.agents.schedule.PER_PASS` frequency (``eval_freq``,
+    ``checkpoint_freq``) replaced by the timesteps of one pass over ``venv``'s slides
+    (:func:`~wsigym.agents.schedule.pass_timesteps` at the env's budget)."""
+    names = [name for name in ("eval_freq", "checkpoint_freq") if getattr(config, name) == PER_PASS]
+    if not names:
+        return config
+    from dataclasses import replace
+
+    from wsigym.envs.slide_source import budget_steps
+
+    engine = vector_env_of(venv).batch
+    per_pass = pass_timesteps(budget_steps(int(n), engine.config.budget) for n in engine.source.n_list)
+    return replace(config, **{name: per_pass for name in names})
 
 
 def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) -> MaskablePPO:
@@ -243,7 +260,7 @@ def train_ppo(
         if config.eval_slides
         else val_env.unwrapped.slide_ids
     )
-    config = episode_rollout(config, venv)
+    config = pass_frequencies(episode_rollout(config, venv), venv)
     model = make_model(config, train_env, tensorboard_log=str(out_dir / "tb"))
     validation = ValidationCallback(
         val_env, val_ids, config.eval_freq, out_dir / "best", out_dir / "eval", config, progress=False

@@ -34,8 +34,8 @@ advantages standardised per     ``normalize_advantage=True``        ``step6_rl_t
 batch; critic MSE to GAE        (one batch), ``vf_coef=1.0``
 returns
 no reward normalisation         ``normalize_reward=False``          ``step6_rl_training.py`` (raw -CE)
-best of (2-AUC-F1)+loss on val, ``select_initial=False``            ``step6_rl_training.py`` (validation
-after each training epoch                                           after each epoch only)
+best of (2-AUC-F1)+loss on val, ``select_initial=False``,           ``step6_rl_training.py`` (validation
+after each training epoch       ``eval_freq="pass"``                after each epoch only)
 ==============================  ==================================  ======================================
 
 Not the same architecture in one place: SASHA's critic maps the attention-pooled state straight to a
@@ -49,7 +49,8 @@ environments draw slides independently, and a rollout holds each environment's n
 plus the start of the one after (episodes end at the budget with ``terminated=True``, so nothing is
 bootstrapped across them). SASHA's scale (15 passes over the training slides, 2 episodes each) is
 ``total_timesteps ~ 15 * 2 * sum_slides ceil(budget * N)``: give it with ``--timesteps``; SASHA
-validates after each pass, ``eval_freq ~ 2 * sum_slides ceil(budget * N)``.
+validates after each pass, which is the recipe's ``eval_freq="pass"`` (``2 * sum_slides ceil(budget * N)``
+timesteps; SB3's zips are kept at the same rate, ``checkpoint_freq="pass"``).
 Not reproduced on purpose: SASHA's unmasked update (pitfall 1) and its unrecorded visits in validation
 (pitfall 2).
 
@@ -97,6 +98,7 @@ from pathlib import Path
 from typing import Any
 
 from wsigym.agents.policy import TOKENS
+from wsigym.agents.schedule import PER_PASS
 
 #: How :func:`~wsigym.agents.ppo.train_ppo` stores and evaluates rollouts: ``"segments"`` (episodes as changed rows,
 #: :mod:`wsigym.agents.segment_ppo`, the default) or ``"plain"`` (SB3's buffer of padded observations).
@@ -121,7 +123,9 @@ class PPOConfig:
     (``n_envs * n_steps``: one full batch per epoch, as SASHA); ``select_initial=False`` never keeps
     the policy of step 0 (evaluated and logged all the same) as the best one. ``checkpoint_updates``:
     a resumable checkpoint every that many updates (:mod:`wsigym.agents.resume`); ``checkpoint_freq``:
-    SB3's own zips, every that many timesteps. ``device`` is the policy's (SB3's ``device``); the
+    SB3's own zips, every that many timesteps. ``eval_freq`` and ``checkpoint_freq`` may be
+    :data:`~wsigym.agents.schedule.PER_PASS` (``"pass"``): once per pass over the training slides (resolved by
+    :func:`~wsigym.agents.ppo.pass_frequencies`). ``device`` is the policy's (SB3's ``device``); the
     environment's is ``env_kwargs["device"]`` (``wsigym train ppo --policy-device`` / ``--device``).
     """
 
@@ -152,9 +156,9 @@ class PPOConfig:
     weight_decay: float = 0.0
     rollout_episodes: bool = False
     select_initial: bool = True
-    eval_freq: int = 5_000
+    eval_freq: int | str = 5_000
     eval_slides: int | None = None
-    checkpoint_freq: int = 10_000
+    checkpoint_freq: int | str = 10_000
     checkpoint_updates: int = 10
     keep: str = "best"
     seed: int = 0
@@ -175,6 +179,10 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.keep must be 'best' or 'last', got {self.keep!r}")
         if self.path not in TRAINING_PATHS:
             raise ValueError(f"PPOConfig.path must be one of {TRAINING_PATHS}, got {self.path!r}")
+        for name in ("eval_freq", "checkpoint_freq"):
+            value = getattr(self, name)
+            if value != PER_PASS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"PPOConfig.{name} must be an int >= 1 or {PER_PASS!r}, got {value!r}")
         if self.checkpoint_updates < 1:
             raise ValueError(f"PPOConfig.checkpoint_updates must be >= 1, got {self.checkpoint_updates}")
         if self.optimizer not in OPTIMIZERS:
@@ -218,6 +226,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "normalize_advantage": True,
         "normalize_reward": False,
         "select_initial": False,
+        "eval_freq": PER_PASS,
+        "checkpoint_freq": PER_PASS,
     },
     "sasha-sb3": {},
     "evidence-bandit": {

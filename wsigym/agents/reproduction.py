@@ -57,13 +57,11 @@ from typing import Any
 import filelock
 
 from wsigym.agents.learning_curves import CURVES, draw_curves, load_curves, write_curves
+from wsigym.agents.schedule import SASHA_EPISODES, SASHA_PASSES, pass_timesteps
 from wsigym.cachedir import lock_path
 from wsigym.envs.options import DEFAULT_DATASET
 from wsigym.io import atomic_write, atomic_write_json
 
-#: SASHA's scale: passes over the training slides and episodes per slide and pass.
-SASHA_PASSES = 15
-SASHA_EPISODES = 2
 #: Shipped weak-supervision policy, evaluated as a second, labelled row.
 EVIDENCE_POLICY = "ppo-WSIZoom-v0"
 #: Budgets at which the comparisons are always evaluated (SASHA-0.1 and SASHA-0.2), whichever rows a process runs.
@@ -150,7 +148,7 @@ def sasha_timesteps(
 ) -> tuple[int, int]:
     """``(total_timesteps, timesteps_per_pass)`` of ``passes`` passes, ``episodes`` episodes per slide, given
     each training slide's episode length ``ceil(budget * N)``."""
-    per_pass = episodes * int(sum(budget_steps))
+    per_pass = pass_timesteps(budget_steps, episodes)
     return max(1, math.ceil(passes * per_pass)), per_pass
 
 
