@@ -282,7 +282,10 @@ def _write(
         "device": args.device,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "command": " ".join(["benchmarks/ppo_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        # the home folder as $HOME: the record names no path of the machine it ran on
+        "command": " ".join(
+            ["benchmarks/ppo_throughput.py", *(argv if argv is not None else sys.argv[1:])]
+        ).replace(str(Path.home()), "$HOME"),
     }
     out = atomic_write_json(args.out, record)
     if not final:
