@@ -142,8 +142,9 @@ class IncrementalAttentionClassifier:
                 envs.tolist(), w[order].split(split), rows[order].split(split), strict=True
             ):
                 self.numer[e].addmm_(w_e.T, rows_e)
-        if bool((self.denom < REFRESH_BELOW).any()):
-            self.refresh((self.denom < REFRESH_BELOW).any(-1).nonzero().squeeze(-1), state, valid, False)
+        low = self.denom < REFRESH_BELOW
+        if bool(low.any()):
+            self.refresh(low.any(-1).nonzero().squeeze(-1), state, valid, recompute_logits=False)
 
     @torch.no_grad()
     def pooled(self) -> Tensor:
