@@ -119,14 +119,18 @@ def test_factored_tsu_equals_model(residual):
 
 
 @pytest.mark.parametrize("rule", [TSURule(anchor="state"), TSURule(anchor="lowres")])
-@pytest.mark.parametrize("absolute_cosine", [False, True])
-def test_pending_scan_equals_full_scan(rule, absolute_cosine):
+@pytest.mark.parametrize(
+    ("absolute_cosine", "dtype"), [(False, torch.float32), (True, torch.float32), (False, torch.float64)]
+)
+def test_pending_scan_equals_full_scan(rule, absolute_cosine, dtype):
     """Scanning only the rows not yet updated (PendingRows, the engine's CPU path) gives the full scan's
     rows, states and counts at every step, through re-gathers, zooms of updated rows and inactive envs."""
     b, p, d = 3, 300, 16  # 12 clusters whose cosines spread across tau
     full = make_state(b, p, d, clusters=12, noise=0.25, shrink=7)
     fast = make_state(b, p, d, clusters=12, noise=0.25, shrink=7, pending=True)
-    v = torch.randn(b, p, d, generator=torch.Generator().manual_seed(1))
+    for st in (full, fast):
+        st.state, st.z, st.z_norm = st.state.to(dtype), st.z.to(dtype), st.z_norm.to(dtype)
+    v = torch.randn(b, p, d, generator=torch.Generator().manual_seed(1), dtype=dtype)
     g = torch.Generator().manual_seed(2)
     gathered = 0
     for t in range(120):

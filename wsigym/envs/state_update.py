@@ -171,14 +171,14 @@ class PendingRows:
         """Rows ``i`` of environment ``env``, not yet updated and ``!= anchor``, with
         ``cos(Z_i, query) >= tau`` (``|cos|`` with ``absolute_cosine``): int64 ``(k,)``, ascending.
 
-        ``query_norm``: ``max(||query||, EPS)`` as float32 (:func:`cosine_to`'s). The bookkeeping is numpy
+        ``query_norm``: ``max(||query||, EPS)`` (:func:`cosine_to`'s, exact in Z's dtype). The bookkeeping is numpy
         on views of the CPU tensors (a few microseconds per operation less than torch's).
         """
         rows, z, norm = self._rows[env], self._z[env], self._norm[env]
         if rows is None or z is None or norm is None:
             n = int(st.valid[env].sum())
             rows, z, norm = np.arange(n), st.z[env, :n], st.z_norm[env, :n].numpy()
-        cos = torch.mv(z, query).numpy() / (norm * np.float32(query_norm))  # float32, as cosine_to
+        cos = torch.mv(z, query).numpy() / (norm * norm.dtype.type(query_norm))  # in Z's dtype, as cosine_to
         if absolute_cosine:
             cos = np.abs(cos)
         pending = ~st.updated[env].numpy()[rows]
