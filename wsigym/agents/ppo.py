@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,20 @@ def optimizer_kwargs(config: PPOConfig) -> dict[str, Any]:
     return {}
 
 
+def episode_lengths(venv: Any) -> list[int]:
+    """Zooms per episode of each of ``venv``'s slides at its budget, ``ceil(budget * N)``."""
+    from wsigym.envs.slide_source import budget_steps
+
+    engine = vector_env_of(venv).batch
+    return [budget_steps(int(n), engine.config.budget) for n in engine.source.n_list]
+
+
 def episode_rollout(config: PPOConfig, venv: Any) -> PPOConfig:
     """``config`` with ``n_steps`` = the longest episode of ``venv``'s slides at its budget and
     ``batch_size = n_envs * n_steps`` when ``config.rollout_episodes`` (else ``config`` unchanged)."""
     if not config.rollout_episodes:
         return config
-    from dataclasses import replace
-
-    from wsigym.envs.slide_source import budget_steps
-
-    engine = vector_env_of(venv).batch
-    longest = max(budget_steps(int(n), engine.config.budget) for n in engine.source.n_list)
+    longest = max(episode_lengths(venv))
     return replace(config, n_steps=longest, batch_size=config.n_envs * longest)
 
 
@@ -88,12 +91,7 @@ def pass_frequencies(config: PPOConfig, venv: Any) -> PPOConfig:
     names = [name for name in ("eval_freq", "checkpoint_freq") if getattr(config, name) == PER_PASS]
     if not names:
         return config
-    from dataclasses import replace
-
-    from wsigym.envs.slide_source import budget_steps
-
-    engine = vector_env_of(venv).batch
-    per_pass = pass_timesteps(budget_steps(int(n), engine.config.budget) for n in engine.source.n_list)
+    per_pass = pass_timesteps(episode_lengths(venv))
     return replace(config, **{name: per_pass for name in names})
 
 
