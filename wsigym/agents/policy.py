@@ -37,6 +37,7 @@ from wsigym.agents.row_table import (
     RowTable,
     SegmentBatch,
     gate_weights,
+    held_outputs,
     table_outputs,
     version_terms,
 )
@@ -248,9 +249,19 @@ class PatchActorCritic(nn.Module):
 
     def forward_segments(self, batch: SegmentBatch, per_step: bool) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward_tables` of a :class:`SegmentBatch`, its version terms computed here."""
-        weights = self.gate_weights(batch.tables[0].states.shape[1])
-        terms = [self.version_terms(weights, t.states, t.flags, per_step) for t in batch.tables]
+        weights, terms = self._segment_terms(batch, per_step)
         return self.forward_tables(weights, batch.tables, terms, batch.mask_updated, per_step)
+
+    def evaluate_held(self, batch: SegmentBatch, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probabilities and entropies ``(T,)`` of ``actions`` and critic latents of a
+        :class:`SegmentBatch` whose tables have ``held`` trees, for per-version scores (``per_step``
+        false): :func:`~wsigym.agents.row_table.held_outputs`."""
+        _, terms = self._segment_terms(batch, per_step=False)
+        return held_outputs(self.critic_mlp, batch.tables, terms, actions, batch.mask_updated)
+
+    def _segment_terms(self, batch: SegmentBatch, per_step: bool) -> tuple[GateWeights, list[Tensor]]:
+        weights = self.gate_weights(batch.tables[0].states.shape[1])
+        return weights, [self.version_terms(weights, t.states, t.flags, per_step) for t in batch.tables]
 
 
 def masked_categorical(logits: Tensor, masks: Tensor) -> MaskableCategoricalDistribution:
@@ -313,6 +324,9 @@ class PatchPolicy(MaskableMultiInputActorCriticPolicy):
         buffer's observations, :mod:`wsigym.agents.segments`), whose masks it reads itself."""
         if not isinstance(obs, SegmentBatch):
             return super().evaluate_actions(obs, actions, action_masks=action_masks)
+        if not self.per_step and all(t.held is not None for t in obs.tables):
+            log_prob, entropy, latent_vf = self.mlp_extractor.evaluate_held(obs, actions)
+            return self.value_net(latent_vf), log_prob, entropy
         logits, masks, latent_vf = self.mlp_extractor.forward_segments(obs, self.per_step)
         distribution = masked_categorical(logits, masks)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()

@@ -19,7 +19,9 @@ and with per-observation standardisation :math:`\hat s = (s - \mu_t)/\sigma_t` t
 :math:`(W_s s_v - W_s \mu_t)/\sigma_t`. :func:`version_terms` computes the per-version parts once
 (one ``V x d`` product per head instead of ``L x N x d``); :func:`table_outputs` adds the per-timestep
 parts, applies the gates and pools. When neither a budget channel nor standardisation is present the
-gates themselves are per version, so a timestep costs one gather of ``N`` scores.
+gates themselves are per version, and :func:`held_outputs` gives the log-probabilities, entropies and
+critic latents from softmax sums over each version's interval of timesteps
+(:mod:`~wsigym.agents.held_sums`), in ``O((V + L) log L)`` instead of gathering ``L x N`` scores.
 
 The critic's pooled token :math:`\sum_i w_i(t) x_i(t)` enters the critic MLP's first layer ``P``
 linearly, so the critic pools the versions' projections :math:`P_s s_v` (``critic_hidden`` wide, cached
@@ -30,11 +32,13 @@ with the gates' terms): a ``(L, V) @ (V, c)`` product of the attention weights s
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from wsigym.agents.held_sums import HeldTree, held_softmax, pack
 from zoo.nn import GatedAttention
 
 #: Channels of a version's flags: visited, updated, x, y.
@@ -55,6 +59,7 @@ class RowTable(NamedTuple):
     budget: Tensor  #: ``(L,)`` remaining budget fraction
     mean: Tensor | None = None  #: ``(L, d)`` mean row of each state
     scale: Tensor | None = None  #: ``(L,)`` RMS spread of each state (+ eps)
+    held: HeldTree | None = None  #: when each version is held (:func:`~wsigym.agents.held_sums.held_tree`)
 
 
 class SegmentBatch(NamedTuple):
@@ -185,12 +190,60 @@ def table_outputs(
     hidden = on_versions @ projection  # P_s (sum_i w_i s_i): (L, c)
     if table.mean is not None:  # P_s (pooled - mean) / scale
         hidden = (hidden - table.mean @ first.weight[:, :d].T) / table.scale[:, None]
-    size = attention.new_full((steps, 1), n / 1000.0)
-    b = budget[:, None]
-    width = first.in_features - 3  # the token
     if weights.flags is not None:  # the context channels of the pooled token
+        b = budget[:, None]
         pooled_flags = on_versions @ table.flags  # (L, 4)
         hidden = hidden + pooled_flags @ first.weight[:, d : d + FLAG_CHANNELS].T
         hidden = hidden + b * first.weight[:, d + FLAG_CHANNELS] + first.weight[:, d + FLAG_CHANNELS + 1]
+    return logits, critic_latent(critic_mlp, hidden, budget, budget.new_full((steps,), n))
+
+
+def critic_latent(critic_mlp: torch.nn.Sequential, hidden: Tensor, budget: Tensor, rows: Tensor) -> Tensor:
+    """The critic latent ``(L, critic_hidden)`` from the first layer's pooled-token part ``hidden (L, c)``:
+    adds the size features ``[b, n/1000, b n/1000]`` (``budget (L,)``, ``rows (L,)`` real patches), the
+    bias, and the rest of the critic MLP."""
+    first = critic_mlp[0]
+    b, size = budget[:, None], rows[:, None] / 1000.0
+    width = first.in_features - 3  # the token
     hidden = hidden + torch.cat([b, size, b * size], dim=-1) @ first.weight[:, width:].T + first.bias
-    return logits, critic_mlp[1:](hidden)
+    return critic_mlp[1:](hidden)
+
+
+def held_outputs(
+    critic_mlp: torch.nn.Sequential,
+    tables: list[RowTable],
+    terms: list[Tensor],
+    actions: Tensor,
+    mask_updated: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Log-probabilities and entropies ``(T,)`` of ``actions (T,)`` and critic latents
+    ``(T, critic_hidden)`` of the ``T`` timesteps of ``tables``, for a policy whose row scores are
+    per version (``per_step`` false: ``terms`` are :func:`version_terms` ``[logit, score, P_s s_v]``).
+
+    The same numbers as :func:`table_outputs` followed by the masked categorical, without the
+    ``(T, N)`` gathers: the actor's normaliser and mean logit over the legal held versions and the
+    critic's attention pooling are :func:`~wsigym.agents.held_sums.held_softmax` sums
+    (:math:`H_t = \text{lse}_t - \sum_i \pi_i \ell_i`). Every table needs its ``held`` tree.
+    """
+    flag = 1 if mask_updated else 0
+    sizes = [t.states.shape[0] for t in tables]
+    tree = pack([t.held for t in tables], sizes)  # type: ignore[misc]
+    every = torch.cat(terms)
+    logit, score, projection = every[:, 0], every[:, 1], every[:, 2:]
+    legal = torch.cat([t.flags[:, flag] < 0.5 for t in tables])
+    keep = legal[tree.version]
+    legal_tree = tree._replace(version=tree.version[keep], node=tree.node[keep])
+    lse, mean_logit = held_softmax(logit, logit[:, None], legal_tree)
+    _, pooled = held_softmax(score, projection, tree)
+    offsets = accumulate([0, *sizes[:-1]])
+    steps = [t.index.shape[0] for t in tables]
+    chosen = torch.cat(
+        [
+            t.index.gather(1, a[:, None])[:, 0] + offset
+            for t, a, offset in zip(tables, actions.split(steps), offsets, strict=True)
+        ]
+    )
+    budget = torch.cat([t.budget for t in tables])
+    rows = torch.cat([t.budget.new_full((t.index.shape[0],), t.index.shape[1]) for t in tables])
+    latent = critic_latent(critic_mlp, pooled, budget, rows)
+    return logit[chosen] - lse, lse - mean_logit[:, 0], latent

@@ -8,12 +8,14 @@ The same algorithm, loss and hyperparameters as ``MaskablePPO`` with
   (``observe=False``). Each environment's episode is an :class:`~wsigym.agents.segments.EpisodeRows`;
   the policy's per-version terms (:func:`~wsigym.agents.row_table.version_terms`) are computed once
   per version and kept until the next update, so a step costs the changed rows' ``d``-wide products
-  plus, for a policy with a budget channel or standardisation, ``O(N x h)`` gates.
+  plus, for a policy with a budget channel or standardisation, ``O(N x h)`` gates; a policy with
+  per-version scores acts from a board of the current rows' terms updated on the changed rows.
 - **Storage.** :class:`~wsigym.agents.segments.SegmentRolloutBuffer`: slide references plus the rows
   that changed, no padded observation.
 - **Update.** ``MaskablePPO.train`` unchanged; its minibatches are whole segments and the policy
   evaluates them as row tables (:meth:`PatchPolicy.evaluate_actions` on a
-  :class:`~wsigym.agents.row_table.SegmentBatch`). The loss equals the plain path's on the same
+  :class:`~wsigym.agents.row_table.SegmentBatch`); with per-version scores its softmax sums run over
+  each version's interval of timesteps (:mod:`wsigym.agents.held_sums`), not over ``L x N`` rows. The loss equals the plain path's on the same
   timesteps to float rounding (``tests/agents/test_segments.py``).
 
 Rewards go through the same VecEnv wrappers as the plain path (``VecMonitor``, ``VecNormalize``).
@@ -33,7 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from wsigym.agents.policy import PAD_LOGIT, PatchPolicy
-from wsigym.agents.row_table import RowTable, table_statistics
+from wsigym.agents.row_table import RowTable, critic_latent, table_statistics
 from wsigym.agents.segments import EpisodeRows, SegmentRolloutBuffer
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom_batch import ZoomBatch
@@ -56,13 +58,23 @@ def vector_env_of(env: Any) -> WSIZoomVectorEnv:
 
 
 class EpisodeRunner:
-    """The ``B`` running episodes of a vector env as :class:`EpisodeRows`, and the policy on them."""
+    """The ``B`` running episodes of a vector env as :class:`EpisodeRows`, and the policy on them.
+
+    For a policy whose row scores are per version (``per_step`` false: SASHA's state tokens), the
+    current rows' terms of every episode are also kept side by side in a board ``(B, W, 2 + c)``
+    (``W`` the largest current slide; padding scores ``-inf``) that each step updates on the changed
+    rows only, so acting costs one masked softmax and one attention pooling over ``(B, W)``.
+    """
 
     def __init__(self, engine: ZoomBatch, policy: PatchPolicy) -> None:
         self.engine, self.policy = engine, policy
+        self.flag = 1 if engine.config.mask_updated else 0  # the flag that makes a row illegal
         with torch.no_grad():
             self.weights = policy.mlp_extractor.gate_weights(engine.dim)
+        self.board: Tensor | None = None  # (B, W, 2 + c): logit, critic score, P_s s of each current row
+        self.legal: Tensor | None = None  # (B, W) bool
         self.episodes: list[EpisodeRows] = [self._episode(e) for e in range(engine.num_envs)]
+        self._fill_board(range(engine.num_envs))
 
     def _episode(self, env: int) -> EpisodeRows:
         engine = self.engine
@@ -72,6 +84,28 @@ class EpisodeRunner:
         episode = EpisodeRows(z, coords_t, int(engine.steps_budget[env]), k)
         episode.set_terms(self._terms(episode.states, episode.flags))
         return episode
+
+    def _fill_board(self, envs: Any) -> None:
+        """Write the current rows of ``envs`` into the board (per-version policies only)."""
+        if self.policy.per_step:
+            return
+        episodes = self.episodes
+        width = max(e.n for e in episodes)
+        if self.board is None or self.board.shape[1] < width:
+            envs, terms = range(len(episodes)), episodes[0].terms
+            assert terms is not None
+            self.board = terms.new_zeros(len(episodes), width, terms.shape[1])
+            self.legal = torch.zeros(len(episodes), width, dtype=torch.bool, device=terms.device)
+        assert self.legal is not None
+        for e in envs:
+            episode = episodes[e]
+            n, terms = episode.n, episode.terms
+            assert terms is not None
+            self.board[e, :n] = terms[episode.current]
+            self.board[e, n:] = 0.0
+            self.board[e, n:, 1] = float("-inf")  # padding takes no attention
+            self.legal[e, :n] = episode.flags[episode.current, self.flag] < 0.5
+            self.legal[e, n:] = False
 
     @torch.no_grad()
     def _terms(self, states: Tensor, flags: Tensor) -> Tensor:
@@ -86,31 +120,42 @@ class EpisodeRunner:
         self.weights = self.policy.mlp_extractor.gate_weights(self.engine.dim)
         for episode in self.episodes:
             episode.set_terms(self._terms(episode.states, episode.flags))
+        self._fill_board(range(len(self.episodes)))
 
     @torch.no_grad()
     def new_episode(self, env: int) -> EpisodeRows:
         """Follow the engine's new episode in ``env`` (after a reset)."""
         self.episodes[env] = self._episode(env)
+        self._fill_board([env])
         return self.episodes[env]
 
     @torch.no_grad()
     def record(self, actions: np.ndarray) -> None:
         """Append the rows the engine's last step wrote to each episode (and their cached terms)."""
         change = self.engine.seen_change  # None: no episode zoomed (e.g. every action a no-op)
-        firsts, news = [], []
+        if change is None:
+            for e, episode in enumerate(self.episodes):
+                episode.step(episode.current[:0], episode.states[:0], int(actions[e]))
+            return
+        firsts, news, rows_of = [], [], []
         for e, episode in enumerate(self.episodes):
-            if change is None:
-                rows, values = episode.current[:0], episode.states[:0]
-            else:
-                mine = change.env == e
-                rows, values = change.row[mine], change.new[mine]
+            mine = change.env == e
+            rows, values = change.row[mine], change.new[mine]
             firsts.append(episode.size)
             news.append(episode.step(rows, values, int(actions[e])))
+            rows_of.append(rows)
         states = torch.cat([ep.states[new] for ep, new in zip(self.episodes, news, strict=True)])
         flags = torch.cat([ep.flags[new] for ep, new in zip(self.episodes, news, strict=True)])
-        terms = self._terms(states, flags).split([len(new) for new in news])  # one product for all envs
-        for episode, first, rows in zip(self.episodes, firsts, terms, strict=True):
+        terms = self._terms(states, flags)  # one product for all envs
+        for episode, first, rows in zip(
+            self.episodes, firsts, terms.split([len(n) for n in news]), strict=True
+        ):
             episode.add_terms(first, rows)
+        if self.board is not None and self.legal is not None:
+            envs = torch.cat([torch.full_like(rows, e) for e, rows in enumerate(rows_of)])
+            rows = torch.cat(rows_of)
+            self.board[envs, rows] = terms
+            self.legal[envs, rows] = flags[:, self.flag] < 0.5
 
     def _table(self, episode: EpisodeRows) -> RowTable:
         device = self.policy.device
@@ -130,9 +175,18 @@ class EpisodeRunner:
 
     @torch.no_grad()
     def outputs(self, envs: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        """For the current states of ``envs``: logits ``(b, N_max)`` (padding :data:`PAD_LOGIT`),
-        legal-action masks ``(b, N_max)`` and values ``(b, 1)``."""
+        """For the current states of ``envs``: logits ``(b, W)`` (padding :data:`PAD_LOGIT`), legal-action
+        masks ``(b, W)`` and values ``(b, 1)``; ``W`` the largest current slide (or the board's width)."""
         episodes = [self.episodes[e] for e in envs]
+        if self.board is not None and self.legal is not None:
+            every = envs == list(range(len(self.episodes)))
+            board, legal = (self.board, self.legal) if every else (self.board[envs], self.legal[envs])
+            attention = torch.softmax(board[..., 1], dim=-1)  # (b, W)
+            pooled = torch.bmm(attention[:, None], board[..., 2:])[:, 0]  # P_s (sum_i w_i s_i): (b, c)
+            budget = torch.stack([e.budget_left(e.steps) for e in episodes]).to(board.device)
+            rows = budget.new_tensor([e.n for e in episodes])
+            latents = critic_latent(self.policy.mlp_extractor.critic_mlp, pooled, budget, rows)
+            return board[..., 0].masked_fill(~legal, PAD_LOGIT), legal, self.policy.value_net(latents)
         logits, masks, latents = self.policy.mlp_extractor.forward_tables(
             self.weights,
             [self._table(episode) for episode in episodes],
@@ -148,11 +202,19 @@ class EpisodeRunner:
         logits, masks, values = self.outputs(list(range(len(self.episodes))))
         # sb3-contrib's masked categorical (masked logits -> -1e8), sampled without its wrappers
         log_p = torch.log_softmax(logits.masked_fill(~masks, PAD_LOGIT), dim=-1)
-        if deterministic:
-            actions = log_p.argmax(-1)
-        else:
-            actions = torch.multinomial(log_p.exp(), 1).squeeze(-1)
+        actions = log_p.argmax(-1) if deterministic else sample_categorical(log_p.exp())
         return actions.cpu().numpy(), values, log_p.gather(1, actions[:, None]).squeeze(-1)
+
+
+def sample_categorical(probs: Tensor) -> Tensor:
+    """One draw ``(B,)`` from each row of ``probs (B, W)`` by inverting its cumulative sum: one uniform
+    number per row (``torch.multinomial`` draws ``W`` exponentials per row). Entries of probability 0
+    (illegal, padding) are never drawn; uses torch's global generator (seeded by SB3)."""
+    cumulative = probs.cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    u = torch.rand_like(total) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total, also after rounding
+    return torch.searchsorted(cumulative, u, right=True).squeeze(-1)
 
 
 class SegmentMaskablePPO(MaskablePPO):

@@ -26,6 +26,7 @@ from sb3_contrib.common.maskable.buffers import MaskableRolloutBufferSamples
 from stable_baselines3.common.buffers import RolloutBuffer
 from torch import Tensor
 
+from wsigym.agents.held_sums import held_intervals, held_tree
 from wsigym.agents.row_table import FLAG_CHANNELS, RowTable, SegmentBatch, table_statistics
 
 
@@ -234,7 +235,8 @@ class SegmentRolloutBuffer(RolloutBuffer):
         mean = scale = None
         if self.standardise:
             mean, scale = table_statistics(states, index)
-        return RowTable(states, flags, index, budget, mean, scale)
+        held = held_tree(*held_intervals(index, size), segment.length)
+        return RowTable(states, flags, index, budget, mean, scale, held)
 
     def stored_bytes(self) -> int:
         """Bytes of the rows the rollout's segments keep (each episode's versions and flags, once)."""
