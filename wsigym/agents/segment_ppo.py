@@ -137,25 +137,21 @@ class EpisodeRunner:
             for e, episode in enumerate(self.episodes):
                 episode.step(episode.current[:0], episode.states[:0], int(actions[e]))
             return
-        firsts, news, rows_of = [], [], []
-        for e, episode in enumerate(self.episodes):
-            mine = change.env == e
-            rows, values = change.row[mine], change.new[mine]
-            firsts.append(episode.size)
-            news.append(episode.step(rows, values, int(actions[e])))
-            rows_of.append(rows)
-        states = torch.cat([ep.states[new] for ep, new in zip(self.episodes, news, strict=True)])
-        flags = torch.cat([ep.flags[new] for ep, new in zip(self.episodes, news, strict=True)])
-        terms = self._terms(states, flags)  # one product for all envs
-        for episode, first, rows in zip(
-            self.episodes, firsts, terms.split([len(n) for n in news]), strict=True
+        order = torch.argsort(change.env, stable=True)  # rows grouped by environment
+        env, row, new = change.env[order], change.row[order], change.new[order]
+        counts = torch.bincount(env, minlength=len(self.episodes)).tolist()
+        firsts = [episode.size for episode in self.episodes]
+        for e, (episode, rows, values) in enumerate(
+            zip(self.episodes, row.split(counts), new.split(counts), strict=True)
         ):
-            episode.add_terms(first, rows)
+            episode.step(rows, values, int(actions[e]))
+        flags = torch.cat([ep.flags[first:] for ep, first in zip(self.episodes, firsts, strict=True)])
+        terms = self._terms(new, flags)  # one product for all envs
+        for episode, first, part in zip(self.episodes, firsts, terms.split(counts), strict=True):
+            episode.add_terms(first, part)
         if self.board is not None and self.legal is not None:
-            envs = torch.cat([torch.full_like(rows, e) for e, rows in enumerate(rows_of)])
-            rows = torch.cat(rows_of)
-            self.board[envs, rows] = terms
-            self.legal[envs, rows] = flags[:, self.flag] < 0.5
+            self.board[env, row] = terms
+            self.legal[env, row] = flags[:, self.flag] < 0.5
 
     def _table(self, episode: EpisodeRows) -> RowTable:
         device = self.policy.device
