@@ -78,10 +78,15 @@ def table_statistics(states: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     counts = states.new_zeros(steps, states.shape[0], dtype=torch.float64)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
     s64 = states.double()
-    mean = counts @ s64 / n  # (L, d)
-    square = counts @ s64.square().sum(-1) / n  # (L,) mean squared norm
-    var = (square - mean.square().sum(-1)).clamp_min(0.0) / states.shape[1]
-    return mean.to(states.dtype), (var.sqrt() + STANDARDISE_EPS).to(states.dtype)
+    return standardisation(counts @ s64, counts @ s64.square().sum(-1), n, states.dtype)
+
+
+def standardisation(total: Tensor, square: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``mean (..., d)`` and ``scale (...)`` of :func:`table_statistics` from the float64 sums of ``n``
+    rows, ``total (..., d)``, and of their squared norms, ``square (...)``."""
+    mean = total / n
+    var = (square / n - mean.square().sum(-1)).clamp_min(0.0) / total.shape[-1]
+    return mean.to(dtype), (var.sqrt() + STANDARDISE_EPS).to(dtype)
 
 
 class GateWeights(NamedTuple):

@@ -35,7 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from wsigym.agents.policy import PAD_LOGIT, PatchPolicy
-from wsigym.agents.row_table import RowTable, critic_latent, table_statistics
+from wsigym.agents.row_table import RowTable, critic_latent, standardisation
 from wsigym.agents.segments import EpisodeRows, SegmentRolloutBuffer
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom_batch import ZoomBatch
@@ -81,7 +81,9 @@ class EpisodeRunner:
         k = int(engine.slide[env])
         z, coords, _ = engine.source.episode_arrays(k)
         coords_t = torch.as_tensor(coords, dtype=z.dtype, device=z.device)
-        episode = EpisodeRows(z, coords_t, int(engine.steps_budget[env]), k)
+        episode = EpisodeRows(
+            z, coords_t, int(engine.steps_budget[env]), k, statistics=self.policy.standardise
+        )
         episode.set_terms(self._terms(episode.states, episode.flags))
         return episode
 
@@ -158,8 +160,9 @@ class EpisodeRunner:
         index = episode.current[None].to(device)
         states = episode.states.to(device)
         mean = scale = None
-        if self.policy.standardise:
-            mean, scale = table_statistics(states, index)
+        if episode.total is not None and episode.square is not None:
+            mean, scale = standardisation(episode.total[None], episode.square[None], episode.n, states.dtype)
+            mean, scale = mean.to(device), scale.to(device)
         return RowTable(
             states,
             episode.flags.to(device),

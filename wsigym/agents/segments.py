@@ -38,12 +38,17 @@ class EpisodeRows:
         coords: ``(N, 2)`` normalised patch corners (the observation's ``coords``).
         budget_steps: ``T``, the episode's zoom budget.
         slide: position of the slide in the source (bookkeeping).
+        statistics: keep float64 sums of the current rows and of their squared norms (``total (d,)``,
+            ``square ()``), updated on the changed rows: a standardising policy's statistics without
+            reading every row each step.
 
     ``states``/``flags`` are ``(N + E, d)`` / ``(N + E, 4)`` views; ``start[v]`` is the first timestep
     at which version ``N + v`` is held; ``current`` ``(N,)`` the version each row holds now.
     """
 
-    def __init__(self, z: Tensor, coords: Tensor, budget_steps: int, slide: int) -> None:
+    def __init__(
+        self, z: Tensor, coords: Tensor, budget_steps: int, slide: int, statistics: bool = False
+    ) -> None:
         n, d = z.shape
         self.n, self.budget_steps, self.slide = n, int(budget_steps), int(slide)
         capacity = n + max(16, 8 * int(budget_steps))
@@ -58,6 +63,8 @@ class EpisodeRows:
         self.steps = 0  # zooms so far: the timestep of the current state
         self.current = torch.arange(n, device=z.device)
         self._terms: Tensor | None = None  # a rollout's cached version_terms, rows N + E
+        self.total: Tensor | None = z.double().sum(0) if statistics else None
+        self.square: Tensor | None = z.double().square().sum() if statistics else None
 
     @property
     def terms(self) -> Tensor | None:
@@ -121,6 +128,10 @@ class EpisodeRows:
         self._flags[first : first + r, 0] = (rows == zoomed).float()
         self._flags[first : first + r, 1] = 1.0
         self._flags[first : first + r, 2:] = self.coords[rows]
+        if self.total is not None and self.square is not None:
+            fresh, old = values.double(), self._states[self.current[rows]].double()
+            self.total += fresh.sum(0) - old.sum(0)
+            self.square += fresh.square().sum() - old.square().sum()
         self._rows[self.count : self.count + r] = rows
         self._start[self.count : self.count + r] = self.steps
         self.count += r
