@@ -36,6 +36,7 @@ from wsigym.agents.row_table import (
     GateWeights,
     RowTable,
     SegmentBatch,
+    current_outputs,
     gate_weights,
     held_outputs,
     table_outputs,
@@ -224,6 +225,33 @@ class PatchActorCritic(nn.Module):
             self.actor, self.critic_attention, self.critic_mlp, weights, table, terms, per_step
         )
 
+    def current_outputs(
+        self,
+        weights: GateWeights,
+        terms: Tensor,
+        flags: Tensor,
+        valid: Tensor,
+        budget: Tensor,
+        mean: Tensor | None,
+        scale: Tensor | None,
+        per_step: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Logits ``(B, W)`` and critic latents of ``B`` current states given as their rows' version terms
+        side by side (:func:`~wsigym.agents.row_table.current_outputs`)."""
+        return current_outputs(
+            self.actor,
+            self.critic_attention,
+            self.critic_mlp,
+            weights,
+            terms,
+            flags,
+            valid,
+            budget,
+            mean,
+            scale,
+            per_step,
+        )
+
     def forward_tables(
         self,
         weights: GateWeights,
@@ -256,8 +284,8 @@ class PatchActorCritic(nn.Module):
         """Log-probabilities and entropies ``(T,)`` of ``actions`` and critic latents of a
         :class:`SegmentBatch` whose tables have ``held`` trees, for per-version scores (``per_step``
         false): :func:`~wsigym.agents.row_table.held_outputs`."""
-        _, terms = self._segment_terms(batch, per_step=False)
-        return held_outputs(self.critic_mlp, batch.tables, terms, actions, batch.mask_updated)
+        weights, terms = self._segment_terms(batch, per_step=False)
+        return held_outputs(self.critic_mlp, weights, batch.tables, terms, actions, batch.mask_updated)
 
     def _segment_terms(self, batch: SegmentBatch, per_step: bool) -> tuple[GateWeights, list[Tensor]]:
         weights = self.gate_weights(batch.tables[0].states.shape[1])

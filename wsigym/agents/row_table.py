@@ -81,11 +81,14 @@ def table_statistics(states: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     return standardisation(counts @ s64, counts @ s64.square().sum(-1), n, states.dtype)
 
 
-def standardisation(total: Tensor, square: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``mean (..., d)`` and ``scale (...)`` of :func:`table_statistics` from the float64 sums of ``n``
-    rows, ``total (..., d)``, and of their squared norms, ``square (...)``."""
-    mean = total / n
-    var = (square / n - mean.square().sum(-1)).clamp_min(0.0) / total.shape[-1]
+def standardisation(
+    total: Tensor, square: Tensor, n: int | Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``mean (L, d)`` and ``scale (L,)`` of :func:`table_statistics` from the float64 sums of ``n``
+    rows (an int, or ``(L,)`` counts), ``total (L, d)``, and of their squared norms, ``square (L,)``."""
+    count = torch.as_tensor(n, dtype=torch.float64, device=total.device).reshape(-1)
+    mean = total / count[:, None]
+    var = (square / count - mean.square().sum(-1)).clamp_min(0.0) / total.shape[-1]
     return mean.to(dtype), (var.sqrt() + STANDARDISE_EPS).to(dtype)
 
 
@@ -157,6 +160,32 @@ def _scores(actor: GatedAttention, critic: GatedAttention, pre: Tensor) -> Tenso
     return torch.cat([logit, score], dim=-1)
 
 
+def row_scores(
+    actor: GatedAttention,
+    critic: GatedAttention,
+    weights: GateWeights,
+    gates: Tensor,
+    budget: Tensor,
+    mean: Tensor | None,
+    scale: Tensor | None,
+    per_step: bool,
+) -> Tensor:
+    """Actor logit and critic score ``(L, N, 2)`` of ``N`` rows at each of ``L`` timesteps, from the gate
+    columns of their versions' :func:`version_terms` ``gates (L, N, g)``, the remaining budget ``(L,)``
+    and, for a standardising policy, the states' ``mean (L, d)`` and ``scale (L,)``."""
+    if not per_step:
+        return gates
+    k = gates.shape[-1] // 2
+    state_part, fixed = gates[..., :k], gates[..., k:]  # (L, N, K)
+    if mean is not None and scale is not None:
+        shift = mean @ weights.state.T  # (L, K)
+        state_part = (state_part - shift[:, None]) / scale[:, None, None]
+    pre = state_part + fixed
+    if weights.budget is not None:
+        pre = pre + budget[:, None, None] * weights.budget
+    return _scores(actor, critic, pre)
+
+
 def table_outputs(
     actor: GatedAttention,
     critic: GatedAttention,
@@ -173,42 +202,71 @@ def table_outputs(
     """
     index, budget = table.index, table.budget
     steps, n = index.shape
-    d = table.states.shape[1]
-    first = critic_mlp[0]
-    c = first.out_features
+    c = critic_mlp[0].out_features
     gates, projection = terms[:, :-c], terms[:, -c:]
-    if per_step:
-        k = gates.shape[1] // 2
-        state_part, fixed = gates[index, :k], gates[index, k:]  # (L, N, K)
-        if table.mean is not None:
-            shift = table.mean @ weights.state.T  # (L, K)
-            state_part = (state_part - shift[:, None]) / table.scale[:, None, None]
-        pre = state_part + fixed
-        if weights.budget is not None:
-            pre = pre + budget[:, None, None] * weights.budget
-        scores = _scores(actor, critic, pre)  # (L, N, 2)
-    else:
-        scores = gates[index]  # (L, N, 2)
+    scores = row_scores(actor, critic, weights, gates[index], budget, table.mean, table.scale, per_step)
     logits, critic_scores = scores[..., 0], scores[..., 1]
     attention = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
     on_versions = attention.new_zeros(steps, table.states.shape[0]).scatter(1, index, attention)  # (L, V)
-    hidden = on_versions @ projection  # P_s (sum_i w_i s_i): (L, c)
-    if table.mean is not None:  # P_s (pooled - mean) / scale
-        hidden = (hidden - table.mean @ first.weight[:, :d].T) / table.scale[:, None]
-    if weights.flags is not None:  # the context channels of the pooled token
-        b = budget[:, None]
-        pooled_flags = on_versions @ table.flags  # (L, 4)
+    pooled_flags = on_versions @ table.flags if weights.flags is not None else None  # (L, 4)
+    rows = budget.new_full((steps,), n)
+    latent = critic_latent(
+        critic_mlp, weights, on_versions @ projection, budget, rows, pooled_flags, table.mean, table.scale
+    )
+    return logits, latent
+
+
+def current_outputs(
+    actor: GatedAttention,
+    critic: GatedAttention,
+    critic_mlp: torch.nn.Sequential,
+    weights: GateWeights,
+    terms: Tensor,
+    flags: Tensor,
+    valid: Tensor,
+    budget: Tensor,
+    mean: Tensor | None,
+    scale: Tensor | None,
+    per_step: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`table_outputs` of the current states of ``B`` episodes given side by side: their rows'
+    :func:`version_terms` ``terms (B, W, g + c)`` and flags ``(B, W, 4)``, padded to ``W`` rows
+    (``valid (B, W)``), remaining budgets ``(B,)`` and (standardising policy) ``mean (B, d)``,
+    ``scale (B,)``. Returns logits ``(B, W)`` (padding rows unmasked) and critic latents ``(B, c')``."""
+    c = critic_mlp[0].out_features
+    scores = row_scores(actor, critic, weights, terms[..., :-c], budget, mean, scale, per_step)
+    attention = torch.softmax(scores[..., 1].masked_fill(~valid, float("-inf")), dim=-1)[:, None]  # (B, 1, W)
+    pooled = torch.bmm(attention, terms[..., -c:])[:, 0]  # P_s (sum_i w_i s_i): (B, c)
+    pooled_flags = torch.bmm(attention, flags)[:, 0] if weights.flags is not None else None
+    rows = valid.sum(-1).to(budget.dtype)
+    return scores[..., 0], critic_latent(critic_mlp, weights, pooled, budget, rows, pooled_flags, mean, scale)
+
+
+def critic_latent(
+    critic_mlp: torch.nn.Sequential,
+    weights: GateWeights,
+    pooled: Tensor,
+    budget: Tensor,
+    rows: Tensor,
+    pooled_flags: Tensor | None = None,
+    mean: Tensor | None = None,
+    scale: Tensor | None = None,
+) -> Tensor:
+    """The critic latent ``(L, critic_hidden)`` from the attention-pooled state projection
+    ``pooled = P_s sum_i w_i s_i (L, c)``: standardised with ``mean (L, d)``, ``scale (L,)`` when given,
+    plus the pooled context channels ``pooled_flags (L, 4)`` (context tokens), the size features
+    ``[b, n/1000, b n/1000]`` (``budget (L,)``, ``rows (L,)`` real patches), the bias, and the rest of the
+    critic MLP."""
+    first = critic_mlp[0]
+    d = weights.state.shape[1]
+    hidden = pooled
+    b = budget[:, None]
+    if mean is not None and scale is not None:  # P_s (pooled - mean) / scale
+        hidden = (hidden - mean @ first.weight[:, :d].T) / scale[:, None]
+    if pooled_flags is not None:  # the context channels of the pooled token
         hidden = hidden + pooled_flags @ first.weight[:, d : d + FLAG_CHANNELS].T
         hidden = hidden + b * first.weight[:, d + FLAG_CHANNELS] + first.weight[:, d + FLAG_CHANNELS + 1]
-    return logits, critic_latent(critic_mlp, hidden, budget, budget.new_full((steps,), n))
-
-
-def critic_latent(critic_mlp: torch.nn.Sequential, hidden: Tensor, budget: Tensor, rows: Tensor) -> Tensor:
-    """The critic latent ``(L, critic_hidden)`` from the first layer's pooled-token part ``hidden (L, c)``:
-    adds the size features ``[b, n/1000, b n/1000]`` (``budget (L,)``, ``rows (L,)`` real patches), the
-    bias, and the rest of the critic MLP."""
-    first = critic_mlp[0]
-    b, size = budget[:, None], rows[:, None] / 1000.0
+    size = rows[:, None] / 1000.0
     width = first.in_features - 3  # the token
     hidden = hidden + torch.cat([b, size, b * size], dim=-1) @ first.weight[:, width:].T + first.bias
     return critic_mlp[1:](hidden)
@@ -216,6 +274,7 @@ def critic_latent(critic_mlp: torch.nn.Sequential, hidden: Tensor, budget: Tenso
 
 def held_outputs(
     critic_mlp: torch.nn.Sequential,
+    weights: GateWeights,
     tables: list[RowTable],
     terms: list[Tensor],
     actions: Tensor,
@@ -250,5 +309,5 @@ def held_outputs(
     )
     budget = torch.cat([t.budget for t in tables])
     rows = torch.cat([t.budget.new_full((t.index.shape[0],), t.index.shape[1]) for t in tables])
-    latent = critic_latent(critic_mlp, pooled, budget, rows)
+    latent = critic_latent(critic_mlp, weights, pooled, budget, rows)
     return logit[chosen] - lse, lse - mean_logit[:, 0], latent

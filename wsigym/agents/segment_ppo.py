@@ -35,7 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from wsigym.agents.policy import PAD_LOGIT, PatchPolicy
-from wsigym.agents.row_table import RowTable, critic_latent, standardisation
+from wsigym.agents.row_table import standardisation
 from wsigym.agents.segments import EpisodeRows, SegmentRolloutBuffer
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom_batch import ZoomBatch
@@ -60,10 +60,11 @@ def vector_env_of(env: Any) -> WSIZoomVectorEnv:
 class EpisodeRunner:
     """The ``B`` running episodes of a vector env as :class:`EpisodeRows`, and the policy on them.
 
-    For a policy whose row scores are per version (``per_step`` false: SASHA's state tokens), the
-    current rows' terms of every episode are also kept side by side in a board ``(B, W, 2 + c)``
-    (``W`` the largest current slide; padding scores ``-inf``) that each step updates on the changed
-    rows only, so acting costs one masked softmax and one attention pooling over ``(B, W)``.
+    The current rows of every episode are also kept side by side in a board: their versions' cached
+    terms ``(B, W, g + c)`` and flags ``(B, W, 4)`` (``W`` the largest current slide), written on the
+    changed rows only, so acting is a few batched operations over ``(B, W)``
+    (:func:`~wsigym.agents.row_table.current_outputs`); a standardising policy's statistics come from
+    each episode's running sums.
     """
 
     def __init__(self, engine: ZoomBatch, policy: PatchPolicy) -> None:
@@ -71,10 +72,9 @@ class EpisodeRunner:
         self.flag = 1 if engine.config.mask_updated else 0  # the flag that makes a row illegal
         with torch.no_grad():
             self.weights = policy.mlp_extractor.gate_weights(engine.dim)
-        self.board: Tensor | None = None  # (B, W, 2 + c): logit, critic score, P_s s of each current row
-        self.legal: Tensor | None = None  # (B, W) bool
         self.episodes: list[EpisodeRows] = [self._episode(e) for e in range(engine.num_envs)]
-        self._fill_board(range(engine.num_envs))
+        self._allocate(max(e.n for e in self.episodes))
+        self._board(range(engine.num_envs))
 
     def _episode(self, env: int) -> EpisodeRows:
         engine = self.engine
@@ -87,27 +87,30 @@ class EpisodeRunner:
         episode.set_terms(self._terms(episode.states, episode.flags))
         return episode
 
-    def _fill_board(self, envs: Any) -> None:
-        """Write the current rows of ``envs`` into the board (per-version policies only)."""
-        if self.policy.per_step:
-            return
+    def _allocate(self, width: int) -> None:
+        terms, b = self.episodes[0].terms, len(self.episodes)
+        assert terms is not None
+        self.terms = terms.new_zeros(b, width, terms.shape[1])  # (B, W, g + c)
+        self.flags = terms.new_zeros(b, width, self.episodes[0].flags.shape[1])  # (B, W, 4)
+        self.legal = torch.zeros(b, width, dtype=torch.bool, device=terms.device)
+        self.valid = torch.zeros(b, width, dtype=torch.bool, device=terms.device)
+
+    def _board(self, envs: Any) -> None:
+        """Write the current rows of ``envs`` into the board (all of it when a slide outgrows it)."""
         episodes = self.episodes
         width = max(e.n for e in episodes)
-        if self.board is None or self.board.shape[1] < width:
-            envs, terms = range(len(episodes)), episodes[0].terms
-            assert terms is not None
-            self.board = terms.new_zeros(len(episodes), width, terms.shape[1])
-            self.legal = torch.zeros(len(episodes), width, dtype=torch.bool, device=terms.device)
-        assert self.legal is not None
+        if self.terms.shape[1] < width:
+            self._allocate(width)
+            envs = range(len(episodes))
         for e in envs:
             episode = episodes[e]
             n, terms = episode.n, episode.terms
             assert terms is not None
-            self.board[e, :n] = terms[episode.current]
-            self.board[e, n:] = 0.0
-            self.board[e, n:, 1] = float("-inf")  # padding takes no attention
-            self.legal[e, :n] = episode.flags[episode.current, self.flag] < 0.5
-            self.legal[e, n:] = False
+            flags = episode.flags[episode.current]
+            self.terms[e, :n], self.terms[e, n:] = terms[episode.current], 0.0
+            self.flags[e, :n], self.flags[e, n:] = flags, 0.0
+            self.legal[e, :n], self.legal[e, n:] = flags[:, self.flag] < 0.5, False
+            self.valid[e, :n], self.valid[e, n:] = True, False
 
     @torch.no_grad()
     def _terms(self, states: Tensor, flags: Tensor) -> Tensor:
@@ -122,13 +125,13 @@ class EpisodeRunner:
         self.weights = self.policy.mlp_extractor.gate_weights(self.engine.dim)
         for episode in self.episodes:
             episode.set_terms(self._terms(episode.states, episode.flags))
-        self._fill_board(range(len(self.episodes)))
+        self._board(range(len(self.episodes)))
 
     @torch.no_grad()
     def new_episode(self, env: int) -> EpisodeRows:
         """Follow the engine's new episode in ``env`` (after a reset)."""
         self.episodes[env] = self._episode(env)
-        self._fill_board([env])
+        self._board([env])
         return self.episodes[env]
 
     @torch.no_grad()
@@ -151,49 +154,50 @@ class EpisodeRunner:
         terms = self._terms(new, flags)  # one product for all envs
         for episode, first, part in zip(self.episodes, firsts, terms.split(counts), strict=True):
             episode.add_terms(first, part)
-        if self.board is not None and self.legal is not None:
-            self.board[env, row] = terms
-            self.legal[env, row] = flags[:, self.flag] < 0.5
-
-    def _table(self, episode: EpisodeRows) -> RowTable:
-        device = self.policy.device
-        index = episode.current[None].to(device)
-        states = episode.states.to(device)
-        mean = scale = None
-        if episode.total is not None and episode.square is not None:
-            mean, scale = standardisation(episode.total[None], episode.square[None], episode.n, states.dtype)
-            mean, scale = mean.to(device), scale.to(device)
-        return RowTable(
-            states,
-            episode.flags.to(device),
-            index,
-            episode.budget_left(episode.steps)[None].to(device),
-            mean,
-            scale,
-        )
+        self.terms[env, row] = terms
+        self.flags[env, row] = flags
+        self.legal[env, row] = flags[:, self.flag] < 0.5
 
     @torch.no_grad()
     def outputs(self, envs: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        """For the current states of ``envs``: logits ``(b, W)`` (padding :data:`PAD_LOGIT`), legal-action
-        masks ``(b, W)`` and values ``(b, 1)``; ``W`` the largest current slide (or the board's width)."""
+        """For the current states of ``envs``: logits ``(b, W)`` (illegal and padding rows
+        :data:`PAD_LOGIT`), legal-action masks ``(b, W)`` and values ``(b, 1)``."""
+        policy, extractor = self.policy, self.policy.mlp_extractor
+        board = (self.terms, self.flags, self.legal, self.valid)
+        if envs != list(range(len(self.episodes))):
+            board = tuple(x[envs] for x in board)
+        terms, flags, legal, valid = board
         episodes = [self.episodes[e] for e in envs]
-        if self.board is not None and self.legal is not None:
-            every = envs == list(range(len(self.episodes)))
-            board, legal = (self.board, self.legal) if every else (self.board[envs], self.legal[envs])
-            attention = torch.softmax(board[..., 1], dim=-1)  # (b, W)
-            pooled = torch.bmm(attention[:, None], board[..., 2:])[:, 0]  # P_s (sum_i w_i s_i): (b, c)
-            budget = torch.stack([e.budget_left(e.steps) for e in episodes]).to(board.device)
-            rows = budget.new_tensor([e.n for e in episodes])
-            latents = critic_latent(self.policy.mlp_extractor.critic_mlp, pooled, budget, rows)
-            return board[..., 0].masked_fill(~legal, PAD_LOGIT), legal, self.policy.value_net(latents)
-        logits, masks, latents = self.policy.mlp_extractor.forward_tables(
-            self.weights,
-            [self._table(episode) for episode in episodes],
-            [episode.terms for episode in episodes],
-            self.engine.config.mask_updated,
-            self.policy.per_step,
-        )
-        return logits, masks, self.policy.value_net(latents)
+        budget = torch.stack([e.budget_left(e.steps) for e in episodes]).to(terms.device)
+        mean = scale = None
+        if policy.standardise:
+            total = torch.stack([e.total for e in episodes])  # type: ignore[misc]
+            square = torch.stack([e.square for e in episodes])  # type: ignore[misc]
+            counts = torch.tensor([e.n for e in episodes])
+            mean, scale = (x.to(terms.device) for x in standardisation(total, square, counts, terms.dtype))
+        if not policy.per_step:  # per-version scores: a few operations over the whole board
+            logits, latents = extractor.current_outputs(
+                self.weights, terms, flags, valid, budget, mean, scale, per_step=False
+            )
+        else:  # gates per row and timestep cost O(rows x K): each episode on its own rows, not the padding
+            logits = terms.new_zeros(valid.shape)
+            parts = []
+            for i, episode in enumerate(episodes):
+                one = slice(i, i + 1)
+                n = episode.n
+                logits[one, :n], latent = extractor.current_outputs(
+                    self.weights,
+                    terms[one, :n],
+                    flags[one, :n],
+                    valid[one, :n],
+                    budget[one],
+                    None if mean is None else mean[one],
+                    None if scale is None else scale[one],
+                    per_step=True,
+                )
+                parts.append(latent)
+            latents = torch.cat(parts)
+        return logits.masked_fill(~legal, PAD_LOGIT), legal, policy.value_net(latents)
 
     @torch.no_grad()
     def act(self, deterministic: bool = False) -> tuple[np.ndarray, Tensor, Tensor]:
