@@ -7,16 +7,18 @@ The same algorithm, loss and hyperparameters as ``MaskablePPO`` with
   ``seen_change`` lists the rows each step changed as the agent sees them) and never asks for the padded observation
   (``observe=False``). Each environment's episode is an :class:`~wsigym.agents.segments.EpisodeRows`;
   the policy's per-version terms (:func:`~wsigym.agents.row_table.version_terms`) are computed once
-  per version and kept until the next update, so a step costs the changed rows' ``d``-wide products
-  plus, for a policy with a budget channel or standardisation, ``O(N x h)`` gates; a policy with
-  per-version scores acts from a board of the current rows' terms updated on the changed rows.
+  per version and kept until the next update, and the current rows' terms sit side by side in a
+  board (:class:`EpisodeRunner`) written on the changed rows. So a step costs the changed rows'
+  ``d``-wide products plus, for a policy with a budget channel or standardisation (whose statistics
+  are running sums), ``O(N x h)`` gates.
 - **Storage.** :class:`~wsigym.agents.segments.SegmentRolloutBuffer`: slide references plus the rows
   that changed, no padded observation.
 - **Update.** ``MaskablePPO.train`` unchanged; its minibatches are whole segments and the policy
   evaluates them as row tables (:meth:`PatchPolicy.evaluate_actions` on a
   :class:`~wsigym.agents.row_table.SegmentBatch`); with per-version scores its softmax sums run over
-  each version's interval of timesteps (:mod:`wsigym.agents.held_sums`), not over ``L x N`` rows. The loss equals the plain path's on the same
-  timesteps to float rounding (``tests/agents/test_segments.py``).
+  each version's interval of timesteps (:mod:`wsigym.agents.held_sums`), not over ``L x N`` rows.
+  The loss equals the plain path's on the same timesteps to float rounding
+  (``tests/agents/test_segments.py``).
 
 Rewards go through the same VecEnv wrappers as the plain path (``VecMonitor``, ``VecNormalize``).
 Everything stays on the engine's device (CPU or CUDA); only the ``B`` chosen actions cross to the
