@@ -241,6 +241,10 @@ class SegmentMaskablePPO(MaskablePPO):
         self._runner: EpisodeRunner | None = None
         super().__init__(policy, env, **kwargs)
 
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.rollout_buffer.held_trees = not self.policy.per_step  # type: ignore[attr-defined]
+
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_runner"]
 

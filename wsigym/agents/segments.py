@@ -189,6 +189,8 @@ class SegmentRolloutBuffer(RolloutBuffer):
         mask_updated: bool = False,
     ) -> None:
         self.standardise, self.mask_updated = standardise, mask_updated
+        #: Build each table's held tree (:mod:`~wsigym.agents.held_sums`): for a policy with per-version scores.
+        self.held_trees = True
         self.segments: list[Segment] = []
         self._open: dict[int, Segment] = {}
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
@@ -246,7 +248,7 @@ class SegmentRolloutBuffer(RolloutBuffer):
         mean = scale = None
         if self.standardise:
             mean, scale = table_statistics(states, index)
-        held = held_tree(*held_intervals(index, size), segment.length)
+        held = held_tree(*held_intervals(index, size), segment.length) if self.held_trees else None
         return RowTable(states, flags, index, budget, mean, scale, held)
 
     def stored_bytes(self) -> int:
