@@ -72,13 +72,11 @@ def _plain_observations(recorder, buffer, positions, device="cpu") -> dict[str, 
     return obs_as_tensor(stacked, torch.device(device))
 
 
-CUDA = pytest.param(
-    {"tokens": "state+context"},
-    "tsu",
-    "cuda",
-    id="context-cuda",
-    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
-)
+CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+CUDA = [
+    pytest.param({"tokens": "state+context"}, "tsu", "cuda", id="context-cuda", marks=CUDA_MARKS),
+    pytest.param({"tokens": "state"}, "tsu", "cuda", id="state-cuda", marks=CUDA_MARKS),  # held sums
+]
 CASES = [
     pytest.param({"tokens": "state+context"}, "tsu", id="context"),
     pytest.param({"tokens": "state+context", "standardise": True}, "tsu", id="context-standardised"),
@@ -94,7 +92,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    ("policy_kwargs", "update", "device"), [pytest.param(*c.values, "cpu", id=c.id) for c in CASES] + [CUDA]
+    ("policy_kwargs", "update", "device"), [pytest.param(*c.values, "cpu", id=c.id) for c in CASES] + CUDA
 )
 def test_structured_losses_and_gradients_equal_the_plain_path(env_kwargs, policy_kwargs, update, device):
     torch.manual_seed(0)
