@@ -98,15 +98,20 @@ def held_softmax(x: Tensor, values: Tensor, tree: HeldTree) -> tuple[Tensor, Ten
     ``x`` is ``(V,)``. Every timestep must hold at least one version.
     """
     v, node = tree.version, tree.node
-    xs = x[v]
+    steps, levels = tree.ancestors.shape
+    up = tree.ancestors.reshape(-1)
+    xs = x.index_select(0, v)  # index_select: its backward is ~2x faster than indexing's on CPU
     shift = x.new_full((tree.nodes,), float("-inf"))
     shift = shift.scatter_reduce(0, node, xs.detach(), "amax")  # each node's largest x (no gradient)
     weight = torch.exp(xs - shift[node])  # <= 1
     sums = x.new_zeros(tree.nodes).index_add(0, node, weight)
-    moments = values.new_zeros(tree.nodes, values.shape[1]).index_add(0, node, weight[:, None] * values[v])
-    path = shift[tree.ancestors]  # (L, A), -inf for nodes that hold nothing
+    moments = values.new_zeros(tree.nodes, values.shape[1])
+    moments = moments.index_add(0, node, weight[:, None] * values.index_select(0, v))
+    path = shift[up].view(steps, levels)  # (L, A), -inf for nodes that hold nothing
     top = path.max(dim=-1).values  # (L,)
     scale = torch.exp(path - top[:, None])  # (L, A)
-    total = (sums[tree.ancestors] * scale).sum(-1)  # >= 1: the node of ``top`` holds exp(0)
-    mean = torch.einsum("la,lak->lk", scale, moments[tree.ancestors]) / total[:, None]
-    return total.log() + top, mean
+    total = (sums.index_select(0, up).view(steps, levels) * scale).sum(
+        -1
+    )  # >= 1: ``top``'s node holds exp(0)
+    mean = torch.bmm(scale[:, None], moments.index_select(0, up).view(steps, levels, -1))[:, 0]
+    return total.log() + top, mean / total[:, None]

@@ -204,7 +204,10 @@ def table_outputs(
     steps, n = index.shape
     c = critic_mlp[0].out_features
     gates, projection = terms[:, :-c], terms[:, -c:]
-    scores = row_scores(actor, critic, weights, gates[index], budget, table.mean, table.scale, per_step)
+    held = gates.index_select(0, index.reshape(-1)).view(
+        steps, n, -1
+    )  # (L, N, g); backward ~2x gates[index]'s
+    scores = row_scores(actor, critic, weights, held, budget, table.mean, table.scale, per_step)
     logits, critic_scores = scores[..., 0], scores[..., 1]
     attention = torch.softmax(critic_scores, dim=-1)  # (L, N): every row of a table is real
     on_versions = attention.new_zeros(steps, table.states.shape[0]).scatter(1, index, attention)  # (L, V)
@@ -310,4 +313,4 @@ def held_outputs(
     budget = torch.cat([t.budget for t in tables])
     rows = torch.cat([t.budget.new_full((t.index.shape[0],), t.index.shape[1]) for t in tables])
     latent = critic_latent(critic_mlp, weights, pooled, budget, rows)
-    return logit[chosen] - lse, lse - mean_logit[:, 0], latent
+    return logit.index_select(0, chosen) - lse, lse - mean_logit[:, 0], latent
