@@ -204,9 +204,9 @@ class EpisodeRunner:
     @torch.no_grad()
     def act(self, deterministic: bool = False) -> tuple[np.ndarray, Tensor, Tensor]:
         """Actions ``(B,)`` (numpy), values ``(B, 1)`` and log-probabilities ``(B,)`` of every env."""
-        logits, masks, values = self.outputs(list(range(len(self.episodes))))
+        logits, _, values = self.outputs(list(range(len(self.episodes))))
         # sb3-contrib's masked categorical (masked logits -> -1e8), sampled without its wrappers
-        log_p = torch.log_softmax(logits.masked_fill(~masks, PAD_LOGIT), dim=-1)
+        log_p = torch.log_softmax(logits, dim=-1)
         actions = log_p.argmax(-1) if deterministic else sample_categorical(log_p.exp())
         return actions.cpu().numpy(), values, log_p.gather(1, actions[:, None]).squeeze(-1)
 
