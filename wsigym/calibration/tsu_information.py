@@ -76,17 +76,12 @@ def patch_kinds(dataset: Any, slide_id: str, tumour: np.ndarray) -> np.ndarray:
 
 def fresh_state(z: Tensor, copies: int) -> ZoomBatchState:
     """``copies`` environments on one slide ``z (N, d)``, every row still low-res."""
-    n, _ = z.shape
-    zb = z.unsqueeze(0).expand(copies, -1, -1)
-    flags = torch.zeros(copies, n, dtype=torch.bool)
-    return ZoomBatchState(
-        state=zb.clone(),
-        z=zb,
-        z_norm=z.norm(dim=-1).clamp_min(1e-12).unsqueeze(0).expand(copies, -1),
-        valid=torch.ones(copies, n, dtype=torch.bool),
-        visited=flags.clone(),
-        updated=flags.clone(),
-    )
+    return ZoomBatchState.of_slides([z] * copies)
+
+
+def stacked_states(st: ZoomBatchState) -> Tensor:
+    """The states ``(E, N, d)`` of environments on one slide."""
+    return torch.stack([st.rows(e) for e in range(len(st.z))])
 
 
 def _tsu_change(st: ZoomBatchState, anchors: Tensor, v: Tensor, update: UpdateSettings) -> StateChange:
@@ -213,12 +208,13 @@ def _final_states(
             st = fresh_state(z, copies)
             earlier = orders[:, : t - 1]
             env = torch.arange(copies).unsqueeze(1).expand_as(earlier)
-            st.state[env, earlier] = v[earlier]
-            st.visited[env, earlier] = True
-            st.updated[env, earlier] = True
+            flat = st.slots.flat(env, earlier)
+            st.state[flat] = v[earlier]
+            st.visited[flat] = True
+            st.updated[flat] = True
             last = orders[:, t - 1]
             UPDATE_RULES["global"](st, last, active, v[last], update.tsu, update.tau, update.absolute_cosine)
-            out[t] = st.state
+            out[t] = stacked_states(st)
         return out
     st = fresh_state(z, copies)
     fn = UPDATE_RULES[rule]
@@ -226,7 +222,7 @@ def _final_states(
         a = orders[:, t]
         fn(st, a, active, v[a], update.tsu, update.tau, update.absolute_cosine)
         if t + 1 in steps:
-            out[t + 1] = st.state.clone()
+            out[t + 1] = stacked_states(st)
     return out
 
 

@@ -24,6 +24,9 @@ tolerance (tested).
 **Dense changes.** When a step changes at least half of an environment's rows (the global rule changes
 all of them), subtracting the old terms and adding the new costs twice a recomputation, so that
 environment's sums are recomputed from its rows and stored logits instead (over its real rows only).
+
+Rows are those of the engine's packed state (:class:`~wsigym.envs.state_update.ZoomBatchState`): the row
+logits live in the same layout and follow its relocations (:meth:`IncrementalAttentionClassifier.relocate`).
 """
 
 from __future__ import annotations
@@ -31,32 +34,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wsigym.envs.state_update import StateChange
+from wsigym.envs.row_slots import Relocation
+from wsigym.envs.state_update import StateChange, ZoomBatchState
 
 REFRESH_BELOW = 1e-6
 
 
 class IncrementalAttentionClassifier:
-    """Incremental ``hafed.classify`` for ``B`` padded states ``(B, R, d)``.
+    """Incremental ``hafed.classify`` for the ``B`` packed states of a
+    :class:`~wsigym.envs.state_update.ZoomBatchState`.
 
     Args:
         hafed: a HAFED (``attention_logits``, ``slide_head``) in eval mode.
         batch_size: ``B``.
-        max_patches: ``R``, the rows per state (the engine resizes :attr:`row_logits` with its rows).
         device: where the sums live.
 
-    Use :meth:`refresh` after loading new states, :meth:`update` after each :class:`StateChange`,
-    then :meth:`logits` ``(B, C)`` and :meth:`attention` ``(B, R)``.
+    Use :meth:`refresh` after loading new states (and :meth:`relocate` when their rows moved),
+    :meth:`update` after each :class:`StateChange`, then :meth:`logits` ``(B, C)`` and :meth:`attention`.
     """
 
-    def __init__(
-        self, hafed: torch.nn.Module, batch_size: int, max_patches: int, device: torch.device | str
-    ) -> None:
+    def __init__(self, hafed: torch.nn.Module, batch_size: int, device: torch.device | str) -> None:
         self.hafed = hafed
         m = int(hafed.config.n_token_2)
         d = int(hafed.config.in_dim)
         self.branches = m
-        self.row_logits = torch.full((batch_size, max_patches, m), float("-inf"), device=device)
+        #: ``(C, M)`` attention logits of every packed row (the state's layout).
+        self.row_logits = torch.full((0, m), float("-inf"), device=device)
         self.shift = torch.zeros(batch_size, m, dtype=torch.float64, device=device)
         self.denom = torch.ones(batch_size, m, dtype=torch.float64, device=device)
         self.numer = torch.zeros(batch_size, m, d, dtype=torch.float64, device=device)
@@ -67,47 +70,49 @@ class IncrementalAttentionClassifier:
         """``rows (R, d)`` -> attention logits ``(R, M)``."""
         return self.hafed.attention_logits(rows.unsqueeze(0))[0].transpose(0, 1)
 
+    def relocate(self, relocation: Relocation) -> None:
+        """Follow the state's rows to their new places (:meth:`ZoomBatchState.load`)."""
+        self.row_logits = relocation.apply(self.row_logits, float("-inf"))
+
     @torch.no_grad()
-    def refresh(self, envs: Tensor, state: Tensor, valid: Tensor, recompute_logits: bool = True) -> None:
-        """Full recomputation for environments ``envs (E,)`` from ``state (B, R, d)`` and ``valid (B, R)``.
+    def refresh(self, envs: Tensor, st: ZoomBatchState, recompute_logits: bool = True) -> None:
+        """Full recomputation for environments ``envs (E,)`` from their rows of ``st``.
 
         ``recompute_logits=False`` reuses the stored row logits (after cancellation).
         """
-        if envs.numel() == 0:
-            return
-        self.real[envs] = valid[envs].sum(-1)
-        rows = valid[envs].any(0).nonzero()
-        last = int(rows.max()) + 1 if rows.numel() else 1  # rows past the last real one are padding
-        s = state[envs, :last]  # (E, last, d)
-        mask = valid[envs, :last]
-        if recompute_logits:
-            logits = self.hafed.attention_logits(s).transpose(1, 2)  # (E, last, M)
-            logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-            self.row_logits[envs] = float("-inf")
-            self.row_logits[envs, :last] = logits
-        else:
-            logits = self.row_logits[envs, :last]
-        lg = logits.double()
-        shift = lg.amax(dim=1)  # (E, M)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        w = torch.exp(lg - shift.unsqueeze(1))  # (E, P, M), 0 on padding
-        self.shift[envs] = shift
-        self.denom[envs] = w.sum(1)
-        self.numer[envs] = torch.einsum("epm,epd->emd", w, s.double())
+        if self.row_logits.shape[0] != st.state.shape[0]:
+            if self.row_logits.shape[0]:
+                raise RuntimeError("the state's rows moved: call relocate() with its Relocation first")
+            self.row_logits = torch.full(  # the first states of this classifier
+                (st.state.shape[0], self.branches), float("-inf"), device=self.row_logits.device
+            )
+        for e in envs.tolist():
+            rows = st.slots.slot(e)
+            s = st.state[rows]
+            self.real[e] = len(s)
+            if recompute_logits:
+                self.row_logits[rows] = self._row_logits(s)
+            lg = self.row_logits[rows].double()  # (n, M)
+            shift = lg.amax(0) if len(s) else lg.new_zeros(self.branches)
+            w = torch.exp(lg - shift)
+            self.shift[e] = shift
+            self.denom[e] = w.sum(0)
+            self.numer[e] = w.T @ s.double()
 
     @torch.no_grad()
-    def update(self, change: StateChange, state: Tensor, valid: Tensor) -> None:
-        """Apply a :class:`StateChange` (``state`` is read for the environments whose sums are recomputed)."""
+    def update(self, change: StateChange, st: ZoomBatchState) -> None:
+        """Apply a :class:`StateChange` (``st`` is read for the environments whose sums are recomputed)."""
         env, new_rows, old_rows = change.env, change.new, change.old
         if env.numel() == 0:
             return
+        flat = st.slots.flat(env, change.row)
         new_l = self._row_logits(new_rows)  # (R, M)
-        old_l = self.row_logits[env, change.row]
-        self.row_logits[env, change.row] = new_l
+        old_l = self.row_logits[flat]
+        self.row_logits[flat] = new_l
         counts = torch.bincount(env, minlength=self.shift.shape[0])
         dense = (counts > 0) & (2 * counts >= self.real)
         if dense.any():  # module docstring, Dense changes
-            self.refresh(dense.nonzero().squeeze(-1), state, valid, recompute_logits=False)
+            self.refresh(dense.nonzero().squeeze(-1), st, recompute_logits=False)
             sparse = ~dense[env]
             if not sparse.any():
                 return
@@ -144,7 +149,7 @@ class IncrementalAttentionClassifier:
                 self.numer[e].addmm_(w_e.T, rows_e)
         low = self.denom < REFRESH_BELOW
         if bool(low.any()):
-            self.refresh(low.any(-1).nonzero().squeeze(-1), state, valid, recompute_logits=False)
+            self.refresh(low.any(-1).nonzero().squeeze(-1), st, recompute_logits=False)
 
     @torch.no_grad()
     def pooled(self) -> Tensor:
@@ -157,7 +162,12 @@ class IncrementalAttentionClassifier:
         return self.hafed.slide_head(self.pooled())
 
     @torch.no_grad()
-    def attention(self) -> Tensor:
-        """Branch-averaged attention weights ``(B, R)`` (0 on padding), as ``classify()["attention"]``."""
-        w = torch.exp(self.row_logits.double() - self.shift.unsqueeze(1)) / self.denom.unsqueeze(1)
-        return w.mean(-1).float()
+    def attention(self, st: ZoomBatchState, width: int) -> Tensor:
+        """Branch-averaged attention weights ``(B, width)`` (0 past each slide's rows), as
+        ``classify()["attention"]``; ``width`` at least the largest slide's ``N``."""
+        out = torch.zeros(self.shift.shape[0], width, device=self.row_logits.device)
+        for e in range(self.shift.shape[0]):
+            rows = st.slots.slot(e)
+            w = torch.exp(self.row_logits[rows].double() - self.shift[e]) / self.denom[e]
+            out[e, : len(w)] = w.mean(-1).float()
+        return out

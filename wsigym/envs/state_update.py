@@ -1,6 +1,6 @@
 r"""State-update rules after a zoom, batched over ``B`` environments in torch.
 
-Every rule acts on padded batches (``P`` = max patches, rows ``>= N`` are padding) and, for each
+Every rule acts on the packed rows of ``B`` episodes (:class:`ZoomBatchState`) and, for each
 active environment ``b`` with zoomed patch ``a = anchors[b]``, writes the oracle row
 ``S(a) <- V(a)``. A rule is a small frozen object (its options live in it, so the environments take
 one ``update`` name); :data:`UPDATE_RULES` names them. They differ in which other rows change:
@@ -66,12 +66,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wsigym.envs.row_slots import Relocation, RowSlots
+
 EPS = 1e-12  # as torch.nn.functional.normalize
 
 
 @dataclass
 class StateChange:
-    """Rows written by one update: ``state[env, row]`` went from ``old`` to ``new``.
+    """Rows written by one update: patch ``row`` of environment ``env`` went from ``old`` to ``new``.
 
     Shapes: ``env (R,)``, ``row (R,)`` long; ``old (R, d)``, ``new (R, d)``. ``(env, row)`` pairs are
     distinct. ``tsu_count (B,)`` counts the rows updated by ``f_S`` per environment (zoomed row excluded).
@@ -86,45 +88,103 @@ class StateChange:
 
 @dataclass
 class ZoomBatchState:
-    """The mutable per-environment tensors the rules read and write (``B`` envs, ``P`` rows, width ``d``;
-    the engine holds ``P = R``, its rows for the current slides, see :mod:`wsigym.envs.zoom_batch`).
+    """The mutable per-row tensors of ``B`` episodes that the rules read and write, packed: patch ``i``
+    of environment ``b`` is row ``slots.base[b] + i`` (:mod:`wsigym.envs.row_slots`; dead rows, past a
+    slide's ``N`` or of an old slot, have ``slots.owner == -1``). Build with :meth:`of_slides` or
+    :meth:`empty` and :meth:`load`.
 
     Attributes:
-        state: ``S (B, P, d)`` float32, padding rows 0.
-        z: ``Z (B, P, d)`` float32, padding rows 0.
-        z_norm: ``max(||Z_i||, eps)`` ``(B, P)``.
-        valid: ``(B, P)`` bool, True for real patches (the first ``N`` rows of each environment).
-        visited: ``(B, P)`` bool, True for zoomed patches.
-        updated: ``(B, P)`` bool, True for zoomed or state-updated patches.
+        slots: where each environment's rows are.
+        state: ``S (C, d)`` float, the packed state rows.
+        z: per environment its slide's low-res rows ``Z (N_b, d)`` (the source's tensors; never written).
+        z_norm: ``max(||Z_i||, eps)`` ``(C,)``.
+        visited: ``(C,)`` bool, True for zoomed patches.
+        updated: ``(C,)`` bool, True for zoomed or state-updated patches.
+        pending: the TSU's scan over the rows it can still update (:class:`PendingRows`);
+            ``None``: scan every row.
     """
 
+    slots: RowSlots
     state: Tensor
-    z: Tensor
+    z: list[Tensor]
     z_norm: Tensor
-    valid: Tensor
     visited: Tensor
     updated: Tensor
-    #: The TSU's scan over the rows it can still update (:class:`PendingRows`); ``None``: scan every row.
     pending: PendingRows | None = None
 
+    @classmethod
+    def empty(
+        cls,
+        num_envs: int,
+        dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        pending: bool = False,
+    ) -> ZoomBatchState:
+        """``num_envs`` environments with no episode yet (``pending``: with a :class:`PendingRows` scan)."""
+        return cls(
+            slots=RowSlots(num_envs, device),
+            state=torch.zeros(0, dim, dtype=dtype, device=device),
+            z=[torch.zeros(0, dim, dtype=dtype, device=device)] * num_envs,
+            z_norm=torch.ones(0, dtype=dtype, device=device),
+            visited=torch.zeros(0, dtype=torch.bool, device=device),
+            updated=torch.zeros(0, dtype=torch.bool, device=device),
+            pending=PendingRows(num_envs) if pending else None,
+        )
 
-def cosine_to(z: Tensor, z_norm: Tensor, query: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``cos(Z_i, q_b)`` for every row: ``z (B, P, d)``, ``z_norm (B, P)``, ``query (B, d)`` -> ``(B, P)``.
+    @classmethod
+    def of_slides(cls, zs: list[Tensor], pending: bool = False) -> ZoomBatchState:
+        """One fresh episode per slide ``zs[b] (N_b, d)``, every row still low-res."""
+        st = cls.empty(len(zs), zs[0].shape[1], zs[0].device, zs[0].dtype, pending)
+        st.load(list(range(len(zs))), zs)
+        return st
 
-    One ``N x d`` scan per environment (the per-step floor of any TSU environment). On CUDA one
-    ``bmm`` over the padded rows; on CPU one GEMV per environment over its real rows only (the first
-    ``valid[b].sum()`` rows; padding rows get 0), which measured ~2.5x faster than CPU ``bmm`` here
-    (``benchmarks/env_speed.py``) and skips the rows past the slide. Norms are
-    clamped at :data:`EPS`.
-    """
-    if z.device.type == "cpu":
-        counts = [z.shape[1]] * z.shape[0] if valid is None else valid.sum(-1).tolist()
-        dots = z.new_zeros(z.shape[:2])
-        for i, n in enumerate(counts):
-            dots[i, :n] = torch.mv(z[i, :n], query[i])
-    else:
-        dots = torch.bmm(z, query.unsqueeze(-1)).squeeze(-1)  # (B, P)
-    return dots / (z_norm * query.norm(dim=-1).clamp_min(EPS).unsqueeze(-1))
+    def load(self, envs: list[int], zs: list[Tensor]) -> Relocation | None:
+        """Start environment ``envs[j]`` afresh on the low-res rows ``zs[j] (N, d)``: ``S = Z``, no flags.
+
+        Returns the slots' :class:`~wsigym.envs.row_slots.Relocation` when every row moved (other holders
+        of packed tensors, e.g. the classifier, apply it too), else ``None``.
+        """
+        relocation = self.slots.place(envs, [len(z) for z in zs])
+        if relocation is not None:
+            self.state = relocation.apply(self.state, 0.0)
+            self.z_norm = relocation.apply(self.z_norm, 1.0)
+            self.visited = relocation.apply(self.visited, False)
+            self.updated = relocation.apply(self.updated, False)
+            if self.pending is not None:  # its norms are views of the old buffer
+                self.pending.forget()
+        for e, z in zip(envs, zs, strict=True):
+            rows = self.slots.slot(e)
+            self.state[rows] = z
+            self.z_norm[rows] = z.norm(dim=-1).clamp_min(EPS)
+            self.visited[rows] = False
+            self.updated[rows] = False
+            self.z[e] = z
+            if self.pending is not None:
+                self.pending.forget([e])
+        return relocation
+
+    def rows(self, env: int) -> Tensor:
+        """The state rows ``(N_b, d)`` of environment ``env`` (a view)."""
+        return self.state[self.slots.slot(env)]
+
+    def lowres_rows(self, env: Tensor, row: Tensor) -> Tensor:
+        """``Z`` rows ``(R, d)`` of ``(env, row)`` pairs whose environments are grouped (each one's rows
+        consecutive, as every rule lists them)."""
+        if not env.numel():
+            return self.state.new_zeros(0, self.state.shape[1])
+        envs, counts = torch.unique_consecutive(env, return_counts=True)
+        parts = row.split(counts.tolist())
+        return torch.cat([self.z[e][r] for e, r in zip(envs.tolist(), parts, strict=True)])
+
+    def select(self, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The packed rows where ``mask (C,)`` holds, as ``(flat, env, row)``, ordered by environment
+        then row."""
+        flat = mask.nonzero().squeeze(-1)
+        env = self.slots.owner[flat]
+        order = torch.argsort(env, stable=True)  # slots need not lie in environment order
+        flat, env = flat[order], env[order]
+        return flat, env, flat - self.slots.base_t[env]
 
 
 #: Rows a :class:`PendingRows` scan may carry beyond twice the pending ones before it gathers them afresh.
@@ -143,7 +203,7 @@ class PendingRows:
     ``2 N`` rows in all. Rows updated early are the common case: on synth-c16 a random agent at a 20%
     budget leaves ~10% of a slide's rows pending per step on average, so the scan reads ~0.2 of ``Z``.
 
-    Cosines are those of :func:`cosine_to`; a row's dot product may round differently (one ulp) once it
+    Cosines are those of :func:`scan_cosines`; a row's dot product may round differently (one ulp) once it
     sits at another position of a gathered block (BLAS blocking), which matters only for a cosine
     within float rounding of ``tau``. Call :meth:`forget` for environments whose slide or rows change.
     """
@@ -171,17 +231,16 @@ class PendingRows:
         """Rows ``i`` of environment ``env``, not yet updated and ``!= anchor``, with
         ``cos(Z_i, query) >= tau`` (``|cos|`` with ``absolute_cosine``): int64 ``(k,)``, ascending.
 
-        ``query_norm``: ``max(||query||, EPS)`` (:func:`cosine_to`'s, exact in Z's dtype). The bookkeeping is numpy
+        ``query_norm``: ``max(||query||, EPS)`` (:func:`scan_cosines`'s, exact in Z's dtype). The bookkeeping is numpy
         on views of the CPU tensors (a few microseconds per operation less than torch's).
         """
         rows, z, norm = self._rows[env], self._z[env], self._norm[env]
         if rows is None or z is None or norm is None:
-            n = int(st.valid[env].sum())
-            rows, z, norm = np.arange(n), st.z[env, :n], st.z_norm[env, :n].numpy()
-        cos = torch.mv(z, query).numpy() / (norm * norm.dtype.type(query_norm))  # in Z's dtype, as cosine_to
+            rows, z, norm = np.arange(int(st.slots.n[env])), st.z[env], st.z_norm[st.slots.slot(env)].numpy()
+        cos = torch.mv(z, query).numpy() / (norm * norm.dtype.type(query_norm))  # as scan_cosines
         if absolute_cosine:
             cos = np.abs(cos)
-        pending = ~st.updated[env].numpy()[rows]
+        pending = ~st.updated[st.slots.slot(env)].numpy()[rows]
         pending[rows == anchor] = False
         hit = pending & (cos >= tau)
         pending &= ~hit
@@ -193,10 +252,28 @@ class PendingRows:
         return rows[hit]
 
 
-def cosine_to_anchor(z: Tensor, z_norm: Tensor, anchors: Tensor, valid: Tensor | None = None) -> Tensor:
-    """``cos(Z_i, Z_a)`` for every row: ``anchors (B,)`` row indices; see :func:`cosine_to`."""
-    b = torch.arange(z.shape[0], device=z.device)
-    return cosine_to(z, z_norm, z[b, anchors], valid)
+def scan_cosines(st: ZoomBatchState, query: Tensor, envs: Tensor, batched: bool | None = None) -> Tensor:
+    """``cos(S_t(i), query[b])`` for every row ``i`` of the environments ``envs`` (other rows 0): ``(C,)``.
+
+    ``query (B, d)``. The norms of ``S_t(i)`` are ``z_norm``, i.e. exact for the rows never updated,
+    the only ones the TSU can add (``S_t(i) = Z(i)`` there). One ``N x d`` scan per environment (the
+    per-step floor of any TSU environment): on CPU a GEMV over each slot, which measured ~2.5x faster
+    than a batched product here (``benchmarks/env_speed.py``); on CUDA (``batched``, default: by device)
+    one product over all packed rows. Norms are clamped at :data:`EPS`.
+    """
+    if batched is None:
+        batched = st.state.device.type != "cpu"
+    qn = query.norm(dim=-1).clamp_min(EPS)
+    if batched:
+        who = st.slots.owner.clamp_min(0)
+        dots = (st.state * query[who]).sum(-1)
+        take = (st.slots.owner >= 0) & torch.isin(who, envs)
+        return torch.where(take, dots / (st.z_norm * qn[who]), 0.0)
+    out = st.z_norm.new_zeros(st.z_norm.shape)
+    for e in envs.tolist():
+        rows = st.slots.slot(e)
+        out[rows] = torch.mv(st.state[rows], query[e]) / (st.z_norm[rows] * qn[e])
+    return out
 
 
 def tsu_rows(
@@ -228,10 +305,12 @@ def _write(
     env = torch.cat([env, anchors_env])
     row = torch.cat([row, anchors_row])
     new = torch.cat([new, v_anchor])
-    old = st.state[env, row]
-    st.state[env, row] = new
-    st.visited[anchors_env, anchors_row] = True
-    st.updated[anchors_env, anchors_row] = True
+    flat = st.slots.flat(env, row)
+    old = st.state[flat]
+    st.state[flat] = new
+    zoomed = flat[len(flat) - len(anchors_env) :]
+    st.visited[zoomed] = True
+    st.updated[zoomed] = True
     return StateChange(env=env, row=row, old=old, new=new, tsu_count=tsu_count)
 
 
@@ -240,21 +319,27 @@ def _active(anchors: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
     return env, anchors[env]
 
 
+def _anchor_rows(st: ZoomBatchState, env_a: Tensor, row_a: Tensor, lowres: bool) -> Tensor:
+    """``(B, d)``: the zoomed rows ``S_t(a)`` (or ``Z(a)`` with ``lowres``) of the active environments, 0 elsewhere."""
+    out = st.state.new_zeros(len(st.z), st.state.shape[1])
+    out[env_a] = st.lowres_rows(env_a, row_a) if lowres else st.state[st.slots.flat(env_a, row_a)]
+    return out
+
+
 def _f_s_rows(
-    st: ZoomBatchState,
     tsu: Callable[[Tensor, Tensor, Tensor], Tensor],
     env_a: Tensor,
     v_anchor: Tensor,
     s_anchor: Tensor,
     env: Tensor,
-    row: Tensor,
+    z_i: Tensor,
 ) -> Tensor:
-    """``f_S([V(a), s_anchor, Z(i)])`` for the rows ``(env, row)`` (``(R, d)``, the state's dtype)."""
+    """``f_S([V(a), s_anchor, Z(i)])`` for the rows ``z_i (R, d)`` of environments ``env`` (in ``z_i``'s dtype)."""
     if not env.numel():
-        return st.state.new_zeros(0, st.state.shape[2])
-    v_full = torch.zeros(st.z.shape[0], st.z.shape[2], dtype=v_anchor.dtype, device=v_anchor.device)
+        return z_i
+    v_full = s_anchor.new_zeros(s_anchor.shape, dtype=v_anchor.dtype)
     v_full[env_a] = v_anchor
-    return tsu_rows(tsu, v_full, s_anchor, env, st.z[env, row]).to(st.state.dtype)
+    return tsu_rows(tsu, v_full, s_anchor, env, z_i).to(z_i.dtype)
 
 
 #: Where :class:`TSURule` takes the anchor row: SASHA's current state row, or the low-res row.
@@ -289,22 +374,20 @@ class TSURule:
         """``anchors (B,)`` zoomed rows (ignored where inactive), ``v_anchor (B_active, d)`` their oracle rows.
 
         Only rows not yet updated can enter ``C_new``, and they hold ``S_t(i) = Z(i)``, so the
-        similarity scan runs over ``Z`` (with its cached norms) against the anchor row: over every row,
-        or, with ``st.pending`` (the engine's CPU path), over the rows still pending (:class:`PendingRows`).
+        similarity scan compares the anchor row with ``Z(i)`` there (cached norms): over every row of
+        the state (:func:`scan_cosines`), or, with ``st.pending`` (the engine's CPU path), over the
+        slide's ``Z`` rows still pending (:class:`PendingRows`).
         """
         env_a, row_a = _active(anchors, active)
-        b = torch.arange(st.z.shape[0], device=st.z.device)
-        source = st.state if self.anchor == "state" else st.z
-        s_anchor = source[b, anchors]  # (B, d)
+        s_anchor = _anchor_rows(st, env_a, row_a, lowres=self.anchor == "lowres")
         if st.pending is None:
-            cos = cosine_to(st.z, st.z_norm, s_anchor, st.valid)
+            cos = scan_cosines(st, s_anchor, env_a)
             if absolute_cosine:
                 cos = cos.abs()
-            similar = (cos >= tau) & st.valid & active.unsqueeze(-1)
-            similar[env_a, row_a] = False
-            new_rows = similar & ~st.updated
-            env, row = new_rows.nonzero(as_tuple=True)
-            counts = new_rows.sum(-1)
+            # rows of C updated before stay as they are
+            similar = (cos >= tau) & ~st.updated & torch.isin(st.slots.owner, env_a)
+            similar[st.slots.flat(env_a, row_a)] = False
+            flat, env, row = st.select(similar)
         else:  # the same rows, scanning only those not yet updated (PendingRows)
             norms = s_anchor.norm(dim=-1).clamp_min(EPS).tolist()
             found = [
@@ -312,12 +395,12 @@ class TSURule:
                 for e, a in zip(env_a.tolist(), row_a.tolist(), strict=True)
             ]
             sizes = np.array([len(rows) for rows in found], dtype=np.int64)
-            row = torch.from_numpy(np.concatenate(found)) if found else b[:0]
+            row = torch.from_numpy(np.concatenate(found)) if found else env_a[:0]
             env = torch.from_numpy(np.repeat(env_a.numpy(), sizes))
-            counts = torch.zeros_like(b)
-            counts[env_a] = torch.from_numpy(sizes)
-        st.updated[env, row] = True  # rows of C updated before stay updated; _write marks the anchor
-        new = _f_s_rows(st, tsu, env_a, v_anchor, s_anchor, env, row)
+            flat = st.slots.flat(env, row)
+        counts = torch.bincount(env, minlength=len(st.z))
+        st.updated[flat] = True
+        new = _f_s_rows(tsu, env_a, v_anchor, s_anchor, env, st.state[flat])  # S_t(i) = Z(i) there
         return _write(st, env, row, new, env_a, row_a, v_anchor, counts)
 
 
@@ -336,13 +419,14 @@ class GlobalRule:
         absolute_cosine: bool = False,
     ) -> StateChange:
         env_a, row_a = _active(anchors, active)
-        targets = st.valid & ~st.visited & active.unsqueeze(-1)
-        targets[env_a, row_a] = False
-        env, row = targets.nonzero(as_tuple=True)
-        st.updated |= targets
-        z_anchor = st.z[torch.arange(st.z.shape[0], device=st.z.device), anchors]
-        new = _f_s_rows(st, tsu, env_a, v_anchor, z_anchor, env, row)
-        return _write(st, env, row, new, env_a, row_a, v_anchor, targets.sum(-1))
+        owner = st.slots.owner
+        targets = (owner >= 0) & ~st.visited & torch.isin(owner, env_a)
+        targets[st.slots.flat(env_a, row_a)] = False
+        flat, env, row = st.select(targets)
+        st.updated[flat] = True
+        z_anchor = _anchor_rows(st, env_a, row_a, lowres=True)
+        new = _f_s_rows(tsu, env_a, v_anchor, z_anchor, env, st.lowres_rows(env, row))
+        return _write(st, env, row, new, env_a, row_a, v_anchor, torch.bincount(env, minlength=len(st.z)))
 
 
 @dataclass(frozen=True)
@@ -360,9 +444,9 @@ class NoUpdateRule:
         absolute_cosine: bool = False,
     ) -> StateChange:
         env_a, row_a = _active(anchors, active)
-        empty = st.state.new_zeros(0, st.state.shape[2])
+        empty = st.state.new_zeros(0, st.state.shape[1])
         none = torch.zeros(0, dtype=torch.long, device=st.state.device)
-        counts = torch.zeros(st.state.shape[0], dtype=torch.long, device=st.state.device)
+        counts = torch.zeros(len(st.z), dtype=torch.long, device=st.state.device)
         return _write(st, none, none, empty, env_a, row_a, v_anchor, counts)
 
 

@@ -8,16 +8,17 @@ active episodes at once, updates the classifier sums
 (:class:`~wsigym.envs.classifier.IncrementalAttentionClassifier`) and computes the rewards
 (:mod:`wsigym.envs.reward`). Both environments are thin wrappers, so they cannot disagree.
 
-**Rows held: the real ones, not the dataset's largest slide.** ``R`` (:attr:`ZoomBatch.rows`) is the
-largest slide among the ``B`` current episodes, rounded up to :data:`ROW_STEP`: it grows when a larger
-slide is loaded and shrinks when the largest current slide needs at most half of it. So the ``d``-wide
-storage and every per-row computation (similarity scan, classifier, update rules) grow with the real
-rows, however large the dataset's largest slide ``P`` is. Only what the Gymnasium spaces fix is ``P``
-wide: the ``(B, P)`` host masks (the action space is ``Discrete(P)``) and, when someone asks for an
-observation, its ``state`` buffer ``(B, P*d)``. That buffer is built on the first :meth:`ZoomBatch.observation`
-and then kept current row by row (the rows a load or a step writes), so ``observation(copy=False)``
-hands it out without copying the state; a learner that reads the engine directly (the structured PPO
-path, ``observe=False``) never allocates it.
+**Rows held: the real ones, packed.** Every per-row tensor of the ``B`` episodes (state, norms,
+flags, the classifier's row logits) is packed along one axis: each environment owns a slot of its own
+slide's rows (:mod:`wsigym.envs.row_slots`), so the ``d``-wide storage and every per-row computation
+(similarity scan, classifier, update rules) follow the current slides' real rows, not ``B`` times the
+largest of them nor the dataset's largest slide ``P``. ``Z`` is not copied: each environment keeps its
+slide's rows as the source holds them. Only what the Gymnasium spaces fix is ``P`` wide: the ``(B, P)``
+host masks (the action space is ``Discrete(P)``) and, when someone asks for an observation, its ``state``
+buffer ``(B, P*d)``. That buffer is built on the first :meth:`ZoomBatch.observation` and then kept
+current row by row (the rows a load or a step writes), so ``observation(copy=False)`` hands it out
+without copying the state; a learner that reads the engine directly (the structured PPO path,
+``observe=False``) never allocates it.
 
 The observation layout (one episode; :func:`observation_space`):
 
@@ -58,13 +59,7 @@ from wsigym.envs.options import ZoomOptions
 from wsigym.envs.padding import dataset_max_patches
 from wsigym.envs.reward import RewardRule, cross_entropy, patch_evidence, reward, reward_rule
 from wsigym.envs.slide_source import SlideSource, budget_steps, resolve_model, slide_source
-from wsigym.envs.state_update import (
-    RULES_WITH_TSU,
-    UPDATE_RULES,
-    PendingRows,
-    StateChange,
-    ZoomBatchState,
-)
+from wsigym.envs.state_update import RULES_WITH_TSU, UPDATE_RULES, StateChange, ZoomBatchState
 
 OBSERVATION_KEYS = ("state", "patch_mask", "visited", "updated", "coords", "budget", "action_mask")
 #: Subtracted from the reward of an illegal action under ``illegal_action="noop"``.
@@ -73,16 +68,6 @@ ILLEGAL_ACTION_PENALTY = 1.0
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: A zoomed patch counts as a tumour hit when its ground-truth tumour fraction exceeds this.
 TUMOUR_HIT_FRACTION = 0.0
-#: The engine's row capacity ``R`` is a multiple of this (fewer reallocations as slides arrive).
-ROW_STEP = 64
-
-
-def _with_rows(t: torch.Tensor, rows: int, fill: float | bool) -> torch.Tensor:
-    """``t (B, R, ...)`` with ``rows`` rows: cut, or extended with ``fill``."""
-    out = t.new_full((t.shape[0], rows, *t.shape[2:]), fill)
-    keep = min(rows, t.shape[1])
-    out[:, :keep] = t[:, :keep]
-    return out
 
 
 def observation_space(max_patches: int, dim: int) -> spaces.Dict:
@@ -226,7 +211,7 @@ def _zoomed_rows(
     """``change`` as an agent that observes ``Z`` sees it: only the zoomed rows, unchanged in value."""
     env = active.nonzero().squeeze(-1)
     row = anchors[env]
-    z = st.z[env, row]
+    z = st.lowres_rows(env, row)
     return StateChange(env=env, row=row, old=z, new=z, tsu_count=change.tsu_count)
 
 
@@ -254,19 +239,10 @@ class ZoomBatch:
         self.max_patches = p = config.max_patches
         self.dim = d = source.dim
         dev = self.device = source.device
-        #: ``R``: the rows held per environment (module docstring); 0 until the first :meth:`load`.
-        self.rows = 0
-        self.tensors = ZoomBatchState(
-            state=torch.zeros(b, 0, d, device=dev),
-            z=torch.zeros(b, 0, d, device=dev),
-            z_norm=torch.ones(b, 0, device=dev),
-            valid=torch.zeros(b, 0, dtype=torch.bool, device=dev),
-            visited=torch.zeros(b, 0, dtype=torch.bool, device=dev),
-            updated=torch.zeros(b, 0, dtype=torch.bool, device=dev),
-            # on CUDA one bmm over every row beats a gathered scan per environment
-            pending=PendingRows(b) if torch.device(dev).type == "cpu" else None,
-        )
-        self.classifier = IncrementalAttentionClassifier(hafed, b, 0, dev)
+        #: The packed rows of the current episodes (module docstring). On CUDA one product over every
+        #: row beats a gathered scan per environment, so only the CPU scans the pending rows.
+        self.tensors = ZoomBatchState.empty(b, d, dev, pending=torch.device(dev).type == "cpu")
+        self.classifier = IncrementalAttentionClassifier(hafed, b, dev)
         #: The observed ``state`` ``(B, P, d)``, built on the first :meth:`observation` (module docstring).
         self._observed: np.ndarray | None = None
         self.rule = UPDATE_RULES[config.update]
@@ -331,38 +307,25 @@ class ZoomBatch:
         """Start new episodes: environment ``envs[j]`` on slide position ``slides[j]``."""
         if not envs:
             return
-        src = self.source
-        previous = {e: int(self.n[e]) for e in envs}
-        for e, k in zip(envs, slides, strict=True):
-            self.n[e] = src.n_list[k]
-        self._fit_rows()
-        t = self.tensors
-        for e, k in zip(envs, slides, strict=True):
-            n = src.n_list[k]
-            z, coords, tumour = src.episode_arrays(k)
-            if (
-                "hit" in self.reward_rule.needs
-                and not np.isfinite(np.asarray(tumour, dtype=np.float32)).all()
-            ):
-                name = src.slide_ids[k] if hasattr(src, "slide_ids") else f"#{k}"
-                raise ValueError(
-                    f"reward={self.reward_rule.name!r} needs tumour ground truth, and slide {name!r} has none"
-                )
-            t.z[e].zero_()
-            t.z[e, :n] = z
-            t.state[e].copy_(t.z[e])
-            t.z_norm[e].fill_(1.0)
-            t.z_norm[e, :n] = z.norm(dim=-1).clamp_min(1e-12)
-            t.valid[e].zero_()
-            t.valid[e, :n] = True
-            t.visited[e].zero_()
-            t.updated[e].zero_()
-            if t.pending is not None:
-                t.pending.forget([e])
+        src, t = self.source, self.tensors
+        episodes = [src.episode_arrays(k) for k in slides]  # (Z, coords, tumour) each
+        if "hit" in self.reward_rule.needs:
+            for k, (_, _, tumour) in zip(slides, episodes, strict=True):
+                if not np.isfinite(np.asarray(tumour, dtype=np.float32)).all():
+                    name = src.slide_ids[k] if hasattr(src, "slide_ids") else f"#{k}"
+                    raise ValueError(
+                        f"reward={self.reward_rule.name!r} needs tumour ground truth, and slide {name!r} has none"
+                    )
+        relocation = t.load(envs, [z for z, _, _ in episodes])
+        if relocation is not None:
+            self.classifier.relocate(relocation)
+        for e, k, (z, coords, tumour) in zip(envs, slides, episodes, strict=True):
+            n, previous = src.n_list[k], int(self.n[e])
+            self.n[e] = n
             self.slide[e] = k
             if self._observed is not None:  # the rows this episode observes now
-                self._observed[e, n : previous[e]] = 0.0
-                self._observed[e, :n] = t.z[e, :n].cpu().numpy()
+                self._observed[e, n:previous] = 0.0
+                self._observed[e, :n] = z.cpu().numpy()
             self.steps_budget[e] = budget_steps(n, self.config.budget)
             self.zooms[e] = 0
             self.labels[e] = src.labels[k]
@@ -376,28 +339,10 @@ class ZoomBatch:
             self.tumour_np[e] = np.nan
             self.tumour_np[e, :n] = tumour
         idx = torch.as_tensor(envs, dtype=torch.long, device=self.device)
-        self.classifier.refresh(idx, t.state, t.valid)
+        self.classifier.refresh(idx, t)
         logits = self.classifier.logits()
         self.logits[idx] = logits[idx]
         self.ce[idx] = cross_entropy(logits[idx], self.labels[idx])
-
-    def _fit_rows(self) -> None:
-        """Set ``R`` for the current episodes' slides ``self.n`` (module docstring): grow to the largest,
-        or shrink when it needs at most half of ``R``; rows past every slide are padding, so cutting
-        them loses nothing."""
-        need = int(self.n.max())
-        rows = min(-(-need // ROW_STEP) * ROW_STEP, self.max_patches)
-        if need <= self.rows < 2 * rows:
-            return
-        t = self.tensors
-        t.state, t.z = _with_rows(t.state, rows, 0.0), _with_rows(t.z, rows, 0.0)
-        t.z_norm = _with_rows(t.z_norm, rows, 1.0)
-        t.valid, t.visited = _with_rows(t.valid, rows, False), _with_rows(t.visited, rows, False)
-        t.updated = _with_rows(t.updated, rows, False)
-        if t.pending is not None:  # its views are of the old tensors
-            t.pending.forget()
-        self.classifier.row_logits = _with_rows(self.classifier.row_logits, rows, float("-inf"))
-        self.rows = rows
 
     def action_masks(self) -> np.ndarray:
         """Legal actions ``(B, P)`` bool: real, not zoomed (and not updated with ``mask_updated``)."""
@@ -558,16 +503,17 @@ class ZoomBatch:
         self.seen_change = (
             change if self.config.agent_view == "state" else _zoomed_rows(t, change, anchors, active_t)
         )
-        self.classifier.update(change, t.state, t.valid)
+        self.classifier.update(change, t)
         logits = self.classifier.logits()
         ce_after = cross_entropy(logits, self.labels)
         # bookkeeping on the host
         self.order[act_idx, actions[act_idx]] = self.zooms[act_idx]
         self.zooms[act_idx] += 1
-        self.visited_np[:, : self.rows] = t.visited.to(torch.int8).cpu().numpy()
-        self.updated_np[:, : self.rows] = t.updated.to(torch.int8).cpu().numpy()
+        self.visited_np[act_idx, actions[act_idx]] = 1
+        changed = change.env.cpu().numpy(), change.row.cpu().numpy()
+        self.updated_np[changed] = 1  # the rows a rule writes are the rows it marks updated
         if self._observed is not None and self.config.agent_view == "state":  # Z rows do not change
-            self._observed[change.env.cpu().numpy(), change.row.cpu().numpy()] = change.new.cpu().numpy()
+            self._observed[changed] = change.new.cpu().numpy()
         no_legal = ~self.action_masks().any(axis=1)
         budget_done = self.zooms >= self.steps_budget
         done = active & (budget_done | no_legal)
@@ -600,8 +546,10 @@ class ZoomBatch:
         b = self.num_envs
         lowres = self.config.agent_view == "lowres"
         if self._observed is None:  # built once, then kept current by load() and step()
+            t = self.tensors
             self._observed = np.zeros((b, self.max_patches, self.dim), dtype=np.float32)
-            self._observed[:, : self.rows] = (self.tensors.z if lowres else self.tensors.state).cpu().numpy()
+            for e, n in enumerate(self.n.tolist()):
+                self._observed[e, :n] = (t.z[e] if lowres else t.rows(e)).cpu().numpy()
         state_np = self._observed.reshape(b, -1)
         if copy:  # np.zeros is calloc'd: only the real rows are written, the padding stays zero pages
             state_np = np.zeros(state_np.shape, dtype=state_np.dtype)
@@ -638,6 +586,4 @@ class ZoomBatch:
 
     def attention(self) -> np.ndarray:
         """HAFED's branch-averaged attention on the current states ``(B, P)``."""
-        out = np.zeros((self.num_envs, self.max_patches), dtype=np.float32)
-        out[:, : self.rows] = self.classifier.attention().cpu().numpy()
-        return out
+        return self.classifier.attention(self.tensors, self.max_patches).cpu().numpy()
