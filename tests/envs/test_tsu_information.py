@@ -42,7 +42,9 @@ def test_final_states_equal_stepping_every_rule(calibrated) -> None:
                 st, a, torch.ones(2, dtype=torch.bool), v[a], update.tsu, update.tau, update.absolute_cosine
             )
             if t + 1 in steps:
-                torch.testing.assert_close(got[t + 1], ti.stacked_states(st), msg=f"{rule} after {t + 1} zooms")
+                torch.testing.assert_close(
+                    got[t + 1], ti.stacked_states(st), msg=f"{rule} after {t + 1} zooms"
+                )
         assert not torch.equal(got[7], z.expand(2, -1, -1))
 
 

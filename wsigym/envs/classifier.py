@@ -105,7 +105,7 @@ class IncrementalAttentionClassifier:
         env, new_rows, old_rows = change.env, change.new, change.old
         if env.numel() == 0:
             return
-        flat = st.slots.flat(env, change.row)
+        flat = st.slots.flat(env, change.row) if change.flat is None else change.flat
         new_l = self._row_logits(new_rows)  # (R, M)
         old_l = self.row_logits[flat]
         self.row_logits[flat] = new_l

@@ -77,6 +77,8 @@ class StateChange:
 
     Shapes: ``env (R,)``, ``row (R,)`` long; ``old (R, d)``, ``new (R, d)``. ``(env, row)`` pairs are
     distinct. ``tsu_count (B,)`` counts the rows updated by ``f_S`` per environment (zoomed row excluded).
+    ``flat (R,)``: the rows' packed indices in the :class:`ZoomBatchState` the rule wrote (``None`` for a
+    change built elsewhere).
     """
 
     env: Tensor
@@ -84,6 +86,7 @@ class StateChange:
     old: Tensor
     new: Tensor
     tsu_count: Tensor
+    flat: Tensor | None = None
 
 
 @dataclass
@@ -291,38 +294,48 @@ def tsu_rows(
     return tsu(v_a[env], z_a[env], z_i)
 
 
+@dataclass(frozen=True)
+class _Zooms:
+    """The zoomed rows of the active environments: ``env``, ``row`` and packed index ``flat``, ``(A,)`` each."""
+
+    env: Tensor
+    row: Tensor
+    flat: Tensor
+
+
+def _zooms(st: ZoomBatchState, anchors: Tensor, active: Tensor) -> _Zooms:
+    env = active.nonzero().squeeze(-1)
+    row = anchors[env]
+    return _Zooms(env, row, st.slots.flat(env, row))
+
+
 def _write(
     st: ZoomBatchState,
     env: Tensor,
     row: Tensor,
+    flat: Tensor,
     new: Tensor,
-    anchors_env: Tensor,
-    anchors_row: Tensor,
+    zooms: _Zooms,
     v_anchor: Tensor,
     tsu_count: Tensor,
 ) -> StateChange:
-    """Write ``new`` into ``(env, row)`` and ``V(a)`` into the zoomed rows; mark zoomed rows."""
-    env = torch.cat([env, anchors_env])
-    row = torch.cat([row, anchors_row])
+    """Write ``new`` into the rows ``(env, row)`` (packed ``flat``) and ``V(a)`` into the zoomed rows; mark
+    zoomed rows."""
+    env = torch.cat([env, zooms.env])
+    row = torch.cat([row, zooms.row])
+    flat = torch.cat([flat, zooms.flat])
     new = torch.cat([new, v_anchor])
-    flat = st.slots.flat(env, row)
     old = st.state[flat]
     st.state[flat] = new
-    zoomed = flat[len(flat) - len(anchors_env) :]
-    st.visited[zoomed] = True
-    st.updated[zoomed] = True
-    return StateChange(env=env, row=row, old=old, new=new, tsu_count=tsu_count)
+    st.visited[zooms.flat] = True
+    st.updated[zooms.flat] = True
+    return StateChange(env=env, row=row, old=old, new=new, tsu_count=tsu_count, flat=flat)
 
 
-def _active(anchors: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
-    env = active.nonzero().squeeze(-1)
-    return env, anchors[env]
-
-
-def _anchor_rows(st: ZoomBatchState, env_a: Tensor, row_a: Tensor, lowres: bool) -> Tensor:
+def _anchor_rows(st: ZoomBatchState, zooms: _Zooms, lowres: bool) -> Tensor:
     """``(B, d)``: the zoomed rows ``S_t(a)`` (or ``Z(a)`` with ``lowres``) of the active environments, 0 elsewhere."""
     out = st.state.new_zeros(len(st.z), st.state.shape[1])
-    out[env_a] = st.lowres_rows(env_a, row_a) if lowres else st.state[st.slots.flat(env_a, row_a)]
+    out[zooms.env] = st.lowres_rows(zooms.env, zooms.row) if lowres else st.state[zooms.flat]
     return out
 
 
@@ -378,16 +391,18 @@ class TSURule:
         the state (:func:`scan_cosines`), or, with ``st.pending`` (the engine's CPU path), over the
         slide's ``Z`` rows still pending (:class:`PendingRows`).
         """
-        env_a, row_a = _active(anchors, active)
-        s_anchor = _anchor_rows(st, env_a, row_a, lowres=self.anchor == "lowres")
+        zooms = _zooms(st, anchors, active)
+        env_a, row_a = zooms.env, zooms.row
+        s_anchor = _anchor_rows(st, zooms, lowres=self.anchor == "lowres")
         if st.pending is None:
             cos = scan_cosines(st, s_anchor, env_a)
             if absolute_cosine:
                 cos = cos.abs()
             # rows of C updated before stay as they are
             similar = (cos >= tau) & ~st.updated & torch.isin(st.slots.owner, env_a)
-            similar[st.slots.flat(env_a, row_a)] = False
+            similar[zooms.flat] = False
             flat, env, row = st.select(similar)
+            counts = torch.bincount(env, minlength=len(st.z))
         else:  # the same rows, scanning only those not yet updated (PendingRows)
             norms = s_anchor.norm(dim=-1).clamp_min(EPS).tolist()
             found = [
@@ -398,10 +413,11 @@ class TSURule:
             row = torch.from_numpy(np.concatenate(found)) if found else env_a[:0]
             env = torch.from_numpy(np.repeat(env_a.numpy(), sizes))
             flat = st.slots.flat(env, row)
-        counts = torch.bincount(env, minlength=len(st.z))
+            counts = torch.zeros(len(st.z), dtype=torch.long)
+            counts[env_a] = torch.from_numpy(sizes)
         st.updated[flat] = True
         new = _f_s_rows(tsu, env_a, v_anchor, s_anchor, env, st.state[flat])  # S_t(i) = Z(i) there
-        return _write(st, env, row, new, env_a, row_a, v_anchor, counts)
+        return _write(st, env, row, flat, new, zooms, v_anchor, counts)
 
 
 @dataclass(frozen=True)
@@ -418,15 +434,16 @@ class GlobalRule:
         tau: float = 0.0,
         absolute_cosine: bool = False,
     ) -> StateChange:
-        env_a, row_a = _active(anchors, active)
+        zooms = _zooms(st, anchors, active)
         owner = st.slots.owner
-        targets = (owner >= 0) & ~st.visited & torch.isin(owner, env_a)
-        targets[st.slots.flat(env_a, row_a)] = False
+        targets = (owner >= 0) & ~st.visited & torch.isin(owner, zooms.env)
+        targets[zooms.flat] = False
         flat, env, row = st.select(targets)
         st.updated[flat] = True
-        z_anchor = _anchor_rows(st, env_a, row_a, lowres=True)
-        new = _f_s_rows(tsu, env_a, v_anchor, z_anchor, env, st.lowres_rows(env, row))
-        return _write(st, env, row, new, env_a, row_a, v_anchor, torch.bincount(env, minlength=len(st.z)))
+        z_anchor = _anchor_rows(st, zooms, lowres=True)
+        new = _f_s_rows(tsu, zooms.env, v_anchor, z_anchor, env, st.lowres_rows(env, row))
+        counts = torch.bincount(env, minlength=len(st.z))
+        return _write(st, env, row, flat, new, zooms, v_anchor, counts)
 
 
 @dataclass(frozen=True)
@@ -443,11 +460,11 @@ class NoUpdateRule:
         tau: float = 0.0,
         absolute_cosine: bool = False,
     ) -> StateChange:
-        env_a, row_a = _active(anchors, active)
+        zooms = _zooms(st, anchors, active)
         empty = st.state.new_zeros(0, st.state.shape[1])
         none = torch.zeros(0, dtype=torch.long, device=st.state.device)
         counts = torch.zeros(len(st.z), dtype=torch.long, device=st.state.device)
-        return _write(st, none, none, empty, env_a, row_a, v_anchor, counts)
+        return _write(st, none, none, none, empty, zooms, v_anchor, counts)
 
 
 #: The rules as plain functions (same signature), for callers that name one directly.
