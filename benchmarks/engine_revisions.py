@@ -10,7 +10,8 @@ both). Workloads on synth-c16's train split, random legal zooms from a seeded ge
 - ``vector``: the vector env with ``--num-envs`` environments and no observation built (what the structured
   PPO learner steps), ``--vector-steps`` vector steps after 5 warm-up steps.
 
-Prints milliseconds per environment step and the ratio baseline / current.
+Prints milliseconds per environment step, the ratio baseline / current, and whether every run of both trees
+gave the same rewards, bit for bit (a digest of all of them): an engine change meant to be exact shows "yes".
 
 Run: ``.venv/bin/python benchmarks/engine_revisions.py --baseline 3d3b6d6 [--repeats 3] [--threads 1]``.
 """
@@ -29,13 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKLOAD = r"""
-import json, sys, time
+import hashlib, json, sys, time
 import numpy as np, torch, gymnasium as gym
 import wsigym
 from wsigym.envs.vector import WSIZoomVectorEnv
 kind, threads, slides, budget, num_envs, vector_steps = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 rng = np.random.default_rng(0)
+rewards = []
 if kind == "single":
     env = gym.make("WSIZoom-v0", split="train", budget=float(budget), progress=False)
     seconds = steps = 0
@@ -44,8 +46,9 @@ if kind == "single":
         done = False
         t0 = time.perf_counter()
         while not done:
-            _, _, term, trunc, info = env.step(int(rng.choice(np.flatnonzero(info["action_mask"]))))
+            _, r, term, trunc, info = env.step(int(rng.choice(np.flatnonzero(info["action_mask"]))))
             done, steps = term or trunc, steps + 1
+            rewards.append(r)
         seconds += time.perf_counter() - t0
 else:
     b = int(num_envs)
@@ -57,14 +60,16 @@ else:
     for t in range(5 + int(vector_steps)):
         actions = np.array([int(rng.choice(np.flatnonzero(m))) for m in engine.action_masks()])
         t0 = time.perf_counter()
-        vec.step(actions)
+        rewards.extend(vec.step(actions)[1])
         if t >= 5:
             seconds, steps = seconds + time.perf_counter() - t0, steps + b
-print(json.dumps({"ms": 1e3 * seconds / steps, "steps": steps}))
+digest = hashlib.sha256(np.asarray(rewards, dtype=np.float64).tobytes()).hexdigest()
+print(json.dumps({"ms": 1e3 * seconds / steps, "steps": steps, "rewards": digest}))
 """
 
 
-def measure(tree: Path, kind: str, args: argparse.Namespace) -> float:
+def measure(tree: Path, kind: str, args: argparse.Namespace) -> tuple[float, str]:
+    """Milliseconds per environment step and the digest of every reward, in a fresh process on ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     argv = [kind, args.threads, args.slides, args.budget, args.num_envs, args.vector_steps]
     out = subprocess.run(
@@ -75,7 +80,8 @@ def measure(tree: Path, kind: str, args: argparse.Namespace) -> float:
         capture_output=True,
         text=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["ms"]), result["rewards"]
 
 
 def main() -> None:
@@ -95,10 +101,13 @@ def main() -> None:
         )
         try:
             times: dict[tuple[str, str], list[float]] = {}
+            rewards: dict[tuple[str, str], set[str]] = {}
             for _ in range(args.repeats):
                 for kind in ("single", "vector"):
                     for name, tree in (("baseline", base), ("current", ROOT)):
-                        times.setdefault((kind, name), []).append(measure(tree, kind, args))
+                        ms, digest = measure(tree, kind, args)
+                        times.setdefault((kind, name), []).append(ms)
+                        rewards.setdefault((kind, name), set()).add(digest)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=True)
     rev = subprocess.run(
@@ -108,15 +117,16 @@ def main() -> None:
         f"synth-c16 train, budget {args.budget}, {args.threads} thread(s), median of {args.repeats} interleaved runs; "
         f"baseline {rev.stdout.strip()}, current = this working tree"
     )
-    print("| workload | baseline ms/env-step | current ms/env-step | baseline / current |")
-    print("|---|---:|---:|---:|")
+    print("| workload | baseline ms/env-step | current ms/env-step | baseline / current | same rewards |")
+    print("|---|---:|---:|---:|---|")
     labels = {
         "single": f"WSIZoom-v0 (gym.make defaults), {args.slides} whole episodes",
         "vector": f"vector env, {args.num_envs} envs, no observation, {args.vector_steps} steps",
     }
     for kind, label in labels.items():
         b, c = statistics.median(times[(kind, "baseline")]), statistics.median(times[(kind, "current")])
-        print(f"| {label} | {b:.3f} | {c:.3f} | {b / c:.2f}x |")
+        same = len(rewards[(kind, "baseline")] | rewards[(kind, "current")]) == 1
+        print(f"| {label} | {b:.3f} | {c:.3f} | {b / c:.2f}x | {'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":
