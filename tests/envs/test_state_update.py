@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zoo
+from wsigym.envs import state_update
 from wsigym.envs.state_update import (
     PENDING_SLACK,
     TSURule,
@@ -146,13 +149,16 @@ def test_factored_tsu_equals_model(residual):
     torch.testing.assert_close(tsu_rows(fake_tsu, v_a, z_a, env, z_i), fake_tsu(v_a[env], z_a[env], z_i))
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("rule", [TSURule(anchor="state"), TSURule(anchor="lowres")])
 @pytest.mark.parametrize(
     ("absolute_cosine", "dtype"), [(False, torch.float32), (True, torch.float32), (False, torch.float64)]
 )
-def test_pending_scan_equals_full_scan(rule, absolute_cosine, dtype):
+def test_pending_scan_equals_full_scan(rule, absolute_cosine, dtype, batched, monkeypatch):
     """Scanning only the rows not yet updated (PendingRows, the engine's CPU path) gives the full scan's
-    rows, states and counts at every step, through re-gathers, zooms of updated rows and inactive envs."""
+    rows, states and counts at every step, through re-gathers, zooms of updated rows and inactive envs;
+    so does the full scan as one product over the packed rows (``batched``, the CUDA path)."""
+    monkeypatch.setattr(state_update, "scan_cosines", functools.partial(scan_cosines, batched=batched))
     b, p, d = 3, 300, 16  # 12 clusters whose cosines spread across tau
     full = make_state(b, p, d, clusters=12, noise=0.25, shrink=7, dtype=dtype)
     fast = make_state(b, p, d, clusters=12, noise=0.25, shrink=7, pending=True, dtype=dtype)
