@@ -1,8 +1,9 @@
 r"""The zoom MDP of ``B`` slides at once: the engine behind ``WSIZoom-v0`` (``B = 1``) and the vector env.
 
-:class:`ZoomBatch` keeps ``B`` episodes as torch tensors on one device: the state ``S (B, R, d)``, the
-low-res features ``Z (B, R, d)`` and their norms, the masks (valid / zoomed / updated), the incremental
-HAFED classifier and the per-episode counters. A step
+:class:`ZoomBatch` keeps ``B`` episodes as torch tensors on one device: their state rows packed into one
+buffer with their norms and flags (:class:`~wsigym.envs.state_update.ZoomBatchState`), each environment's
+low-res rows ``Z`` as its slide source holds them, the incremental HAFED classifier and the per-episode
+counters. A step
 validates the ``B`` actions, applies the update rule (:mod:`wsigym.envs.state_update`) to all
 active episodes at once, updates the classifier sums
 (:class:`~wsigym.envs.classifier.IncrementalAttentionClassifier`) and computes the rewards
