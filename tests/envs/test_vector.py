@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
 import wsigym  # noqa: F401
+from wsigym.envs import state_update
 from wsigym.envs.vector import WSIZoomVectorEnv
 from wsigym.envs.zoom import WSIZoomEnv
 
@@ -121,10 +124,15 @@ def test_vector_cuda_matches_cpu(tiny_dataset, models):
         np.testing.assert_array_equal(t1 | u1, t2 | u2)
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("tsu_anchor", ["state", "lowres"])
-def test_pending_scan_engine_equals_full_scan(env_kwargs, tsu_anchor):
+def test_pending_scan_engine_equals_full_scan(env_kwargs, tsu_anchor, batched, monkeypatch):
     """The engine's CPU scan over pending rows (forgotten on reset and on a change of rows) gives the
-    observations and rewards of the full scan, over several episodes of 3 environments."""
+    observations and rewards of the full scan, over several episodes of 3 environments; so does the
+    full scan as one product over the packed rows (``batched``: the CUDA engine's path, run on the CPU)."""
+    monkeypatch.setattr(
+        state_update, "scan_cosines", functools.partial(state_update.scan_cosines, batched=batched)
+    )
     update = "tsu" if tsu_anchor == "state" else "tsu-lowres"
     kw = {**env_kwargs, "update": update, "budget": 0.5}
     fast, full = WSIZoomVectorEnv(num_envs=3, **kw), WSIZoomVectorEnv(num_envs=3, **kw)
@@ -133,7 +141,7 @@ def test_pending_scan_engine_equals_full_scan(env_kwargs, tsu_anchor):
     obs_b, _ = full.reset(seed=3)
     rng = np.random.default_rng(1)
     for _ in range(70):
-        full.batch.tensors.pending = None  # the reference scans every row (re-set: rows may be refitted)
+        full.batch.tensors.pending = None  # the reference scans every row
         actions = np.array([pick(m, rng) for m in info["action_mask"]])
         obs_a, rew_a, term_a, trunc_a, info = fast.step(actions)
         obs_b, rew_b, term_b, trunc_b, _ = full.step(actions)
