@@ -31,6 +31,7 @@ logits live in the same layout and follow its relocations (:meth:`IncrementalAtt
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,8 +64,9 @@ class IncrementalAttentionClassifier:
         self.shift = torch.zeros(batch_size, m, dtype=torch.float64, device=device)
         self.denom = torch.ones(batch_size, m, dtype=torch.float64, device=device)
         self.numer = torch.zeros(batch_size, m, d, dtype=torch.float64, device=device)
-        #: ``(B,)`` real rows of each environment's state (set by :meth:`refresh`).
+        #: ``(B,)`` real rows of each environment's state (set by :meth:`refresh`), and on the host.
         self.real = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._real_host = np.zeros(batch_size, dtype=np.int64)
 
     def _row_logits(self, rows: Tensor) -> Tensor:
         """``rows (R, d)`` -> attention logits ``(R, M)``."""
@@ -89,7 +91,7 @@ class IncrementalAttentionClassifier:
         for e in envs.tolist():
             rows = st.slots.slot(e)
             s = st.state[rows]
-            self.real[e] = len(s)
+            self.real[e] = self._real_host[e] = len(s)
             if recompute_logits:
                 self.row_logits[rows] = self._row_logits(s)
             lg = self.row_logits[rows].double()  # (n, M)
@@ -109,15 +111,16 @@ class IncrementalAttentionClassifier:
         new_l = self._row_logits(new_rows)  # (R, M)
         old_l = self.row_logits[flat]
         self.row_logits[flat] = new_l
-        counts = torch.bincount(env, minlength=self.shift.shape[0])
-        dense = (counts > 0) & (2 * counts >= self.real)
-        if dense.any():  # module docstring, Dense changes
-            self.refresh(dense.nonzero().squeeze(-1), st, recompute_logits=False)
-            sparse = ~dense[env]
-            if not sparse.any():
-                return
-            env, new_rows, old_rows = env[sparse], new_rows[sparse], old_rows[sparse]
-            new_l, old_l = new_l[sparse], old_l[sparse]
+        if 2 * len(env) >= self._real_host.min():  # an environment may have changed half its rows
+            counts = torch.bincount(env, minlength=self.shift.shape[0])
+            dense = (counts > 0) & (2 * counts >= self.real)
+            if dense.any():  # module docstring, Dense changes
+                self.refresh(dense.nonzero().squeeze(-1), st, recompute_logits=False)
+                sparse = ~dense[env]
+                if not sparse.any():
+                    return
+                env, new_rows, old_rows = env[sparse], new_rows[sparse], old_rows[sparse]
+                new_l, old_l = new_l[sparse], old_l[sparse]
         nl = new_l.double()
         single = self.shift.shape[0] == 1  # one environment: plain reductions instead of scatters
         if single:

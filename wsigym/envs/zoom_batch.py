@@ -350,23 +350,32 @@ class ZoomBatch:
         taken = self.updated_np if self.config.mask_updated else self.visited_np
         return (self.valid_np == 1) & (taken == 0)
 
+    def _where(self, e: int) -> str:
+        return f" (environment {e})" if self.num_envs > 1 else ""
+
+    def check_range(self, actions: np.ndarray, active: np.ndarray) -> None:
+        """Raise ``ValueError`` for an action of an ``active`` episode outside ``Discrete(P)``."""
+        outside = active & ((actions < 0) | (actions >= self.max_patches))
+        if outside.any():
+            e = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"action {actions[e]} is outside Discrete({self.max_patches}){self._where(e)}")
+
     def check_actions(self, actions: np.ndarray, active: np.ndarray) -> None:
-        """Raise ``ValueError`` for an action that is not a legal patch index of its episode."""
-        legal = self.action_masks()
-        for e in np.flatnonzero(active):
-            a = actions[e]
-            where = f" (environment {e})" if self.num_envs > 1 else ""
-            if not 0 <= a < self.max_patches:
-                raise ValueError(f"action {a} is outside Discrete({self.max_patches}){where}")
-            if not self.valid_np[e, a]:
-                raise ValueError(
-                    f"action {a} is a padding index{where}: the slide has {self.n[e]} patches (0..{self.n[e] - 1})"
-                )
-            if not legal[e, a]:
-                what = "already zoomed" if self.visited_np[e, a] else "already updated (mask_updated=True)"
-                raise ValueError(
-                    f"action {a}: patch {a} is {what}{where}; see action_masks() / info['action_mask']"
-                )
+        """Raise ``ValueError`` for an action that is not a legal patch index of its episode (the first
+        such environment is named)."""
+        self.check_range(actions, active)
+        legal = self.action_masks()[np.arange(self.num_envs), np.where(active, actions, 0)]
+        bad = active & ~legal
+        if not bad.any():
+            return
+        e = int(np.flatnonzero(bad)[0])
+        a, where = actions[e], self._where(e)
+        if not self.valid_np[e, a]:
+            raise ValueError(
+                f"action {a} is a padding index{where}: the slide has {self.n[e]} patches (0..{self.n[e] - 1})"
+            )
+        what = "already zoomed" if self.visited_np[e, a] else "already updated (mask_updated=True)"
+        raise ValueError(f"action {a}: patch {a} is {what}{where}; see action_masks() / info['action_mask']")
 
     def legalise(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``config.illegal_action`` to int64 ``actions (B,)`` of the ``active`` episodes.
@@ -383,15 +392,12 @@ class ZoomBatch:
             ValueError: for an index outside the action space, or any illegal action under
                 ``illegal_action="raise"`` (:meth:`check_actions`).
         """
-        for e in np.flatnonzero(active):
-            if not 0 <= actions[e] < self.max_patches:
-                where = f" (environment {e})" if self.num_envs > 1 else ""
-                raise ValueError(f"action {actions[e]} is outside Discrete({self.max_patches}){where}")
+        self.check_range(actions, active)
         if self.config.illegal_action == "raise":
             self.check_actions(actions, active)
             return actions, np.zeros(self.num_envs, dtype=bool)
         legal = self.action_masks()
-        illegal = active & ~legal[np.arange(self.num_envs), actions]
+        illegal = active & ~legal[np.arange(self.num_envs), np.where(active, actions, 0)]
         if self.config.illegal_action == "remap" and illegal.any():
             actions = actions.copy()
             for e in np.flatnonzero(illegal):
@@ -450,18 +456,17 @@ class ZoomBatch:
         """
         actions = coerce_actions(actions, self.num_envs)
         active = np.asarray(active, dtype=bool).reshape(self.num_envs)
-        actions, illegal = self.legalise(actions, active)
+        actions, illegal = self.legalise(actions, active)  # what remains to zoom is legal
         if self.config.illegal_action != "noop":
-            out = self.step(actions, active)
+            out = self._zoom(actions, active)
             return out, np.where(active, actions, -1), illegal
         zoom = active & ~illegal
-        out = self.step(np.where(zoom, actions, 0), zoom)
+        out = self._zoom(np.where(zoom, actions, 0), zoom)
         skipped = self.skip(active & illegal)
         for key, value in skipped.items():
             out[key] = np.where(illegal, value, out[key])
         return out, np.where(zoom, actions, -1), illegal
 
-    @torch.no_grad()
     def step(self, actions: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
         """Zoom ``actions[e]`` in every ``active`` episode ``e``.
 
@@ -474,6 +479,11 @@ class ZoomBatch:
         actions = coerce_actions(actions, self.num_envs)
         active = np.asarray(active, dtype=bool).reshape(self.num_envs)
         self.check_actions(actions, active)
+        return self._zoom(actions, active)
+
+    @torch.no_grad()
+    def _zoom(self, actions: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`step` for int64 ``actions`` already checked legal."""
         self.last_change = self.seen_change = None  # a step with no active episode writes no row
         out = {
             "reward": np.zeros(self.num_envs, dtype=np.float64),
