@@ -58,3 +58,12 @@ def test_a_slide_that_fits_stays_in_its_slot():
     assert slots.place([0], [200]) is None  # a new slot in the headroom; the old one is dead
     assert slots.base[0] == 448 and int((slots.owner == 0).sum()) == 200
     assert not bool((slots.owner[:128] >= 0).any())
+
+
+def test_one_environment_holds_its_slide_alone():
+    """With one environment a packing moves nothing, so no headroom: the buffer is the slide rounded up,
+    kept for smaller slides until it holds more than MAX_SLACK times what they need."""
+    slots = RowSlots(1, "cpu")
+    for n, held in [(100, 128), (300, 320), (200, 320), (90, 320), (1000, 1024), (100, 128)]:
+        slots.place([0], [n])
+        assert slots.capacity == held, (n, slots.capacity)

@@ -10,8 +10,8 @@ largest of them times ``B`` (nor the dataset's largest slide).
 slot of ``round_up(n, step)`` rows at the top of the buffer, which keeps ``headroom`` spare rows for
 that. When the top is full, or the buffer holds more than ``3 x`` the rows a fresh packing needs
 (after small slides replaced large ones), every slot is packed afresh in environment order, each ``round_up(n_b, step)``
-rows, with ``headroom x`` their sum spare at the top: a :class:`Relocation` that the holders of packed
-tensors apply. Each packing copies the live rows once and leaves room for about ``headroom`` of them to
+rows, with ``headroom x`` their sum spare at the top (none for a single environment, whose packings move
+nothing): a :class:`Relocation` that the holders of packed tensors apply. Each packing copies the live rows once and leaves room for about ``headroom`` of them to
 arrive before the next, so loading costs amortised ``O(1)`` copies per loaded row, and the buffer
 holds at most ``3 x`` the rows of its current slides, each rounded up to ``step``.
 
@@ -53,6 +53,9 @@ class Relocation:
 class RowSlots:
     """The slots of ``B`` environments in packed buffers (module docstring).
 
+    ``headroom`` defaults to :data:`HEADROOM` for several environments and to 0 for one, whose packings
+    move no rows.
+
     Attributes:
         base, cap, n: ``(B,)`` int64 numpy: first packed row, slot rows, real rows (0: no episode).
         base_t: ``base`` as a long tensor on ``device`` (packed index ``base_t[env] + row``).
@@ -61,8 +64,14 @@ class RowSlots:
     """
 
     def __init__(
-        self, num_envs: int, device: torch.device | str, step: int = ROW_STEP, headroom: float = HEADROOM
+        self,
+        num_envs: int,
+        device: torch.device | str,
+        step: int = ROW_STEP,
+        headroom: float | None = None,
     ) -> None:
+        if headroom is None:  # one environment has no other rows to move: packing afresh costs nothing
+            headroom = HEADROOM if num_envs > 1 else 0.0
         self.step, self.headroom = int(step), float(headroom)
         self.device = torch.device(device)
         self.base = np.zeros(num_envs, dtype=np.int64)
@@ -109,7 +118,7 @@ class RowSlots:
             cap = packed
             base = np.concatenate([[0], np.cumsum(cap)[:-1]]).astype(np.int64)
             top = int(cap.sum())
-            capacity = top + self._rounded(self.headroom * top)
+            capacity = top + -(-int(self.headroom * top) // self.step) * self.step
             moves = tuple(
                 (int(self.base[e]), int(base[e]), int(self.n[e]))
                 for e in range(len(self.n))
