@@ -31,7 +31,6 @@ logits live in the same layout and follow its relocations (:meth:`IncrementalAtt
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,9 +63,6 @@ class IncrementalAttentionClassifier:
         self.shift = torch.zeros(batch_size, m, dtype=torch.float64, device=device)
         self.denom = torch.ones(batch_size, m, dtype=torch.float64, device=device)
         self.numer = torch.zeros(batch_size, m, d, dtype=torch.float64, device=device)
-        #: ``(B,)`` real rows of each environment's state (set by :meth:`refresh`), and on the host.
-        self.real = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self._real_host = np.zeros(batch_size, dtype=np.int64)
 
     def _row_logits(self, rows: Tensor) -> Tensor:
         """``rows (R, d)`` -> attention logits ``(R, M)``."""
@@ -91,7 +87,6 @@ class IncrementalAttentionClassifier:
         for e in envs.tolist():
             rows = st.slots.slot(e)
             s = st.state[rows]
-            self.real[e] = self._real_host[e] = len(s)
             if recompute_logits:
                 self.row_logits[rows] = self._row_logits(s)
             lg = self.row_logits[rows].double()  # (n, M)
@@ -111,9 +106,10 @@ class IncrementalAttentionClassifier:
         new_l = self._row_logits(new_rows)  # (R, M)
         old_l = self.row_logits[flat]
         self.row_logits[flat] = new_l
-        if 2 * len(env) >= self._real_host.min():  # an environment may have changed half its rows
+        real = st.slots.n  # (B,) rows of each environment's state
+        if 2 * len(env) >= real.min():  # an environment may have changed half its rows
             counts = torch.bincount(env, minlength=self.shift.shape[0])
-            dense = (counts > 0) & (2 * counts >= self.real)
+            dense = (counts > 0) & (2 * counts >= torch.as_tensor(real, device=counts.device))
             if dense.any():  # module docstring, Dense changes
                 self.refresh(dense.nonzero().squeeze(-1), st, recompute_logits=False)
                 sparse = ~dense[env]

@@ -392,10 +392,10 @@ class ZoomBatch:
             ValueError: for an index outside the action space, or any illegal action under
                 ``illegal_action="raise"`` (:meth:`check_actions`).
         """
-        self.check_range(actions, active)
         if self.config.illegal_action == "raise":
             self.check_actions(actions, active)
             return actions, np.zeros(self.num_envs, dtype=bool)
+        self.check_range(actions, active)
         legal = self.action_masks()
         illegal = active & ~legal[np.arange(self.num_envs), np.where(active, actions, 0)]
         if self.config.illegal_action == "remap" and illegal.any():
