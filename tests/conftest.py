@@ -3,8 +3,9 @@
 It runs at import time, before any test module imports ``huggingface_hub`` (which reads its settings
 from the environment at import): ``HF_ENDPOINT`` points at the server, ``HF_HOME`` at a session temp
 folder (so the Hub cache is fresh), ``HF_TOKEN=dummy``, Xet and telemetry are off, and loopback bypasses
-any proxy. ``WSIGYM_CACHE`` is set to a session temp folder unless already set. Area fixtures live in
-the subfolder conftests.
+any proxy. ``WSIGYM_CACHE`` is set to a session temp folder unless already set, and so is ``SB3_LOGDIR``
+(SB3 makes a log folder at every ``learn()`` of a model built without a TensorBoard folder). Area
+fixtures live in the subfolder conftests.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ os.environ.update(
     }
 )
 os.environ.setdefault("WSIGYM_CACHE", str(_SESSION_DIR / "wsigym-cache"))
+os.environ.setdefault("SB3_LOGDIR", str(_SESSION_DIR / "sb3-logs"))
 
 
 def _cleanup() -> None:

@@ -390,3 +390,18 @@ def test_sasha_recipe_trains_on_whole_episodes(tiny_dataset, models, tmp_path):
     best = load_file(str(tmp_path / "best" / POLICY_WEIGHTS))
     last = load_file(str(tmp_path / "last" / POLICY_WEIGHTS))
     assert all(torch.equal(best[k], last[k]) for k in last)  # only the post-update evaluation can be best
+
+
+def test_a_model_without_tensorboard_log_leaves_no_folder(tiny_dataset, models, tmp_path, monkeypatch):
+    """SB3's default logger makes ``<tempdir>/SB3-<date>`` at every learn(); make_model's does not."""
+    import tempfile
+
+    from wsigym.agents.ppo import _split_env, make_model
+
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = _tiny_config(_tiny_env_kwargs(tiny_dataset, models), total_timesteps=32)
+    model = make_model(config, _split_env(config, "train", config.n_envs, config.seed, False))
+    model.learn(32)
+    assert model.num_timesteps >= 32
+    assert list(tmp_path.glob("SB3-*")) == []

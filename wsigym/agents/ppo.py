@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 import wsigym  # noqa: F401  (registers the environments)
@@ -96,7 +97,11 @@ def pass_frequencies(config: PPOConfig, venv: Any) -> PPOConfig:
 
 
 def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) -> MaskablePPO:
-    """Build a MaskablePPO with the per-patch policy for ``env`` (an SB3 VecEnv), warm-started if asked."""
+    """Build a MaskablePPO with the per-patch policy for ``env`` (an SB3 VecEnv), warm-started if asked.
+
+    Without ``tensorboard_log`` the model logs nowhere: SB3 would otherwise make an empty
+    ``<tempdir>/SB3-<date>`` folder at every ``learn()`` (``stable_baselines3.common.logger.configure``).
+    """
     hafed = env.get_attr("hafed")[0]
     hidden = config.hidden if config.hidden is not None else int(hafed.config.attn_dim)
     algorithm = SegmentMaskablePPO if config.path == "segments" else MaskablePPO
@@ -127,6 +132,8 @@ def make_model(config: PPOConfig, env: Any, tensorboard_log: str | None = None) 
         device=config.device,
         verbose=0,
     )
+    if tensorboard_log is None:
+        model.set_logger(Logger(folder=None, output_formats=[]))
     if config.warm_start:
         warm_start_from_hafed(model.policy, hafed)
         if config.warm_start_logit_std:
