@@ -7,8 +7,9 @@ per step. Then, without the
 profiler, the step split into the work on the changed rows (``f_S`` and HAFED's attention on them, timed by
 wrappers) and the rest, each against one ``N x d`` scan: the terms of the goal "a step within 3x of the
 scan plus O(changed rows)". With several ``--n`` the profile is of the first size and the split is printed
-for each: the rest is mostly a per-step constant (~130 small torch operations), so its ratio to the scan
-falls as the slide grows.
+for each. The rest holds the TSU's scan of the pending rows with its numpy bookkeeping, which grow with
+``N``, and a per-step overhead of ~130 small torch operations, which does not: it dominates at N = 2000,
+so the rest's ratio to one scan falls as the slide grows.
 
 Run: ``python benchmarks/env_step_profile.py [--n 2000 10000] [--steps 300]``.
 """
